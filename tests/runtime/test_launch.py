@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def launch(*args, cwd=None):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-m", "tfpets.launch", *args], cwd=cwd or REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_stage_lists_the_valid_stages_without_traceback():
+  result = launch("--stage=nope")
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  assert "--stage=nope" in result.stderr and "data|inspect" in result.stderr
+
+
+def test_bad_flag_value_lists_choices():
+  result = launch("--stage=data", "--precision=fp8")
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "float32|mixed_float16|mixed_bfloat16" in result.stderr
+
+
+def test_helpfull_documents_every_tfpets_flag():
+  result = launch("--helpfull")  # absl exits 1 after printing help
+  from absl import flags
+  import tfpets.launch  # noqa: F401  (defines the flags in this process too)
+  names = [f.name for module, fs in flags.FLAGS.flags_by_module_dict().items()
+           if module.startswith("tfpets") for f in fs]
+  assert len(names) > 20
+  for name in names:
+    assert f"--{name}:" in result.stdout or f"--[no]{name}:" in result.stdout, name
+
+
+def test_user_error_is_one_line_and_flags_are_saved_as_a_reproducing_flagfile(tmp_path):
+  workdir = tmp_path / "run"
+  result = launch("--stage=inspect", f"--records={tmp_path / 'missing'}", f"--workdir={workdir}",
+                  "--seed=7", "--strategy=cpu")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("tfpets: error: --records=")
+  assert "Traceback" not in result.stderr
+  saved = (workdir / "flags.txt").read_text()
+  assert "--seed=7" in saved and "--stage=inspect" in saved and f"--workdir={workdir}" in saved
+  again = launch(f"--flagfile={workdir / 'flags.txt'}")
+  assert again.returncode == 2
+  assert (workdir / "flags.txt").read_text() == saved

@@ -1,0 +1,1 @@
+"""TFRecord formats: StyleGAN multi-resolution (multires) and sharded image records (shards)."""

@@ -1,0 +1,1 @@
+"""Run-time services shared by every stage: strategy, precision, workdir, checkpoints, TensorBoard."""

@@ -1,0 +1,70 @@
+"""The one tf.distribute strategy factory."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+from absl import logging
+
+from tfpets.errors import UsageError
+
+STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
+
+
+def split_cpu(num_replicas: int) -> list:
+  """Splits the host CPU into logical devices (the CI stand-in for several GPUs).
+
+  Must run before TensorFlow initialises its devices, i.e. before any op executes.
+  """
+  cpus = tf.config.list_physical_devices("CPU")
+  existing = tf.config.get_logical_device_configuration(cpus[0])
+  if not existing or len(existing) != num_replicas:
+    try:
+      tf.config.set_logical_device_configuration(
+          cpus[0], [tf.config.LogicalDeviceConfiguration()] * num_replicas)
+    except RuntimeError as e:
+      raise UsageError(f"cannot split the CPU into {num_replicas} devices after TensorFlow "
+                       f"initialised ({e}); create the strategy before running any op") from None
+  return [d.name for d in tf.config.list_logical_devices("CPU")][:num_replicas]
+
+
+def make_strategy(kind: str = "auto", tpu: str = "",
+                  num_cpu_replicas: int = 2) -> tf.distribute.Strategy:
+  """Returns the strategy for `kind`.
+
+  auto: TPU if `tpu` is given, MirroredStrategy over all GPUs if there are several, one GPU, else CPU.
+  mirrored: all GPUs, or `num_cpu_replicas` logical CPUs on a CPU-only host.
+  multiworker: MultiWorkerMirroredStrategy configured from TF_CONFIG (ring all-reduce).
+  tpu: TPUStrategy on `tpu` ('local', a name or grpc:// address).
+  """
+  if kind not in STRATEGIES:
+    raise UsageError(f"--strategy={kind!r} is not one of {', '.join(STRATEGIES)}")
+  gpus = tf.config.list_physical_devices("GPU")
+  if kind == "auto":
+    kind = "tpu" if tpu else ("mirrored" if len(gpus) > 1 else "cpu")
+  if kind == "cpu":
+    device = "/gpu:0" if gpus else "/cpu:0"
+    strategy = tf.distribute.OneDeviceStrategy(device)
+  elif kind == "mirrored":
+    devices = None if gpus else split_cpu(num_cpu_replicas)
+    strategy = tf.distribute.MirroredStrategy(devices)
+  elif kind == "multiworker":
+    if "TF_CONFIG" not in os.environ:
+      raise UsageError("--strategy=multiworker needs the TF_CONFIG environment variable "
+                       "(see launch/multiworker_cpu.sh)")
+    json.loads(os.environ["TF_CONFIG"])  # fail early on malformed JSON
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+  else:
+    if not tpu:
+      raise UsageError("--strategy=tpu needs --tpu=NAME (or --tpu=local)")
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="" if tpu == "local" else tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    strategy = tf.distribute.TPUStrategy(resolver)
+  logging.info("strategy %s with %d replica(s)", type(strategy).__name__,
+               strategy.num_replicas_in_sync)
+  return strategy

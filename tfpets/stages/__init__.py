@@ -1,0 +1,6 @@
+"""Stage registry: `--stage=NAME` runs `tfpets.stages.<module>.run(ctx)`."""
+
+STAGES = {
+    "data": "tfpets.stages.data",
+    "inspect": "tfpets.stages.inspect",
+}
