@@ -34,5 +34,5 @@ setup(
     package_data={"tfpets.ops": ["kernels/*.cc", "kernels/*.h"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
-    entry_points={"console_scripts": ["tfpets=tfpets.launch:run"]},
+    entry_points={"console_scripts": ["tfpets=tfpets.cli:run"]},
 )

@@ -31,7 +31,7 @@ def test_bad_flag_value_lists_choices():
 def test_helpfull_documents_every_tfpets_flag():
   result = launch("--helpfull")  # absl exits 1 after printing help
   from absl import flags
-  import tfpets.launch  # noqa: F401  (defines the flags in this process too)
+  import tfpets.cli  # noqa: F401  (defines the flags in this process too)
   names = [f.name for module, fs in flags.FLAGS.flags_by_module_dict().items()
            if module.startswith("tfpets") for f in fs]
   assert len(names) > 20

@@ -37,7 +37,7 @@ class ConvertOptions:
   splits: str = "auto"          # 'auto' | 'source' | 'train=0.8,val=0.1,test=0.1'
   subset: str = "1.0"           # applied to the train split only
   dedupe: bool = True
-  max_hamming: int = 4
+  max_hamming: Optional[int] = subsets.DEFAULT_MAX_HAMMING   # None: exact duplicates only
   gan_resolution: int = 128     # 0 writes no StyleGAN records
   gan_split: str = "train"
   square: str = "center"
@@ -63,9 +63,10 @@ class ConvertResult:
 
 
 def _prepare_one(args):
-  record, gan_resolution, square, head_margin = args
+  record, gan_resolution, square, head_margin, dedupe = args
   try:
-    return prepare_lib.prepare(record, gan_resolution, square, head_margin, keep_pixels=False)
+    return prepare_lib.prepare(record, gan_resolution, square, head_margin,
+                               with_fingerprint=dedupe)
   except ImageDecodeError as e:
     return e
 
@@ -73,7 +74,7 @@ def _prepare_one(args):
 def prepare_all(records: Sequence[ImageRecord], options: ConvertOptions, gan_paths: set):
   """Decodes and checks every record, in worker processes for large inputs; keeps input order."""
   jobs = [(r, options.gan_resolution if r.path in gan_paths else 0, options.square,
-           options.head_margin) for r in records]
+           options.head_margin, options.dedupe) for r in records]
   workers = options.workers or os.cpu_count() or 1
   if workers == 1 or len(jobs) < 256:
     return [_prepare_one(job) for job in jobs]
@@ -156,10 +157,12 @@ def convert(source: SourceResult, records_dir: str | os.PathLike, reports_dir: s
     prepared_by_path[record.path] = result
 
   if options.dedupe:
-    for path, reason in subsets.duplicate_paths(
-        [(p, r.encoded) for p, r in prepared_by_path.items()], options.max_hamming):
-      report.add(path, reason, rejects_lib.SKIPPED)
-      del prepared_by_path[path]
+    items = list(prepared_by_path.values())
+    duplicates = subsets.find_duplicates_by_fingerprint(
+        [p.record for p in items], [p.fingerprint for p in items], options.max_hamming)
+    for dup in duplicates.removed:
+      report.add(dup.record.path, dup.reason, rejects_lib.SKIPPED)
+      del prepared_by_path[dup.record.path]
 
   if not prepared_by_path:
     _write_reports(reports_dir, report, {"images_written": 0})
@@ -195,7 +198,7 @@ def convert(source: SourceResult, records_dir: str | os.PathLike, reports_dir: s
   for name in empty:
     report.add(name, "class has no usable training image", "empty_class")
   shards.write_manifest(shards_dir, source.class_names, per_class, files, extra={
-      "seed": options.seed, "subset": options.subset, "splits": options.splits,
+      "seed": options.seed, "subset": options.subset, "split_spec": options.splits,
       "gan_records": str(gan_dir) if gan_dir else None,
       "gan_resolution": options.gan_resolution if gan_dir else 0})
   seconds = time.time() - start

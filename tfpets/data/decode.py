@@ -35,6 +35,7 @@ class DecodedImage:
   pixels: np.ndarray          # [H, W, 3] uint8 RGB
   format: str                 # container format actually found ('JPEG', 'PNG', 'GIF', ...)
   notes: List[str]            # conversions applied, empty for a clean 8-bit RGB JPEG
+  orientation: int = 1        # EXIF orientation that was applied (1: none)
 
   @property
   def height(self) -> int:
@@ -108,16 +109,20 @@ def decode_image(data: bytes, path: str = "<bytes>") -> DecodedImage:
       raise ImageDecodeError(path, "truncated JPEG data (the bottom of the image is missing)")
     notes.append("JPEG end marker missing")
   orientation = _exif_orientation(img)
-  if orientation not in (None, 1):
+  if orientation in range(2, 9):
     try:
       img = ImageOps.exif_transpose(img)
       notes.append(f"EXIF orientation {orientation} applied")
     except Exception:  # a malformed EXIF block is not worth losing the image over
       notes.append("unreadable EXIF orientation ignored")
+      orientation = 1
+  else:
+    orientation = 1
   pixels = _to_rgb8(img, notes)
   if pixels.ndim != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
     raise ImageDecodeError(path, f"decoded to an empty array of shape {pixels.shape}")
-  return DecodedImage(pixels=np.ascontiguousarray(pixels), format=fmt, notes=notes)
+  return DecodedImage(pixels=np.ascontiguousarray(pixels), format=fmt, notes=notes,
+                      orientation=orientation)
 
 
 def _open(data: bytes, path: str, fmt: str) -> Image.Image:
@@ -143,6 +148,18 @@ def _exif_orientation(img: Image.Image):
     return img.getexif().get(0x0112)
   except Exception:
     return None
+
+
+def orient_points(points: np.ndarray, orientation: int, width: int, height: int) -> np.ndarray:
+  """Moves (x, y) pixel coordinates of the stored image as EXIF `orientation` moves its pixels.
+
+  `width` and `height` are the stored (un-oriented) size; coordinates are continuous (0..width).
+  """
+  x, y = np.asarray(points, np.float32).reshape(-1, 2).T
+  w, h = float(width), float(height)
+  moved = {1: (x, y), 2: (w - x, y), 3: (w - x, h - y), 4: (x, h - y), 5: (y, x),
+           6: (h - y, x), 7: (h - y, w - x), 8: (y, w - x)}[orientation]
+  return np.stack(moved, axis=-1).astype(np.float32)
 
 
 def read_image(path: str) -> DecodedImage:

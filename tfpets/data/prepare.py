@@ -13,6 +13,7 @@ import numpy as np
 
 from tfpets.data import decode
 from tfpets.data import rejects
+from tfpets.data import subsets
 from tfpets.data.records import ImageRecord, landmark_box
 
 SQUARE_POLICIES = ("center", "pad", "head")
@@ -29,6 +30,7 @@ class PreparedImage:
   issues: List[tuple]                   # (reason, action) pairs
   pixels: Optional[np.ndarray] = None   # kept only when a GAN pyramid or dedupe needs them
   pyramid: Optional[List[np.ndarray]] = None  # CHW uint8 levels, highest resolution first
+  fingerprint: Optional[tuple] = None   # (pixel digest, perceptual hash) for duplicate search
 
 
 def check_annotations(record: ImageRecord, height: int, width: int,
@@ -70,6 +72,17 @@ def check_annotations(record: ImageRecord, height: int, width: int,
                        rejects.CONVERTED))
         record.box = clipped
   return issues
+
+
+def orient_annotations(record: ImageRecord, image: decode.DecodedImage) -> None:
+  """Annotations are given on the stored pixels; move them as EXIF orientation moved the pixels."""
+  swapped = image.orientation in (5, 6, 7, 8)
+  stored_w, stored_h = (image.height, image.width) if swapped else (image.width, image.height)
+  if record.landmarks is not None:
+    record.landmarks = decode.orient_points(record.landmarks, image.orientation, stored_w, stored_h)
+  if record.box is not None:
+    corners = decode.orient_points(record.box.reshape(2, 2), image.orientation, stored_w, stored_h)
+    record.box = np.concatenate([corners.min(axis=0), corners.max(axis=0)])
 
 
 def head_box(record: ImageRecord) -> Optional[np.ndarray]:
@@ -132,15 +145,20 @@ def lod_pyramid(image_hwc: np.ndarray) -> List[np.ndarray]:
 
 
 def prepare(record: ImageRecord, gan_resolution: int = 0, square_policy: str = "center",
-            head_margin: float = 0.2, keep_pixels: bool = False) -> PreparedImage:
+            head_margin: float = 0.2, keep_pixels: bool = False,
+            with_fingerprint: bool = False) -> PreparedImage:
   """Decodes and checks one record; raises decode.ImageDecodeError for unusable files."""
   data = record.read_bytes()
   image = decode.decode_image(data, record.path)
   issues = [(f"{note}; converted", rejects.CONVERTED) for note in image.notes]
+  if image.orientation != 1:
+    orient_annotations(record, image)
   issues += check_annotations(record, image.height, image.width)
   encoded = data if (image.format == "JPEG" and not image.notes) else decode.encode_jpeg(image.pixels)
   prepared = PreparedImage(record, encoded, image.height, image.width, issues,
                            pixels=image.pixels if keep_pixels else None)
+  if with_fingerprint:
+    prepared.fingerprint = subsets.fingerprint(image.pixels)
   if gan_resolution:
     box = head_box(record)
     if square_policy == "head" and box is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from absl import flags
 from absl import logging
@@ -23,7 +24,8 @@ DEDUPE = flags.DEFINE_boolean(
     "dedupe", True, "Remove exact and near-duplicate images (perceptual hash); listed in "
     "reports/rejects.csv.")
 MAX_HAMMING = flags.DEFINE_integer(
-    "max_hamming", 4, "Near-duplicate threshold: perceptual hashes at most this many bits apart.",
+    "max_hamming", 10, "Near-duplicate threshold: perceptual hashes at most this many bits apart "
+    "(the synthetic pets, distinct by construction, are searched for exact duplicates only).",
     lower_bound=0, upper_bound=64)
 GAN_RESOLUTION = flags.DEFINE_integer(
     "gan_resolution", 128, "Resolution of the StyleGAN multi-resolution records (a power of two; "
@@ -58,7 +60,7 @@ def load(ctx: context.RunContext) -> sources.SourceResult:
                                        num_breeds=SYNTHETIC_BREEDS.value,
                                        images_per_breed=SYNTHETIC_PER_BREED.value,
                                        size=SYNTHETIC_SIZE.value, seed=ctx.seed,
-                                       workers=WORKERS.value or None)
+                                       workers=WORKERS.value or (os.cpu_count() or 1))
     return sources.load_source(f"csv:{csv_path}")
   options = {}
   if kind == "tfds":
@@ -71,7 +73,7 @@ def run(ctx: context.RunContext) -> None:
   source = load(ctx)
   options = convert.ConvertOptions(
       splits=SPLITS.value, subset=ctx.flags.subset, dedupe=DEDUPE.value,
-      max_hamming=MAX_HAMMING.value, gan_resolution=GAN_RESOLUTION.value, square=SQUARE.value,
+      max_hamming=None if ctx.flags.data == "synthetic" else MAX_HAMMING.value, gan_resolution=GAN_RESOLUTION.value, square=SQUARE.value,
       head_margin=HEAD_MARGIN.value, records_per_shard=RECORDS_PER_SHARD.value,
       workers=WORKERS.value, strict=ctx.flags.strict, seed=ctx.seed)
   result = convert.convert(source, ctx.workdir.records, ctx.workdir.reports, options)
