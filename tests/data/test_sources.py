@@ -231,7 +231,10 @@ def test_oxford_fixture_records_classes_boxes_and_rejects(tmp_path):
   label_of_id = {1: 0, 2: 1, 6: 2}
   expected = {n for n in fx.listed if n not in fx.missing_images}
   records = {r.image_id: r for r in result.records}
-  assert set(records) == expected and len(result.records) == len(expected)
+  # An image list.txt omits is kept, labelled by its file name, in the 'unlisted' split.
+  unlisted = records.pop("Abyssinian_34")
+  assert (unlisted.label, unlisted.split, unlisted.species) == (0, "unlisted", "cat")
+  assert set(records) == expected and len(result.records) == len(expected) + 1
   for name, record in records.items():
     class_id, species = fx.listed[name]
     assert record.label == label_of_id[class_id]
@@ -248,10 +251,10 @@ def test_oxford_fixture_records_classes_boxes_and_rejects(tmp_path):
   assert "missing" in rejects["Bengal_9.jpg"][0]
   broken = f"{fx.broken_xmls[0]}.xml"
   assert rejects[broken][1] == rejects_lib.ANNOTATION_DROPPED
-  assert rejects["Abyssinian_34.jpg"] == ("not in annotations/list.txt", rejects_lib.IGNORED)
+  assert "Abyssinian_34.jpg" not in rejects
   assert rejects["Abyssinian_100.mat"][1] == rejects_lib.IGNORED
   assert ".mat" in rejects["Abyssinian_100.mat"][0]
-  assert len(result.rejects) == 4        # the '#' header lines of list.txt are not rejects
+  assert len(result.rejects) == 3        # the '#' header lines of list.txt are not rejects
 
 
 def test_oxford_split_option_shares_class_list(tmp_path):
@@ -288,12 +291,12 @@ def test_oxford_real_slice_against_official_lists(oxford_pets_3class):
   trainval = read_official_list(root / "annotations" / "trainval.txt")
   test = read_official_list(root / "annotations" / "test.txt")
   result = load_oxford_pets(str(root))
-  assert len(result.records) == len(listed) == 598
+  assert len(result.records) == len(listed) + 2 == 600     # + the two images list.txt omits
   assert result.class_names == ["Abyssinian", "american_bulldog", "Bengal"]
   splits = collections.Counter(r.split for r in result.records)
-  assert splits == {"trainval": len(trainval), "test": len(test)} == {"trainval": 300,
-                                                                        "test": 298}
-  per_class = collections.Counter(r.class_name for r in result.records)
+  assert splits == {"trainval": len(trainval), "test": len(test), "unlisted": 2} == {
+      "trainval": 300, "test": 298, "unlisted": 2}
+  per_class = collections.Counter(r.class_name for r in result.records if r.split != "unlisted")
   expected_per_class = collections.Counter(n.rsplit("_", 1)[0] for n in listed)
   assert per_class == expected_per_class
   species = {r.image_id: r.species for r in result.records}
@@ -310,9 +313,10 @@ def test_oxford_real_slice_against_official_lists(oxford_pets_3class):
   unlisted = {f for f in files if f.endswith(".jpg") and f[:-4] not in listed}
   mats = {f for f in files if f.endswith(".mat")}
   ignored = set(result.rejects.paths(rejects_lib.IGNORED))
-  assert {os.path.basename(p) for p in ignored} == unlisted | mats
-  assert unlisted == {"Abyssinian_34.jpg", "Abyssinian_82.jpg"} and len(mats) == 3
-  assert result.rejects.counts() == {rejects_lib.IGNORED: 5}
+  assert {os.path.basename(p) for p in ignored} == mats and len(mats) == 3
+  assert unlisted == {"Abyssinian_34.jpg", "Abyssinian_82.jpg"}
+  assert {r.image_id + ".jpg" for r in result.records if r.split == "unlisted"} == unlisted
+  assert result.rejects.counts() == {rejects_lib.IGNORED: 3}
 
 
 # ---------------------------------------------------------------------------------------------

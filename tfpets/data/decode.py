@@ -173,9 +173,10 @@ def read_image(path: str) -> DecodedImage:
 
 
 def encode_jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:
-  """Encodes [H, W, 3] uint8 RGB as a baseline JPEG."""
+  """Encodes [H, W, 3] uint8 RGB as a baseline JPEG, full-resolution chroma (4:4:4)."""
   buf = io.BytesIO()
-  Image.fromarray(np.asarray(pixels, np.uint8)).save(buf, format="JPEG", quality=quality)
+  Image.fromarray(np.asarray(pixels, np.uint8)).save(buf, format="JPEG", quality=quality,
+                                                      subsampling=0)
   return buf.getvalue()
 
 

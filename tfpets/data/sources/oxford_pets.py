@@ -27,6 +27,9 @@ from tfpets.data.sources import SourceResult
 from tfpets.data.sources import folders
 
 SPLITS = ("all", "trainval", "test")
+# Images of a known breed that list.txt omits (Abyssinian_34, a GIF, among them) are kept under this
+# split with the label their file name gives, so that converting the release loses no image.
+UNLISTED = "unlisted"
 SPECIES = {1: "cat", 2: "dog"}
 LIST_FILES = ("list.txt", "trainval.txt", "test.txt")
 
@@ -49,8 +52,15 @@ def load_oxford_pets(location: str, split: str = "all", **unused_options) -> Sou
   class_ids = sorted({e.class_id for e in entries.values()})
   class_names = [_breed_of_class(class_id, entries, annotations_dir) for class_id in class_ids]
   label_of = {class_id: i for i, class_id in enumerate(class_ids)}
-  _report_unlisted_files(images_dir, entries, rejects)
   records = []
+  for path, breed in _unlisted_images(images_dir, entries, rejects):
+    if split == "all" and breed in class_names:
+      label = class_names.index(breed)
+      species = next(e.species for e in entries.values() if e.breed == breed)
+      records.append(ImageRecord(path=path, label=label, class_name=breed, species=species,
+                                 source="oxford_pets", split=UNLISTED))
+    else:
+      rejects.add(path, "not in annotations/list.txt", rejects_lib.IGNORED)
   for name, entry in entries.items():
     if split != "all" and entry.split != split:
       continue
@@ -125,8 +135,10 @@ def _breed_of_class(class_id: int, entries: Dict[str, _Entry], annotations_dir: 
   return breeds[0]
 
 
-def _report_unlisted_files(images_dir: str, entries: Dict[str, _Entry],
-                           rejects: rejects_lib.RejectsReport) -> None:
+def _unlisted_images(images_dir: str, entries: Dict[str, _Entry],
+                     rejects: rejects_lib.RejectsReport) -> List[Tuple[str, str]]:
+  """(path, breed) of images that list.txt omits; stray non-image files go to the report."""
+  unlisted = []
   for name in sorted(os.listdir(images_dir)):
     path = os.path.join(images_dir, name)
     stem, ext = os.path.splitext(name)
@@ -135,7 +147,8 @@ def _report_unlisted_files(images_dir: str, entries: Dict[str, _Entry],
     elif os.path.isdir(path) or not folders.is_image_name(name):
       rejects.add(path, "not an image", rejects_lib.IGNORED)
     elif ext != ".jpg" or stem not in entries:
-      rejects.add(path, "not in annotations/list.txt", rejects_lib.IGNORED)
+      unlisted.append((path, stem.rsplit("_", 1)[0]))
+  return unlisted
 
 
 def _head_box(xml_path: str, rejects: rejects_lib.RejectsReport) -> Optional[np.ndarray]:
