@@ -27,6 +27,9 @@ from tfpets.data.records import ImageRecord
 from tfpets.data.sources import SourceResult
 from tfpets.errors import UsageError
 
+# Below this many images, spawning worker processes costs more than it saves (measured on 2 cores).
+_PROCESS_POOL_MIN_JOBS = 5000
+
 # Source split names that mean "training data" and "held-out data".
 _SOURCE_SPLITS = {"train": "train", "trainval": "train", "val": "val", "validation": "val",
                   "test": "test"}
@@ -62,26 +65,21 @@ class ConvertResult:
     return sum(self.split_counts.values())
 
 
-def _prepare_one(args):
-  record, gan_resolution, square, head_margin, dedupe = args
-  try:
-    return prepare_lib.prepare(record, gan_resolution, square, head_margin,
-                               with_fingerprint=dedupe)
-  except ImageDecodeError as e:
-    return e
-
-
 def prepare_all(records: Sequence[ImageRecord], options: ConvertOptions, gan_paths: set):
   """Decodes and checks every record, in worker processes for large inputs; keeps input order."""
   jobs = [(r, options.gan_resolution if r.path in gan_paths else 0, options.square,
            options.head_margin, options.dedupe) for r in records]
   workers = options.workers or os.cpu_count() or 1
-  if workers == 1 or len(jobs) < 256:
-    return [_prepare_one(job) for job in jobs]
+  if workers == 1 or len(jobs) < 64:
+    return [prepare_lib.prepare_or_error(job) for job in jobs]
+  if len(jobs) < _PROCESS_POOL_MIN_JOBS:
+    # Pillow, OpenCV and numpy release the GIL for the heavy parts; threads start instantly.
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      return list(pool.map(prepare_lib.prepare_or_error, jobs))
   # spawn: the parent has TensorFlow's threads running, which fork does not copy safely.
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-    return list(pool.map(_prepare_one, jobs, chunksize=32))
+    return list(pool.map(prepare_lib.prepare_or_error, jobs, chunksize=32))
 
 
 def parse_split_fractions(text: str) -> Dict[str, float]:

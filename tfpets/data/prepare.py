@@ -140,8 +140,9 @@ def lod_pyramid(image_hwc: np.ndarray) -> List[np.ndarray]:
     levels.append(np.clip(np.rint(level), 0, 255).astype(np.uint8))
     if level.shape[1] <= 4:
       return levels
-    c, h, w = level.shape
-    level = level.reshape(c, h // 2, 2, w // 2, 2).mean(axis=(2, 4), dtype=np.float32)
+    # Four strided adds: exact (the values are multiples of 1/4^k) and far faster than mean().
+    level = (level[:, 0::2, 0::2] + level[:, 1::2, 0::2] + level[:, 0::2, 1::2]
+             + level[:, 1::2, 1::2]) * np.float32(0.25)
 
 
 def prepare(record: ImageRecord, gan_resolution: int = 0, square_policy: str = "center",
@@ -168,3 +169,12 @@ def prepare(record: ImageRecord, gan_resolution: int = 0, square_policy: str = "
     square = resize(cut_square(image.pixels, left, top, side), gan_resolution)
     prepared.pyramid = lod_pyramid(square)
   return prepared
+
+
+def prepare_or_error(args: tuple):
+  """`prepare(*args)` for a worker pool: an unusable file comes back as its ImageDecodeError."""
+  record, gan_resolution, square, head_margin, dedupe = args
+  try:
+    return prepare(record, gan_resolution, square, head_margin, with_fingerprint=dedupe)
+  except decode.ImageDecodeError as e:
+    return e
