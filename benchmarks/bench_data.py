@@ -33,7 +33,7 @@ def convert_source(spec: str, out: pathlib.Path, gan_resolution: int) -> dict:
   source = load_source(spec)
   start = time.perf_counter()
   result = convert.convert(source, out / "records", out / "reports", convert.ConvertOptions(
-      splits="train=1.0", gan_resolution=gan_resolution, dedupe=True))
+      splits="train=1.0", gan_resolution=gan_resolution, dedupe="remove"))
   seconds = time.perf_counter() - start
   return {"images": len(source.records), "seconds": round(seconds, 2),
           "images_per_s": round(len(source.records) / seconds, 1),

@@ -34,7 +34,7 @@ def read_split(shards_dir, split):
 def converted_slice(oxford_pets_3class, tmp_path_factory):
   out = tmp_path_factory.mktemp("oxford")
   source = load_source(f"oxford_pets:{oxford_pets_3class}")
-  options = convert.ConvertOptions(splits="source", dedupe=False, gan_resolution=32,
+  options = convert.ConvertOptions(splits="source", dedupe="off", gan_resolution=32,
                                    square="head", workers=2)
   result = convert.convert(source, out / "records", out / "reports", options)
   return oxford_pets_3class, out, result
@@ -101,7 +101,7 @@ def test_every_bad_file_is_in_the_report_with_its_reason(tmp_path):
   # Without dedupe: truncated_tail.jpg has the same pixels as good.jpg.
   result = convert.convert(source, tmp_path / "rec", tmp_path / "rep",
                            convert.ConvertOptions(splits="train=1.0", gan_resolution=0,
-                                                  dedupe=False))
+                                                  dedupe="off"))
   report = read_rejects(result.rejects_csv)
   skipped = {f for f, (_, action) in report.items() if action == rejects_lib.SKIPPED}
   assert skipped == {"truncated.jpg", "corrupt.jpg", "empty.jpg", "notes.jpg"}
@@ -133,7 +133,9 @@ def test_landmarks_far_outside_the_image_are_dropped_and_reported(tmp_path):
   assert int(ex["num_landmarks"]) == 0
 
 
-def test_exact_duplicates_are_removed_and_named(tmp_path):
+@pytest.mark.parametrize("mode, written, action", [
+    ("remove", 2, rejects_lib.SKIPPED), ("report", 3, rejects_lib.DUPLICATE_KEPT)])
+def test_exact_duplicates_are_reported_and_removed_on_request(tmp_path, mode, written, action):
   paths = bad_images.write_all(tmp_path / "imgs")
   copy = tmp_path / "imgs" / "copy.jpg"
   copy.write_bytes(paths["good.jpg"].read_bytes())
@@ -141,10 +143,11 @@ def test_exact_duplicates_are_removed_and_named(tmp_path):
              ImageRecord(str(paths["gray.jpg"]), 0, "a")]
   result = convert.convert(SourceResult(records, ["a"], rejects_lib.RejectsReport()),
                            tmp_path / "rec", tmp_path / "rep",
-                           convert.ConvertOptions(splits="train=1.0", gan_resolution=0))
-  reason, action = read_rejects(result.rejects_csv)["copy.jpg"]
-  assert action == rejects_lib.SKIPPED and reason.startswith("exact duplicate of")
-  assert result.images_written == 2
+                           convert.ConvertOptions(splits="train=1.0", gan_resolution=0,
+                                                  dedupe=mode))
+  reason, got_action = read_rejects(result.rejects_csv)["copy.jpg"]
+  assert got_action == action and reason.startswith(f"exact duplicate of {paths['good.jpg']}")
+  assert result.images_written == written
 
 
 def test_subsets_nest_through_conversion(tmp_path):
@@ -161,7 +164,7 @@ def test_subsets_nest_through_conversion(tmp_path):
     source = SourceResult(list(records), ["c0", "c1"], rejects_lib.RejectsReport())
     convert.convert(source, tmp_path / subset, tmp_path / f"rep{subset}",
                     convert.ConvertOptions(splits="train=1.0", subset=subset, gan_resolution=0,
-                                           dedupe=False))
+                                           dedupe="off"))
     members[subset] = {ex["id"].numpy() for ex in read_split(tmp_path / subset / "shards", "train")}
   assert len(members["0.2"]) == 4 and len(members["0.5"]) == 10 and len(members["1.0"]) == 20
   assert members["0.2"] < members["0.5"] < members["1.0"]

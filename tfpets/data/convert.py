@@ -30,6 +30,8 @@ from tfpets.errors import UsageError
 # Below this many images, spawning worker processes costs more than it saves (measured on 2 cores).
 _PROCESS_POOL_MIN_JOBS = 5000
 
+DEDUPE_MODES = ("off", "report", "remove")
+
 # Source split names that mean "training data" and "held-out data".
 _SOURCE_SPLITS = {"train": "train", "trainval": "train", "val": "val", "validation": "val",
                   "test": "test"}
@@ -39,7 +41,7 @@ _SOURCE_SPLITS = {"train": "train", "trainval": "train", "val": "val", "validati
 class ConvertOptions:
   splits: str = "auto"          # 'auto' | 'source' | 'train=0.8,val=0.1,test=0.1'
   subset: str = "1.0"           # applied to the train split only
-  dedupe: bool = True
+  dedupe: str = "report"       # 'off' | 'report' (list duplicates, keep them) | 'remove'
   max_hamming: Optional[int] = subsets.DEFAULT_MAX_HAMMING   # None: exact duplicates only
   gan_resolution: int = 128     # 0 writes no StyleGAN records
   gan_split: str = "train"
@@ -68,7 +70,7 @@ class ConvertResult:
 def prepare_all(records: Sequence[ImageRecord], options: ConvertOptions, gan_paths: set):
   """Decodes and checks every record, in worker processes for large inputs; keeps input order."""
   jobs = [(r, options.gan_resolution if r.path in gan_paths else 0, options.square,
-           options.head_margin, options.dedupe) for r in records]
+           options.head_margin, options.dedupe != "off") for r in records]
   workers = options.workers or os.cpu_count() or 1
   if workers == 1 or len(jobs) < 64:
     return [prepare_lib.prepare_or_error(job) for job in jobs]
@@ -154,13 +156,19 @@ def convert(source: SourceResult, records_dir: str | os.PathLike, reports_dir: s
       report.add(record.path, reason, action)
     prepared_by_path[record.path] = result
 
-  if options.dedupe:
+  if options.dedupe not in DEDUPE_MODES:
+    raise UsageError(f"dedupe={options.dedupe!r} is not one of {', '.join(DEDUPE_MODES)}")
+  if options.dedupe != "off":
     items = list(prepared_by_path.values())
     duplicates = subsets.find_duplicates_by_fingerprint(
         [p.record for p in items], [p.fingerprint for p in items], options.max_hamming)
     for dup in duplicates.removed:
-      report.add(dup.record.path, dup.reason, rejects_lib.SKIPPED)
-      del prepared_by_path[dup.record.path]
+      if options.dedupe == "remove":
+        report.add(dup.record.path, dup.reason, rejects_lib.SKIPPED)
+        del prepared_by_path[dup.record.path]
+      else:
+        report.add(dup.record.path, f"{dup.reason}; kept (--dedupe=remove drops it)",
+                   rejects_lib.DUPLICATE_KEPT)
 
   if not prepared_by_path:
     _write_reports(reports_dir, report, {"images_written": 0})

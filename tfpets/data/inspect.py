@@ -15,6 +15,19 @@ from tfpets.data.tfrecord import shards
 from tfpets.runtime.tensorboard import make_grid
 
 
+def _records(path: str, problems: List[str]):
+  """Serialized records of one file; a corrupt file ends with a problem instead of an exception."""
+  iterator = iter(tf.data.TFRecordDataset(path))
+  while True:
+    try:
+      yield next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      problems.append(f"{path}: {e.message.splitlines()[0]}")
+      return
+
+
 def inspect_shards(shards_dir: str | os.PathLike) -> Dict:
   """Decodes every example of every split; returns counts and a list of problems."""
   manifest = shards.read_manifest(shards_dir)
@@ -26,7 +39,7 @@ def inspect_shards(shards_dir: str | os.PathLike) -> Dict:
       if not os.path.isfile(path):
         problems.append(f"{path}: listed in the manifest but missing")
         continue
-      for i, serialized in enumerate(tf.data.TFRecordDataset(path)):
+      for i, serialized in enumerate(_records(path, problems)):
         try:
           ex = shards.parse(serialized)
           h, w = int(ex["height"]), int(ex["width"])
@@ -48,7 +61,7 @@ def inspect_multires(gan_dir: str | os.PathLike) -> Dict:
   """Checks level files (same count, right shapes, each level the box average of the one above)."""
   problems: List[str] = []
   files = multires.level_files(gan_dir)
-  readers = [iter(tf.data.TFRecordDataset(f).map(multires.parse_level)) for f in files]
+  readers = [map(multires.parse_level, _records(f, problems)) for f in files]
   top = int(files[0][-12:-10])
   n = 0
   while True:
@@ -98,8 +111,11 @@ def contact_sheet(shards_dir: str | os.PathLike, split: str, per_class: int = 4,
   tiles = np.zeros((num_classes, per_class, size, size, 3), np.uint8)
   filled = np.zeros(num_classes, np.int64)
   for path in shards.split_files(shards_dir, split):
-    for serialized in tf.data.TFRecordDataset(path):
-      ex = shards.parse(serialized)
+    for serialized in _records(path, []):   # inspect_shards reports the problems
+      try:
+        ex = shards.parse(serialized)
+      except tf.errors.OpError:
+        continue
       label = int(ex["label"])
       if label >= num_classes or filled[label] >= per_class:
         continue
