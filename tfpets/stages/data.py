@@ -20,9 +20,12 @@ SPLITS = flags.DEFINE_string(
     "splits", "auto",
     "auto (the source's own splits when it has them, else train=0.8,val=0.1,test=0.1), source, "
     "or name=fraction,... such as train=0.75,val=0.25 (stratified, seeded by --seed).")
-DEDUPE = flags.DEFINE_boolean(
-    "dedupe", True, "Remove exact and near-duplicate images (perceptual hash); listed in "
-    "reports/rejects.csv.")
+DEDUPE = flags.DEFINE_enum(
+    "dedupe", "report", convert.DEDUPE_MODES,
+    "Exact and near-duplicate images (perceptual hash): off; report (list them in "
+    "reports/rejects.csv, keep them, so official split counts hold); remove (drop all but the first "
+    "of each group; splits are written test, train, val in that order, so a train image "
+    "duplicating a test image is the one dropped).")
 MAX_HAMMING = flags.DEFINE_integer(
     "max_hamming", 10, "Near-duplicate threshold: perceptual hashes at most this many bits apart "
     "(the synthetic pets, distinct by construction, are searched for exact duplicates only).",
