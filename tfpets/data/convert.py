@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import pathlib
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 from absl import logging
@@ -67,21 +67,30 @@ class ConvertResult:
     return sum(self.split_counts.values())
 
 
+def _with_progress(results: Iterable, total: int, every: int = 1000) -> list:
+  done = []
+  for i, result in enumerate(results, 1):
+    done.append(result)
+    if i % every == 0 or i == total:
+      logging.info("decoded and checked %d / %d images", i, total)
+  return done
+
+
 def prepare_all(records: Sequence[ImageRecord], options: ConvertOptions, gan_paths: set):
   """Decodes and checks every record, in worker processes for large inputs; keeps input order."""
   jobs = [(r, options.gan_resolution if r.path in gan_paths else 0, options.square,
            options.head_margin, options.dedupe != "off") for r in records]
   workers = options.workers or os.cpu_count() or 1
   if workers == 1 or len(jobs) < 64:
-    return [prepare_lib.prepare_or_error(job) for job in jobs]
+    return _with_progress(map(prepare_lib.prepare_or_error, jobs), len(jobs))
   if len(jobs) < _PROCESS_POOL_MIN_JOBS:
     # Pillow, OpenCV and numpy release the GIL for the heavy parts; threads start instantly.
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      return list(pool.map(prepare_lib.prepare_or_error, jobs))
+      return _with_progress(pool.map(prepare_lib.prepare_or_error, jobs), len(jobs))
   # spawn: the parent has TensorFlow's threads running, which fork does not copy safely.
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-    return list(pool.map(prepare_lib.prepare_or_error, jobs, chunksize=32))
+    return _with_progress(pool.map(prepare_lib.prepare_or_error, jobs, chunksize=32), len(jobs))
 
 
 def parse_split_fractions(text: str) -> Dict[str, float]:
