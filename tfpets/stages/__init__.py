@@ -3,4 +3,5 @@
 STAGES = {
     "data": "tfpets.stages.data",
     "inspect": "tfpets.stages.inspect",
+    "convert": "tfpets.stages.convert",
 }

@@ -1,0 +1,151 @@
+"""StyleGAN2-ADA G and D throughput on this machine, against the official PyTorch figures.
+
+Measures images/s of the generator forward, generator forward+backward and discriminator
+forward+backward (gradients with respect to the network's trainable weights, each step one
+`tf.function`) at 32, 64 and 128 px, batch 8, float32 (`num_fp16_res=0`), conv_clamp 256, `auto`
+preset (spec §15.6), median of 5 timed steps after 2 warm-ups. The whole measurement runs twice in
+fresh processes: with glibc's default malloc and with
+`MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=68719476736`. Ratios are tfpets / official
+(official = the "no-mmap malloc" column of spec §15.6; >= 1.0 means tfpets is as fast or faster).
+Besides wall-clock images/s, each figure has `img_per_s_from_cpu` = batch / (process CPU seconds
+/ 2): the throughput with both cores to itself, which stays meaningful when other processes share
+the machine (the load average before and after is recorded).
+
+  python benchmarks/bench_gan_networks.py [--resolutions 32,64,128] [--repeats 5] [--xla]
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+# Official PyTorch, 2-core x86-64, batch 8, fp32, no-mmap malloc (spec §15.6): img/s.
+OFFICIAL = {
+    32: {"G_fwd": 26.8, "G_fwd_bwd": 10.6, "D_fwd_bwd": 14.7},
+    64: {"G_fwd": 16.3, "G_fwd_bwd": 6.17, "D_fwd_bwd": 7.68},
+    128: {"G_fwd": 10.3, "G_fwd_bwd": 4.47, "D_fwd_bwd": 5.14},
+}
+OFFICIAL_DEFAULT_MALLOC = {
+    32: {"G_fwd": 8.24, "G_fwd_bwd": 4.04, "D_fwd_bwd": 13.7},
+    64: {"G_fwd": 6.35, "G_fwd_bwd": 2.61, "D_fwd_bwd": 5.47},
+    128: {"G_fwd": 4.03, "G_fwd_bwd": 1.48, "D_fwd_bwd": 2.65},
+}
+NO_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+BATCH = 8
+
+
+def _time_step(step, repeats: int, warmups: int = 2) -> tuple[float, float]:
+  """(median wall seconds, mean process CPU seconds) per step."""
+  for _ in range(warmups):
+    step()
+  times = []
+  cpu_start = time.process_time()
+  for _ in range(repeats):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), (time.process_time() - cpu_start) / repeats
+
+
+def measure(resolution: int, repeats: int, xla: bool) -> dict[str, dict[str, float]]:
+  """G forward, G forward+backward and D forward+backward at one resolution.
+
+  `img_per_s` is wall-clock; `img_per_s_from_cpu` is batch / (CPU seconds / 2 cores), what the
+  step would reach with both cores to itself and perfect 2-thread scaling. The second figure is
+  robust to other processes sharing the machine, the first is not.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfpets.gan import networks, presets  # pylint: disable=g-import-not-at-top
+  config = presets.network_config("auto", resolution, num_fp16_res=0, conv_clamp=256)
+  generator = networks.Generator(config)
+  discriminator = networks.Discriminator(config)
+  z = tf.random.normal([BATCH, config.z_dim])
+  images = tf.random.uniform([BATCH, resolution, resolution, 3], -1, 1)
+
+  @tf.function(jit_compile=xla)
+  def g_forward():
+    return generator(z, training=True)
+
+  @tf.function(jit_compile=xla)
+  def g_forward_backward():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(generator(z, training=True))
+    return tape.gradient(loss, generator.trainable_weights)
+
+  @tf.function(jit_compile=xla)
+  def d_forward_backward():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(discriminator(images, training=True))
+    return tape.gradient(loss, discriminator.trainable_weights)
+
+  def run(fn):
+    return lambda: tf.nest.map_structure(lambda t: t.numpy(), fn())
+
+  results = {}
+  for name, fn in (("G_fwd", g_forward), ("G_fwd_bwd", g_forward_backward),
+                   ("D_fwd_bwd", d_forward_backward)):
+    wall, cpu = _time_step(run(fn), repeats)
+    results[name] = {"img_per_s": BATCH / wall, "img_per_s_from_cpu": BATCH / (cpu / 2),
+                     "cpu_s_per_step": cpu}
+  return results
+
+
+def _child(args: argparse.Namespace) -> None:
+  results = {str(res): measure(res, args.repeats, args.xla) for res in args.resolutions}
+  print(json.dumps(results))
+
+
+def _spawn(args: argparse.Namespace, extra_env: dict[str, str]) -> dict:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra_env)
+  for key in NO_MMAP_ENV:
+    if key not in extra_env:
+      env.pop(key, None)
+  command = [sys.executable, os.path.abspath(__file__), "--child",
+             "--resolutions", ",".join(map(str, args.resolutions)), "--repeats",
+             str(args.repeats)] + (["--xla"] if args.xla else [])
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+  out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--resolutions", default="32,64,128",
+                      type=lambda s: [int(v) for v in s.split(",")])
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--xla", action="store_true", help="tf.function(jit_compile=True)")
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    _child(args)
+    return
+  report = {"batch": BATCH, "preset": "auto", "dtype": "float32", "xla": args.xla,
+            "official_reference": "spec §15.6, no-mmap malloc column",
+            "load_average_before": os.getloadavg(), "runs": {}}
+  for label, env in (("default_malloc", {}), ("no_mmap_malloc", NO_MMAP_ENV)):
+    measured = _spawn(args, env)
+    same_malloc = OFFICIAL_DEFAULT_MALLOC if label == "default_malloc" else OFFICIAL
+    report["runs"][label] = {
+        res: {name: {"img_per_s": round(value["img_per_s"], 3),
+                     "img_per_s_from_cpu": round(value["img_per_s_from_cpu"], 3),
+                     "cpu_s_per_step": round(value["cpu_s_per_step"], 3),
+                     "ratio_to_official": round(value["img_per_s"] / OFFICIAL[int(res)][name], 3),
+                     "ratio_to_official_from_cpu": round(
+                         value["img_per_s_from_cpu"] / OFFICIAL[int(res)][name], 3),
+                     "official_same_malloc": same_malloc[int(res)][name]}
+              for name, value in figures.items()}
+        for res, figures in measured.items()}
+  report["load_average_after"] = os.getloadavg()
+  print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+  main()

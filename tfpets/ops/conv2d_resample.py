@@ -1,0 +1,129 @@
+"""2-D convolution combined with up- or downsampling (StyleGAN2 §2.8), NHWC.
+
+The weight is a Keras-layout kernel `[kh, kw, in, out]` used as a correlation
+kernel on the (virtually) resampled image, which is the TF1
+`upsample_conv_2d` orientation: TF1 pickle weights load unflipped.
+
+`padding` is the padding the plain convolution would use (PyTorch
+`conv2d_resample` semantics); the default, kernel_size // 2, reproduces the
+official paddings exactly:
+
+* up 2, 3x3: `conv2d_transpose` stride 2 VALID (2H + 1), then the filter
+  with pads (1, 1) and gain 4 -> 2H;
+* down 2, 3x3: the filter with pads (2, 2) -> H + 1, then a stride-2 VALID
+  convolution -> H / 2;
+* 1x1 + up: convolution, then `upsample2d` (pads (2, 1));
+* 1x1 + down: `downsample2d` (pads (1, 1)), then convolution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from tfpets.ops import upfirdn2d as upfirdn2d_lib
+
+
+def _kernel_shape(w: tf.Tensor) -> tuple[int, int]:
+  if w.shape.rank != 4 or not w.shape[:2].is_fully_defined():
+    raise ValueError(
+        f'conv2d_resample: w must be [kh, kw, in, out] with static kh, kw, '
+        f'got shape {w.shape}')
+  return int(w.shape[0]), int(w.shape[1])
+
+
+def _plain_conv(x: tf.Tensor, w: tf.Tensor, stride: int,
+                pads: tuple[int, int, int, int]) -> tf.Tensor:
+  px0, px1, py0, py1 = pads
+  if min(pads) < 0:
+    raise ValueError(f'conv2d_resample: negative padding {pads}')
+  padding = 'VALID' if max(pads) == 0 else [[0, 0], [py0, py1], [px0, px1],
+                                            [0, 0]]
+  return tf.nn.conv2d(x, w, [1, stride, stride, 1], padding)
+
+
+def _transposed_conv(x: tf.Tensor, w: tf.Tensor, factor: int) -> tf.Tensor:
+  """Full transposed convolution: (H - 1) * factor + kh rows."""
+  kh, kw = _kernel_shape(w)
+  shape = tf.shape(x)
+  output_shape = tf.stack([
+      shape[0], (shape[1] - 1) * factor + kh, (shape[2] - 1) * factor + kw,
+      tf.shape(w)[3]
+  ])
+  # conv2d_transpose scatters with its filter ([kh, kw, out, in]); flipping w
+  # makes that equal to correlating the zero-upsampled image with w.
+  w_t = tf.transpose(w[::-1, ::-1], [0, 1, 3, 2])
+  y = tf.nn.conv2d_transpose(x, w_t, output_shape, [1, factor, factor, 1],
+                             'VALID')
+  height = None if x.shape[1] is None else (x.shape[1] - 1) * factor + kh
+  width = None if x.shape[2] is None else (x.shape[2] - 1) * factor + kw
+  return tf.ensure_shape(y, [x.shape[0], height, width, w.shape[3]])
+
+
+def conv2d_resample(x: Any,
+                    w: Any,
+                    k: Any = (1, 3, 3, 1),
+                    up: int = 1,
+                    down: int = 1,
+                    padding: int | tuple[int, ...] | None = None,
+                    impl: str = 'auto') -> tf.Tensor:
+  """Convolution with optional 'up'/'down' resampling through filter `k`.
+
+  Args:
+    x: [N, H, W, in] tensor.
+    w: [kh, kw, in, out] kernel (cast to x's dtype).
+    k: Resampling filter taps (normalised by `setup_filter`).
+    up: Integer upsampling factor.
+    down: Integer downsampling factor (not together with up).
+    padding: Padding of the equivalent plain convolution: int, (x, y) or
+      (x0, x1, y0, y1); default (kw // 2, (kw - 1) // 2, kh // 2, ...),
+      i.e. 'same' size for odd kernels and the exact StyleGAN paddings.
+    impl: Implementation of the upfirdn2d steps ('auto', 'ref', 'custom').
+
+  Returns:
+    [N, H * up / down, W * up / down, out] for the default padding.
+  """
+  x = tf.convert_to_tensor(x)
+  w = tf.cast(tf.convert_to_tensor(w), x.dtype)
+  kh, kw = _kernel_shape(w)
+  if int(up) != up or int(down) != down or up < 1 or down < 1:
+    raise ValueError(
+        f'conv2d_resample: up and down must be positive ints, got {up}, '
+        f'{down}')
+  if up > 1 and down > 1:
+    raise ValueError('conv2d_resample: up and down cannot both exceed 1')
+  if padding is None:
+    padding = (kw // 2, (kw - 1) // 2, kh // 2, (kh - 1) // 2)
+  px0, px1, py0, py1 = upfirdn2d_lib.parse_padding(padding)
+  f = upfirdn2d_lib.setup_filter(k)
+  fh, fw = (f.shape[0], f.shape[0]) if f.ndim == 1 else f.shape
+
+  if up > 1:
+    px0 += (fw + up - 1) // 2
+    px1 += (fw - up) // 2
+    py0 += (fh + up - 1) // 2
+    py1 += (fh - up) // 2
+    if kw == 1 and kh == 1:
+      y = _plain_conv(x, w, 1, (0, 0, 0, 0))
+      return upfirdn2d_lib.upfirdn2d(y, f, up=up, pad=(px0, px1, py0, py1),
+                                     gain=up * up, impl=impl)
+    # The transposed convolution supplies kw - 1 zeros on the left and
+    # kw - up on the right of the upsampled image; the filter adds the rest.
+    y = _transposed_conv(x, w, up)
+    pads = (px0 - (kw - 1), px1 - (kw - up), py0 - (kh - 1), py1 - (kh - up))
+    return upfirdn2d_lib.upfirdn2d(y, f, pad=pads, gain=up * up, impl=impl)
+
+  if down > 1:
+    px0 += (fw - down + 1) // 2
+    px1 += (fw - down) // 2
+    py0 += (fh - down + 1) // 2
+    py1 += (fh - down) // 2
+    if kw == 1 and kh == 1:
+      y = upfirdn2d_lib.upfirdn2d(x, f, down=down, pad=(px0, px1, py0, py1),
+                                  impl=impl)
+      return _plain_conv(y, w, 1, (0, 0, 0, 0))
+    y = upfirdn2d_lib.upfirdn2d(x, f, pad=(px0, px1, py0, py1), impl=impl)
+    return _plain_conv(y, w, down, (0, 0, 0, 0))
+
+  return _plain_conv(x, w, 1, (px0, px1, py0, py1))

@@ -1,0 +1,343 @@
+// FusedBiasAct: y = clamp(act(x + b) * gain), and its first and second
+// derivatives (attribute `grad`), as in StyleGAN2-ADA (PyTorch semantics for
+// the bias in gradient mode). CPU kernel here; CUDA kernel in
+// fused_bias_act.cu.cc.
+
+#define EIGEN_USE_THREADS
+#if GOOGLE_CUDA
+#define EIGEN_USE_GPU
+#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "Eigen/Core"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tfpets_ops.h"
+
+namespace tfpets {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+
+REGISTER_OP("FusedBiasAct")
+    .Input("x: T")
+    .Input("b: T")
+    .Input("xref: T")
+    .Input("yref: T")
+    .Input("dy: T")
+    .Output("y: T")
+    .Attr("T: {float, half, bfloat16}")
+    .Attr("grad: int = 0")
+    .Attr("axis: int = -1")
+    .Attr("act: int = 1")
+    .Attr("alpha: float = 0.0")
+    .Attr("gain: float = 1.0")
+    .Attr("clamp: float = -1.0")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Fused bias + activation + gain + clamp (StyleGAN2-ADA).
+
+grad=0: y = clamp(act(x + b[axis]) * gain, -clamp, clamp).
+grad=1: x is an incoming gradient; y = gain * act'(xref + b) * x, zero where
+  |yref| >= clamp. grad=2: y = gain * act''(xref + b) * x * dy, same mask.
+b, xref, yref and dy may be empty ([0]) where unused.
+)doc");
+
+namespace {
+
+using ::tensorflow::int64;
+
+template <typename T>
+inline float ToFloat(T v) {
+  return static_cast<float>(v);
+}
+
+// n consecutive elements. kPerElementBias: the bias advances with the
+// elements (a channels-last row); otherwise one bias value covers the span.
+// Which optional inputs are read is decided at compile time, so the loop is
+// branch-free and vectorises for the piecewise-linear activations.
+template <typename T, int A, int G, bool kPerElementBias>
+void BiasActSpan(const T* __restrict x, const T* __restrict b,
+                 const T* __restrict xref, const T* __restrict yref,
+                 const T* __restrict dy, T* __restrict y, int64_t n,
+                 BiasActScalars s) {
+  constexpr bool kReadsXref = G > 0 && A == kSwish;
+  const float shared_bias = kPerElementBias ? 0.0f : ToFloat(b[0]);
+  for (int64_t k = 0; k < n; ++k) {
+    const float bias = kPerElementBias ? ToFloat(b[k]) : shared_bias;
+    const float xr = kReadsXref ? ToFloat(xref[k]) : 0.0f;
+    const float yr = G > 0 ? ToFloat(yref[k]) : 0.0f;
+    const float d = G == 2 ? ToFloat(dy[k]) : 1.0f;
+    y[k] = static_cast<T>(BiasActElement<A, G>(ToFloat(x[k]), bias, xr, yr, d,
+                                              s));
+  }
+}
+
+// Forward pass of the transcendental activations for float, with Eigen's
+// vectorised tanh/exp/expm1/log1p/logistic (the functions TensorFlow's own
+// kernels use); element-wise scalar libm calls would be several times
+// slower. Works in L1-sized chunks, in place in y (which may alias x).
+template <int A>
+void ApplyActInPlace(Eigen::Map<Eigen::ArrayXf>& v, float alpha) {
+  if (A == kTanh) {
+    v = v.tanh();
+  } else if (A == kSigmoid) {
+    v = v.logistic();
+  } else if (A == kElu) {
+    v = (v >= 0.0f).select(v, v.expm1());
+  } else if (A == kSelu) {
+    v = (v >= 0.0f).select(v * kSeluScale,
+                           v.expm1() * (kSeluScale * kSeluAlpha));
+  } else if (A == kSoftplus) {
+    v = v.max(0.0f) + (-v.abs()).exp().log1p();
+  } else if (A == kSwish) {
+    v = v * v.logistic();
+  }
+}
+
+template <int A, bool kPerElementBias>
+void ForwardSpanVectorised(const float* x, const float* b, float* y,
+                           int64_t n, BiasActScalars s) {
+  constexpr int64_t kChunk = 1024;
+  for (int64_t start = 0; start < n; start += kChunk) {
+    const int64_t m = std::min(kChunk, n - start);
+    Eigen::Map<const Eigen::ArrayXf> xs(x + start, m);
+    Eigen::Map<Eigen::ArrayXf> v(y + start, m);
+    if (kPerElementBias) {
+      v = xs + Eigen::Map<const Eigen::ArrayXf>(b + start, m);
+    } else {
+      v = xs + b[0];
+    }
+    ApplyActInPlace<A>(v, s.alpha);
+    v *= s.gain;
+    if (s.clamp >= 0.0f) v = v.min(s.clamp).max(-s.clamp);
+  }
+}
+
+template <typename T, int A, int G, bool kPerElementBias>
+void Span(const T* x, const T* b, const T* xref, const T* yref, const T* dy,
+          T* y, int64_t n, BiasActScalars s) {
+  if constexpr (std::is_same<T, float>::value && G == 0 && A >= kTanh) {
+    ForwardSpanVectorised<A, kPerElementBias>(x, b, y, n, s);
+  } else {
+    BiasActSpan<T, A, G, kPerElementBias>(x, b, xref, yref, dy, y, n, s);
+  }
+}
+
+// Runs elements [begin, end) of the flat tensor, viewed as
+// [outer, channels, inner] with the bias along `channels`.
+template <typename T, int A, int G>
+void BiasActRange(const BiasActParams<T>& p, int64_t begin, int64_t end) {
+  int64_t i = begin;
+  while (i < end) {
+    const int64_t line = i / p.inner;
+    const int64_t channel = line % p.channels;
+    const bool channels_last = p.inner == 1;
+    const int64_t n = channels_last
+                          ? std::min(end - i, p.channels - channel)
+                          : std::min(end, (line + 1) * p.inner) - i;
+    const T* xref = p.xref ? p.xref + i : nullptr;
+    const T* yref = p.yref ? p.yref + i : nullptr;
+    const T* dy = p.dy ? p.dy + i : nullptr;
+    if (channels_last) {
+      Span<T, A, G, true>(p.x + i, p.b + channel, xref, yref, dy, p.y + i, n,
+                          p.scalars);
+    } else {
+      Span<T, A, G, false>(p.x + i, p.b + channel, xref, yref, dy, p.y + i, n,
+                           p.scalars);
+    }
+    i += n;
+  }
+}
+
+template <typename T, int A>
+void BiasActRangeForGrad(const BiasActParams<T>& p, int64_t begin,
+                         int64_t end) {
+  switch (p.grad) {
+    case 0:
+      return BiasActRange<T, A, 0>(p, begin, end);
+    case 1:
+      return BiasActRange<T, A, 1>(p, begin, end);
+    default:
+      return BiasActRange<T, A, 2>(p, begin, end);
+  }
+}
+
+template <typename T>
+void BiasActDispatch(const BiasActParams<T>& p, int64_t begin, int64_t end) {
+  switch (p.act) {
+    case kLinear:
+      return BiasActRangeForGrad<T, kLinear>(p, begin, end);
+    case kRelu:
+      return BiasActRangeForGrad<T, kRelu>(p, begin, end);
+    case kLrelu:
+      return BiasActRangeForGrad<T, kLrelu>(p, begin, end);
+    case kTanh:
+      return BiasActRangeForGrad<T, kTanh>(p, begin, end);
+    case kSigmoid:
+      return BiasActRangeForGrad<T, kSigmoid>(p, begin, end);
+    case kElu:
+      return BiasActRangeForGrad<T, kElu>(p, begin, end);
+    case kSelu:
+      return BiasActRangeForGrad<T, kSelu>(p, begin, end);
+    case kSoftplus:
+      return BiasActRangeForGrad<T, kSoftplus>(p, begin, end);
+    default:
+      return BiasActRangeForGrad<T, kSwish>(p, begin, end);
+  }
+}
+
+struct CpuDeviceTag {};
+struct GpuDeviceTag {};
+
+template <typename Tag, typename T>
+struct BiasActLauncher;
+
+template <typename T>
+struct BiasActLauncher<CpuDeviceTag, T> {
+  static void Run(OpKernelContext* ctx, const BiasActParams<T>& p) {
+    const bool transcendental = p.act >= kTanh;
+    const int64_t cost = (transcendental ? 40 : 4) + (p.grad > 0 ? 4 : 0);
+    auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    workers->ParallelFor(p.size, cost, [&p](int64 begin, int64 end) {
+      BiasActDispatch<T>(p, begin, end);
+    });
+  }
+};
+
+#if GOOGLE_CUDA
+template <typename T>
+struct BiasActLauncher<GpuDeviceTag, T> {
+  static void Run(OpKernelContext* ctx, const BiasActParams<T>& p) {
+    LaunchBiasActGpu<T>(ctx->eigen_device<Eigen::GpuDevice>(), p);
+  }
+};
+#endif  // GOOGLE_CUDA
+
+template <typename Tag, typename T>
+class FusedBiasActOp : public OpKernel {
+ public:
+  explicit FusedBiasActOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("grad", &grad_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("act", &act_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("alpha", &scalars_.alpha));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("gain", &scalars_.gain));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("clamp", &scalars_.clamp));
+    OP_REQUIRES(ctx, grad_ >= 0 && grad_ <= 2,
+                absl::InvalidArgumentError("FusedBiasAct: grad must be 0-2"));
+    OP_REQUIRES(ctx, act_ >= kLinear && act_ <= kSwish,
+                absl::InvalidArgumentError("FusedBiasAct: act must be 1-9"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& b = ctx->input(1);
+    const int rank = x.dims();
+    const int axis = axis_ < 0 ? axis_ + rank : axis_;
+    const bool axis_ok =
+        rank == 0 ? b.NumElements() == 0 : axis >= 0 && axis < rank;
+    OP_REQUIRES(ctx, axis_ok,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "FusedBiasAct: axis ", axis_, " out of range for rank ",
+                    rank)));
+    const int64_t channels = rank == 0 ? 1 : x.dim_size(axis);
+    OP_REQUIRES(ctx, b.NumElements() == 0 || b.NumElements() == channels,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "FusedBiasAct: b has ", b.NumElements(),
+                    " elements, expected 0 or x.shape[axis] = ", channels)));
+    for (int i = 2; i < 5; ++i) {
+      const int64_t size = ctx->input(i).NumElements();
+      OP_REQUIRES(ctx, size == 0 || size == x.NumElements(),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "FusedBiasAct: input ", i, " has ", size,
+                      " elements, expected 0 or ", x.NumElements())));
+    }
+    const bool has_xref = ctx->input(2).NumElements() != 0;
+    const bool has_yref = ctx->input(3).NumElements() != 0;
+    const bool has_dy = ctx->input(4).NumElements() != 0;
+    OP_REQUIRES(ctx, grad_ == 0 || (has_yref && (has_xref || act_ != kSwish)),
+                absl::InvalidArgumentError(
+                    "FusedBiasAct: gradient mode needs yref (and xref for "
+                    "swish)"));
+    OP_REQUIRES(ctx, grad_ != 2 || (has_dy && (has_xref || act_ != kSwish)),
+                absl::InvalidArgumentError(
+                    "FusedBiasAct: grad=2 needs dy (and xref for swish)"));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
+    if (x.NumElements() == 0) return;
+    // The CPU loops always read a bias; the GPU kernel checks for null.
+    constexpr bool kOnCpu = std::is_same<Tag, CpuDeviceTag>::value;
+    Tensor zero_bias;
+    if (b.NumElements() == 0 && kOnCpu) {
+      OP_REQUIRES_OK(
+          ctx, ctx->allocate_temp(::tensorflow::DataTypeToEnum<T>::v(),
+                                  {channels}, &zero_bias));
+      zero_bias.flat<T>().setZero();
+    }
+
+    int64_t inner = 1;
+    for (int d = axis + 1; d < rank; ++d) inner *= x.dim_size(d);
+    BiasActParams<T> p;
+    p.x = x.flat<T>().data();
+    p.b = b.NumElements() != 0 ? b.flat<T>().data()
+          : kOnCpu            ? zero_bias.flat<T>().data()
+                              : nullptr;
+    p.xref = OptionalData(ctx->input(2));
+    p.yref = OptionalData(ctx->input(3));
+    p.dy = OptionalData(ctx->input(4));
+    p.y = y->flat<T>().data();
+    p.size = x.NumElements();
+    p.channels = channels == 0 ? 1 : channels;
+    p.inner = inner == 0 ? 1 : inner;
+    p.act = act_;
+    p.grad = grad_;
+    p.scalars = scalars_;
+    BiasActLauncher<Tag, T>::Run(ctx, p);
+  }
+
+ private:
+  static const T* OptionalData(const Tensor& t) {
+    return t.NumElements() == 0 ? nullptr : t.flat<T>().data();
+  }
+
+  int grad_ = 0;
+  int axis_ = -1;
+  int act_ = kLinear;
+  BiasActScalars scalars_{};
+};
+
+#define REGISTER_CPU(T)                                               \
+  REGISTER_KERNEL_BUILDER(Name("FusedBiasAct")                        \
+                              .Device(::tensorflow::DEVICE_CPU)       \
+                              .TypeConstraint<T>("T"),                \
+                          FusedBiasActOp<CpuDeviceTag, T>)
+REGISTER_CPU(float);
+REGISTER_CPU(Eigen::half);
+REGISTER_CPU(Eigen::bfloat16);
+#undef REGISTER_CPU
+
+#if GOOGLE_CUDA
+#define REGISTER_GPU(T)                                               \
+  REGISTER_KERNEL_BUILDER(Name("FusedBiasAct")                        \
+                              .Device(::tensorflow::DEVICE_GPU)       \
+                              .TypeConstraint<T>("T"),                \
+                          FusedBiasActOp<GpuDeviceTag, T>)
+REGISTER_GPU(float);
+REGISTER_GPU(Eigen::half);
+#undef REGISTER_GPU
+#endif  // GOOGLE_CUDA
+
+}  // namespace
+}  // namespace tfpets

@@ -1,0 +1,400 @@
+// UpFirDn2D on NHWC: zero-insert upsample, pad/crop, FIR filter, decimate
+// (StyleGAN2-ADA), with `flip` (correlation instead of convolution) and
+// `gain` attributes so that its gradient is the same op with up/down
+// swapped and the filter flipped. CPU kernel here; CUDA kernel in
+// upfirdn2d.cu.cc.
+
+#define EIGEN_USE_THREADS
+#if GOOGLE_CUDA
+#define EIGEN_USE_GPU
+#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tfpets_ops.h"
+
+namespace tfpets {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+namespace {
+
+// (in * up + pad0 + pad1 - taps) // down + 1, or -1 if the output is empty.
+int64_t OutputSize(int64_t in, int up, int down, int pad0, int pad1,
+                   int64_t taps) {
+  const int64_t span = in * up + pad0 + pad1 - taps;
+  return span < 0 ? -1 : span / down + 1;
+}
+
+absl::Status OutputDim(InferenceContext* c, DimensionHandle in,
+                       DimensionHandle taps, int up, int down, int pad0,
+                       int pad1, DimensionHandle* out) {
+  if (!c->ValueKnown(in) || !c->ValueKnown(taps)) {
+    *out = c->UnknownDim();
+    return absl::OkStatus();
+  }
+  const int64_t size =
+      OutputSize(c->Value(in), up, down, pad0, pad1, c->Value(taps));
+  if (size <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "UpFirDn2D: empty output (input ", c->Value(in), ", up ", up,
+        ", pads ", pad0, "/", pad1, ", ", c->Value(taps), " taps)"));
+  }
+  *out = c->MakeDim(size);
+  return absl::OkStatus();
+}
+
+absl::Status UpFirDnShapeFn(InferenceContext* c) {
+  ShapeHandle x, k;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &k));
+  int upx, upy, downx, downy, padx0, padx1, pady0, pady1;
+  TF_RETURN_IF_ERROR(c->GetAttr("upx", &upx));
+  TF_RETURN_IF_ERROR(c->GetAttr("upy", &upy));
+  TF_RETURN_IF_ERROR(c->GetAttr("downx", &downx));
+  TF_RETURN_IF_ERROR(c->GetAttr("downy", &downy));
+  TF_RETURN_IF_ERROR(c->GetAttr("padx0", &padx0));
+  TF_RETURN_IF_ERROR(c->GetAttr("padx1", &padx1));
+  TF_RETURN_IF_ERROR(c->GetAttr("pady0", &pady0));
+  TF_RETURN_IF_ERROR(c->GetAttr("pady1", &pady1));
+  DimensionHandle out_h, out_w;
+  TF_RETURN_IF_ERROR(OutputDim(c, c->Dim(x, 1), c->Dim(k, 0), upy, downy,
+                               pady0, pady1, &out_h));
+  TF_RETURN_IF_ERROR(OutputDim(c, c->Dim(x, 2), c->Dim(k, 1), upx, downx,
+                               padx0, padx1, &out_w));
+  c->set_output(0,
+                c->MakeShape({c->Dim(x, 0), out_h, out_w, c->Dim(x, 3)}));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+REGISTER_OP("UpFirDn2D")
+    .Input("x: T")
+    .Input("k: float")
+    .Output("y: T")
+    .Attr("T: {float, half, bfloat16}")
+    .Attr("upx: int >= 1 = 1")
+    .Attr("upy: int >= 1 = 1")
+    .Attr("downx: int >= 1 = 1")
+    .Attr("downy: int >= 1 = 1")
+    .Attr("padx0: int = 0")
+    .Attr("padx1: int = 0")
+    .Attr("pady0: int = 0")
+    .Attr("pady1: int = 0")
+    .Attr("flip: bool = false")
+    .Attr("gain: float = 1.0")
+    .SetShapeFn(UpFirDnShapeFn)
+    .Doc(R"doc(
+Upsample (zero insertion), pad (negative crops), FIR filter, downsample.
+
+For NHWC x, y[n, oy, ox, c] = gain * sum over (i, j) of kc[i, j] *
+u[n, oy * downy + i, ox * downx + j, c], where u is x upsampled and padded
+and kc is k rotated by 180 degrees (true convolution) unless flip is set.
+)doc");
+
+namespace {
+
+// One valid filter tap along one axis: source pixel and filter index.
+struct Tap {
+  int src;
+  int index;
+};
+
+// Taps for every output position along one axis; offsets[o]..offsets[o+1].
+struct AxisTaps {
+  std::vector<Tap> taps;
+  std::vector<int> offsets;
+};
+
+AxisTaps BuildAxisTaps(int64_t out_size, int64_t in_size, int up, int down,
+                       int pad0, int taps) {
+  AxisTaps result;
+  result.offsets.reserve(out_size + 1);
+  for (int64_t o = 0; o < out_size; ++o) {
+    result.offsets.push_back(static_cast<int>(result.taps.size()));
+    for (int i = 0; i < taps; ++i) {
+      const int64_t pos = o * down + i - pad0;  // In the upsampled image.
+      if (pos < 0 || pos % up != 0 || pos / up >= in_size) continue;
+      result.taps.push_back({static_cast<int>(pos / up), i});
+    }
+  }
+  result.offsets.push_back(static_cast<int>(result.taps.size()));
+  return result;
+}
+
+// Correlation weights: gain * k rotated by 180 degrees unless flip.
+std::vector<float> CorrelationWeights(const Tensor& k, bool flip,
+                                      float gain) {
+  const int kh = k.dim_size(0), kw = k.dim_size(1);
+  auto kf = k.matrix<float>();
+  std::vector<float> w(kh * kw);
+  for (int i = 0; i < kh; ++i) {
+    for (int j = 0; j < kw; ++j) {
+      w[i * kw + j] =
+          gain * (flip ? kf(i, j) : kf(kh - 1 - i, kw - 1 - j));
+    }
+  }
+  return w;
+}
+
+template <typename T>
+inline float ToFloat(T v) {
+  return static_cast<float>(v);
+}
+
+// acc[c] (+)= sum_t w[t] * src[t][c] for up to four taps at once; `first`
+// overwrites acc instead of adding, so no separate zeroing pass is needed.
+template <typename T>
+void AccumulateTaps(float* __restrict acc, const T* const* src,
+                    const float* w, int count, int64_t channels, bool first) {
+  switch (count) {
+    case 1: {
+      const T* __restrict s0 = src[0];
+      if (first) {
+        for (int64_t c = 0; c < channels; ++c) acc[c] = w[0] * ToFloat(s0[c]);
+      } else {
+        for (int64_t c = 0; c < channels; ++c) acc[c] += w[0] * ToFloat(s0[c]);
+      }
+      return;
+    }
+    case 2: {
+      const T* __restrict s0 = src[0];
+      const T* __restrict s1 = src[1];
+      const float w0 = w[0], w1 = w[1];
+      if (first) {
+        for (int64_t c = 0; c < channels; ++c)
+          acc[c] = w0 * ToFloat(s0[c]) + w1 * ToFloat(s1[c]);
+      } else {
+        for (int64_t c = 0; c < channels; ++c)
+          acc[c] += w0 * ToFloat(s0[c]) + w1 * ToFloat(s1[c]);
+      }
+      return;
+    }
+    case 3: {
+      const T* __restrict s0 = src[0];
+      const T* __restrict s1 = src[1];
+      const T* __restrict s2 = src[2];
+      const float w0 = w[0], w1 = w[1], w2 = w[2];
+      if (first) {
+        for (int64_t c = 0; c < channels; ++c)
+          acc[c] = w0 * ToFloat(s0[c]) + w1 * ToFloat(s1[c]) +
+                   w2 * ToFloat(s2[c]);
+      } else {
+        for (int64_t c = 0; c < channels; ++c)
+          acc[c] += w0 * ToFloat(s0[c]) + w1 * ToFloat(s1[c]) +
+                    w2 * ToFloat(s2[c]);
+      }
+      return;
+    }
+    default: {
+      const T* __restrict s0 = src[0];
+      const T* __restrict s1 = src[1];
+      const T* __restrict s2 = src[2];
+      const T* __restrict s3 = src[3];
+      const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+      if (first) {
+        for (int64_t c = 0; c < channels; ++c)
+          acc[c] = (w0 * ToFloat(s0[c]) + w1 * ToFloat(s1[c])) +
+                   (w2 * ToFloat(s2[c]) + w3 * ToFloat(s3[c]));
+      } else {
+        for (int64_t c = 0; c < channels; ++c)
+          acc[c] += (w0 * ToFloat(s0[c]) + w1 * ToFloat(s1[c])) +
+                    (w2 * ToFloat(s2[c]) + w3 * ToFloat(s3[c]));
+      }
+      return;
+    }
+  }
+}
+
+// Computes output rows [row_begin, row_end) of the flattened [N * outH]
+// row index. Every output pixel gathers its non-zero taps and sums them
+// over the contiguous channel vector, so each output element is written
+// once and only taps that hit real (not inserted-zero) pixels cost work.
+template <typename T>
+void UpFirDnRows(const T* x, T* y, const UpFirDnShape& s,
+                 const std::vector<float>& weights, const AxisTaps& rows,
+                 const AxisTaps& cols, int64_t row_begin, int64_t row_end) {
+  const int64_t c_count = s.channels;
+  std::vector<float> acc_buffer(std::is_same<T, float>::value ? 0 : c_count);
+  const int max_taps = s.kh * s.kw;
+  std::vector<const T*> src(max_taps);
+  std::vector<float> w(max_taps);
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t n = row / s.out_h;
+    const int64_t oy = row % s.out_h;
+    const T* image = x + n * s.in_h * s.in_w * c_count;
+    T* out_row = y + row * s.out_w * c_count;
+    for (int64_t ox = 0; ox < s.out_w; ++ox) {
+      int count = 0;
+      for (int ty = rows.offsets[oy]; ty < rows.offsets[oy + 1]; ++ty) {
+        const Tap& vy = rows.taps[ty];
+        const T* src_row = image + vy.src * s.in_w * c_count;
+        const float* w_row = &weights[vy.index * s.kw];
+        for (int tx = cols.offsets[ox]; tx < cols.offsets[ox + 1]; ++tx) {
+          const Tap& vx = cols.taps[tx];
+          const float weight = w_row[vx.index];
+          if (weight == 0.0f) continue;
+          src[count] = src_row + vx.src * c_count;
+          w[count] = weight;
+          ++count;
+        }
+      }
+      T* out = out_row + ox * c_count;
+      float* acc = std::is_same<T, float>::value
+                       ? reinterpret_cast<float*>(out)
+                       : acc_buffer.data();
+      if (count == 0) std::fill(acc, acc + c_count, 0.0f);
+      for (int t = 0; t < count; t += 4) {
+        AccumulateTaps<T>(acc, &src[t], &w[t], std::min(4, count - t),
+                          c_count, t == 0);
+      }
+      if (!std::is_same<T, float>::value) {
+        for (int64_t c = 0; c < c_count; ++c) out[c] = static_cast<T>(acc[c]);
+      }
+    }
+  }
+}
+
+struct CpuDeviceTag {};
+struct GpuDeviceTag {};
+
+template <typename Tag, typename T>
+struct UpFirDnLauncher;
+
+template <typename T>
+struct UpFirDnLauncher<CpuDeviceTag, T> {
+  static void Run(OpKernelContext* ctx, const T* x, T* y,
+                  const UpFirDnShape& s, const std::vector<float>& weights) {
+    const AxisTaps rows =
+        BuildAxisTaps(s.out_h, s.in_h, s.upy, s.downy, s.pady0, s.kh);
+    const AxisTaps cols =
+        BuildAxisTaps(s.out_w, s.in_w, s.upx, s.downx, s.padx0, s.kw);
+    const int64_t taps_per_pixel =
+        std::max<int64_t>(1, (s.kh + s.upy - 1) / s.upy) *
+        std::max<int64_t>(1, (s.kw + s.upx - 1) / s.upx);
+    const int64_t cost = s.out_w * s.channels * (2 * taps_per_pixel + 2);
+    auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    workers->ParallelFor(
+        s.n * s.out_h, cost,
+        [&](::tensorflow::int64 begin, ::tensorflow::int64 end) {
+          UpFirDnRows<T>(x, y, s, weights, rows, cols, begin, end);
+        });
+  }
+};
+
+#if GOOGLE_CUDA
+template <typename T>
+struct UpFirDnLauncher<GpuDeviceTag, T> {
+  static void Run(OpKernelContext* ctx, const T* x, T* y,
+                  const UpFirDnShape& s, const std::vector<float>& weights) {
+    GpuTaps taps{};
+    std::copy(weights.begin(), weights.end(), taps.weights);
+    LaunchUpFirDnGpu<T>(ctx->eigen_device<Eigen::GpuDevice>(), x, y, s, taps);
+  }
+};
+#endif  // GOOGLE_CUDA
+
+template <typename Tag, typename T>
+class UpFirDn2DOp : public OpKernel {
+ public:
+  explicit UpFirDn2DOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("upx", &upx_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("upy", &upy_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("downx", &downx_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("downy", &downy_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("padx0", &padx0_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("padx1", &padx1_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("pady0", &pady0_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("pady1", &pady1_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("flip", &flip_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("gain", &gain_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& k = ctx->input(1);
+    OP_REQUIRES(ctx, x.dims() == 4,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "UpFirDn2D: x must be NHWC (rank 4), got rank ",
+                    x.dims())));
+    OP_REQUIRES(ctx, k.dims() == 2 && k.NumElements() > 0,
+                absl::InvalidArgumentError(
+                    "UpFirDn2D: k must be a non-empty 2-D filter"));
+    UpFirDnShape s;
+    s.n = x.dim_size(0);
+    s.in_h = x.dim_size(1);
+    s.in_w = x.dim_size(2);
+    s.channels = x.dim_size(3);
+    s.upx = upx_;
+    s.upy = upy_;
+    s.downx = downx_;
+    s.downy = downy_;
+    s.padx0 = padx0_;
+    s.pady0 = pady0_;
+    s.kh = static_cast<int>(k.dim_size(0));
+    s.kw = static_cast<int>(k.dim_size(1));
+    s.out_h = OutputSize(s.in_h, upy_, downy_, pady0_, pady1_, s.kh);
+    s.out_w = OutputSize(s.in_w, upx_, downx_, padx0_, padx1_, s.kw);
+    OP_REQUIRES(ctx, s.out_h > 0 && s.out_w > 0,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "UpFirDn2D: empty output for input ",
+                    x.shape().DebugString(),
+                    " and filter ", k.shape().DebugString())));
+    constexpr bool kOnCpu = std::is_same<Tag, CpuDeviceTag>::value;
+    OP_REQUIRES(ctx, kOnCpu || k.NumElements() <= kMaxGpuTaps,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "UpFirDn2D: the GPU kernel takes at most ", kMaxGpuTaps,
+                    " filter taps")));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, {s.n, s.out_h, s.out_w, s.channels}, &y));
+    if (y->NumElements() == 0) return;
+    UpFirDnLauncher<Tag, T>::Run(ctx, x.flat<T>().data(), y->flat<T>().data(),
+                                 s, CorrelationWeights(k, flip_, gain_));
+  }
+
+ private:
+  int upx_, upy_, downx_, downy_, padx0_, padx1_, pady0_, pady1_;
+  bool flip_;
+  float gain_;
+};
+
+#define REGISTER_CPU(T)                                               \
+  REGISTER_KERNEL_BUILDER(Name("UpFirDn2D")                           \
+                              .Device(::tensorflow::DEVICE_CPU)       \
+                              .TypeConstraint<T>("T"),                \
+                          UpFirDn2DOp<CpuDeviceTag, T>)
+REGISTER_CPU(float);
+REGISTER_CPU(Eigen::half);
+REGISTER_CPU(Eigen::bfloat16);
+#undef REGISTER_CPU
+
+#if GOOGLE_CUDA
+// The filter is read on the host and passed to the kernel by value.
+#define REGISTER_GPU(T)                                               \
+  REGISTER_KERNEL_BUILDER(Name("UpFirDn2D")                           \
+                              .Device(::tensorflow::DEVICE_GPU)       \
+                              .TypeConstraint<T>("T")                 \
+                              .HostMemory("k"),                       \
+                          UpFirDn2DOp<GpuDeviceTag, T>)
+REGISTER_GPU(float);
+REGISTER_GPU(Eigen::half);
+#undef REGISTER_GPU
+#endif  // GOOGLE_CUDA
+
+}  // namespace
+}  // namespace tfpets
