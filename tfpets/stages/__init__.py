@@ -4,4 +4,7 @@ STAGES = {
     "data": "tfpets.stages.data",
     "inspect": "tfpets.stages.inspect",
     "convert": "tfpets.stages.convert",
+    "landmarks": "tfpets.stages.landmarks",
+    "predict_landmarks": "tfpets.stages.predict_landmarks",
+    "crop": "tfpets.stages.crop",
 }

@@ -1,0 +1,110 @@
+"""Landmark detector inference throughput on this CPU: Keras, SavedModel and TFLite.
+
+Each backend runs the full two-stage detector (letterbox, bbox model, ROI crop, landmarks model,
+mapping back) one image at a time, as a phone or a request handler would; Keras is also timed on
+batches of same-size images. Prints one JSON object with images/s, the load average (the CPU may be
+shared) and the configuration.
+
+  python benchmarks/bench_landmarks.py [--detector runs/landmarks] [--image_side 128] [--seconds 10]
+
+Without --detector a detector with the default synthetic-run configuration and perturbed random
+weights is built and exported to a temporary folder: the speed does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _perturbed_models(config):
+  from tfpets.landmarks import model as model_lib
+  rng = np.random.default_rng(0)
+  models = []
+  for stage in ("bbox", "landmarks"):
+    model = model_lib.build_model(stage, config)
+    for weight in model.weights:
+      value = weight.numpy()
+      noise = rng.normal(0, 0.1, value.shape).astype(np.float32)
+      weight.assign(np.abs(value + noise) + 0.5 if "variance" in weight.path else value + noise)
+    models.append(model)
+  return models
+
+
+def _rate(fn, items, seconds: float) -> float:
+  """Items per second of fn over items, cycled for about `seconds` after one warm-up call."""
+  fn(items[0])
+  done, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    fn(items[done % len(items)])
+    done += 1
+  return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--detector", default="", help="trained --stage=landmarks workdir")
+  parser.add_argument("--image_side", type=int, default=128, help="side of the test images")
+  parser.add_argument("--image_size", type=int, default=64, help="stage-1 frame (no --detector)")
+  parser.add_argument("--roi_size", type=int, default=64, help="stage-2 frame (no --detector)")
+  parser.add_argument("--seconds", type=float, default=10.0, help="timing per backend")
+  args = parser.parse_args()
+
+  from tfpets.landmarks import export
+  from tfpets.landmarks import model as model_lib
+  from tfpets.landmarks import predict
+
+  tmp = tempfile.TemporaryDirectory()
+  if args.detector:
+    models_dir = predict.models_directory(args.detector)
+    config = model_lib.DetectorConfig.load(models_dir)
+    bbox, landmarks = (model_lib.load_model(models_dir / model_lib.MODEL_FILES[s])
+                       for s in ("bbox", "landmarks"))
+  else:
+    config = model_lib.DetectorConfig(image_size=args.image_size, roi_size=args.roi_size)
+    bbox, landmarks = _perturbed_models(config)
+  export_dir = pathlib.Path(args.detector) / "export" if args.detector else pathlib.Path(tmp.name)
+  if not (export_dir / "tflite" / "landmarks.tflite").is_file():
+    export_dir = pathlib.Path(tmp.name)
+    export.export_detector(config, bbox, landmarks, export_dir)
+
+  rng = np.random.default_rng(1)
+  images = [rng.integers(0, 256, (args.image_side, args.image_side, 3), np.uint8)
+            for _ in range(16)]
+  keras_detector = predict.Detector.from_models(config, bbox, landmarks)
+  served = export.saved_model_detector(export_dir)
+  lite = export.tflite_detector(export_dir)
+  batch = np.stack(images)
+  results = {
+      "keras_images_per_s": _rate(keras_detector.detect, images, args.seconds),
+      "keras_batch16_images_per_s": 16 * _rate(lambda _: keras_detector.detect_batch(batch),
+                                               [None], args.seconds),
+      "saved_model_images_per_s": _rate(served, images, args.seconds),
+      "tflite_images_per_s": _rate(lite.detect, images, args.seconds),
+  }
+  report = {k: round(v, 1) for k, v in results.items()}
+  report.update({
+      "pipeline": "two stages per image: letterbox -> bbox model -> ROI crop -> landmarks model",
+      "image_side": args.image_side, "detector": args.detector or "random (perturbed) weights",
+      "config": {k: getattr(config, k) for k in ("image_size", "roi_size", "num_landmarks", "head",
+                                                 "width_multiplier")},
+      "tflite_bytes": {s: os.path.getsize(export_dir / "tflite" / f"{s}.tflite")
+                       for s in export.STAGES},
+      "cpu_count": os.cpu_count(),
+      "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+  })
+  print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+  main()

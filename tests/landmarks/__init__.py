@@ -1,0 +1,1 @@
+"""Tests of tfpets.landmarks; a package so that test file names may repeat those of other areas."""

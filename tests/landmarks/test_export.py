@@ -1,0 +1,69 @@
+"""Exported detectors give the Keras detector's outputs: the TFLite stage models, the two-stage
+pipeline run on them, and the whole-pipeline SavedModel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfpets.landmarks import export
+from tfpets.landmarks import model as model_lib
+from tfpets.landmarks import predict
+
+from .handmade import draw_head
+
+CONFIG = model_lib.DetectorConfig(image_size=32, roi_size=32, units=16, roi_passes=2)
+HEAD, BLOBS = (40, 20, 79, 59), np.array([[50.0, 30.0], [70.0, 35.0], [60.0, 50.0]])
+# The ROI follows the stage-1 box, so float differences of ~1e-4 px there resample stage 2's input
+# slightly differently, which a perturbed random network amplifies a little.
+PIPELINE_TOLERANCE_PX = 0.05
+
+
+def _perturbed(stage, seed):
+  """A stage model whose outputs depend on its input (a fresh BatchNorm net outputs ~0)."""
+  model = model_lib.build_model(stage, CONFIG)
+  rng = np.random.default_rng(seed)
+  for weight in model.weights:
+    value = weight.numpy()
+    noise = rng.normal(0, 0.3, value.shape).astype(np.float32)
+    weight.assign(np.abs(value + noise) + 0.5 if "variance" in weight.path else value + noise)
+  return model
+
+
+@pytest.fixture(scope="module")
+def models():
+  return {stage: _perturbed(stage, i) for i, stage in enumerate(export.STAGES)}
+
+
+@pytest.mark.slow
+def test_tflite_matches_keras(models, tmp_path):
+  export.export_detector(CONFIG, models["bbox"], models["landmarks"], tmp_path, pipeline=False)
+  rng = np.random.default_rng(5)
+  frames = rng.uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+  for stage, model in models.items():
+    keras_out = {k: np.asarray(v) for k, v in model(frames, training=False).items()}
+    lite_out = export.TFLiteStage(tmp_path / "tflite" / f"{stage}.tflite")(frames)
+    assert set(lite_out) == set(keras_out)
+    for name, value in keras_out.items():
+      assert np.std(value) > 0.05, f"{stage}/{name} does not depend on the input"
+      np.testing.assert_allclose(lite_out[name], value, rtol=1e-4, atol=1e-3)
+
+  assert model_lib.DetectorConfig.load(tmp_path) == CONFIG
+  image = draw_head(70, 110, HEAD, BLOBS)
+  expected = predict.Detector.from_models(CONFIG, models["bbox"], models["landmarks"]).detect(image)
+  lite = export.tflite_detector(tmp_path).detect(image)
+  np.testing.assert_allclose(lite.landmarks, expected.landmarks, atol=PIPELINE_TOLERANCE_PX)
+  np.testing.assert_allclose(lite.box, expected.box, atol=PIPELINE_TOLERANCE_PX)
+  assert lite.head_score == pytest.approx(expected.head_score, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_pipeline_saved_model_matches_keras(models, tmp_path):
+  export.export_pipeline(CONFIG, models["bbox"], models["landmarks"], tmp_path / "detector")
+  image = draw_head(90, 60, (10, 30, 49, 69), BLOBS - [30, -10])
+  expected = predict.Detector.from_models(CONFIG, models["bbox"], models["landmarks"]).detect(image)
+  served = export.saved_model_detector(tmp_path)(image)
+  np.testing.assert_allclose(served["landmarks"], expected.landmarks, atol=1e-3)
+  np.testing.assert_allclose(served["box"], expected.box, atol=1e-3)
+  np.testing.assert_allclose(served["roi"], expected.roi, atol=1e-3)
+  assert float(served["head_score"]) == pytest.approx(expected.head_score, abs=1e-5)

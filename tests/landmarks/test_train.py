@@ -1,0 +1,112 @@
+"""Training frames from records, and a stage run that is killed and resumed from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfpets.landmarks import augment
+from tfpets.landmarks import data
+from tfpets.landmarks import model as model_lib
+from tfpets.landmarks import train
+
+CONFIG = model_lib.DetectorConfig(image_size=32, roi_size=32, units=16)
+
+
+@pytest.mark.parametrize("stage", data.STAGES)
+def test_frames_hold_targets_inside_the_frame(tiny_shards, stage):
+  spec = data.FrameSpec(stage, 48, 9)
+  assert data.count_usable(tiny_shards, "train", spec) == 12
+  options = augment.AugmentOptions(flip_horizontal=True, rotate_n=20, negative_fraction=0.2)
+  frames, targets, *weights = next(iter(data.frames(tiny_shards, "train", spec, batch_size=8,
+                                                    training=True, options=options)))
+  assert frames.shape == (8, 48, 48, 3) and frames.dtype == "float32"
+  assert -1e-3 <= float(np.min(frames)) and float(np.max(frames)) <= 255.0 + 1e-3
+  box = targets["box"].numpy()
+  if stage == "bbox":
+    heads = weights[0]["box"].numpy() > 0
+    assert np.array_equal(heads, targets["head"].numpy()[:, 0] > 0)
+    box = box[heads]
+  else:
+    assert targets["landmarks"].shape == (8, 9, 2)
+    # The ROI is the box grown by 0..0.2 of its longer side per side: the box stays inside.
+    assert np.all(box > -1) and np.all(box < 48)
+  assert np.all(box[:, 2:] > box[:, :2])
+
+
+class _Killed(Exception):
+  pass
+
+
+class _KillAtEpoch(keras.callbacks.Callback):
+  """Stands for a kill: the run dies as `epoch` begins, after the previous epoch was saved."""
+
+  def __init__(self, epoch: int):
+    super().__init__()
+    self.epoch = epoch
+    self.weights_before_kill = None
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if epoch == self.epoch:
+      self.weights_before_kill = [w.copy() for w in self.model.get_weights()]
+      raise _Killed()
+
+
+class _Record(keras.callbacks.Callback):
+  def __init__(self):
+    super().__init__()
+    self.epochs, self.start_weights, self.start_iterations = [], None, None
+
+  def on_train_begin(self, logs=None):
+    self.start_weights = [w.copy() for w in self.model.get_weights()]
+    self.start_iterations = int(self.model.optimizer.iterations.numpy())
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epochs.append(epoch)
+
+
+@pytest.mark.slow
+def test_killed_stage_resumes_from_its_last_epoch(tiny_shards, tmp_path):
+  paths = train.RunPaths(tmp_path / "checkpoints", tmp_path / "models", tmp_path / "logs")
+  options = train.TrainOptions(epochs=3, steps_per_epoch=1, batch_size=4, plateau_patience=1,
+                               learning_rate=0.01, batch_norm_batches=2)
+  run = lambda callbacks: train.train_stage("landmarks", CONFIG, tiny_shards, paths,
+                                            augment.EVAL, options, extra_callbacks=callbacks)
+  kill = _KillAtEpoch(2)
+  with pytest.raises(_Killed):
+    run([kill])
+  state = json.loads((paths.checkpoints / "landmarks" / train.STATE_FILE).read_text())
+  assert state["epoch"] == 2 and not state.get("done")
+
+  record = _Record()
+  _, summary = run([record])
+  assert record.epochs == [2]                 # only the epoch the kill prevented
+  assert record.start_iterations == 2         # the optimizer state came back too
+  for restored, saved in zip(record.start_weights, kill.weights_before_kill):
+    np.testing.assert_array_equal(restored, saved)
+  assert summary["epochs_run"] == 3
+  assert (paths.models / "landmarks.keras").is_file()
+
+  again = _Record()
+  model, _ = run([again])                     # done: the saved model is loaded, nothing trains
+  assert again.epochs == [] and model.name == "landmarks_detector"
+
+
+def test_recomputed_batch_norm_statistics_are_the_batches_statistics():
+  """After recomputing on copies of one batch, inference mode normalises that batch exactly as
+  training mode does (the moving statistics are that batch's statistics)."""
+  model = model_lib.build_model("landmarks", CONFIG)
+  frames = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
+  before = model(frames, training=False)["landmarks"].numpy()
+  batches = tf.data.Dataset.from_tensors((frames, {})).repeat(3)
+  train.recompute_batch_norm(model, batches, 3)
+  expected = model(frames, training=True)["landmarks"].numpy()
+  after = model(frames, training=False)["landmarks"].numpy()
+  np.testing.assert_allclose(after, expected, atol=1e-3)
+  assert np.abs(before - expected).max() > 1e-2  # it did change something
+  assert all(layer.momentum == model_lib.BN_MOMENTUM
+             for layer in train._batch_norm_layers(model))

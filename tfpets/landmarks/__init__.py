@@ -1,0 +1,7 @@
+"""Pet-face landmark detector: a head-box model, then a landmark model inside the head crop.
+
+Modules: `geometry` (affine maps shared by training, prediction and export), `augment` (tf.data
+sampling of training frames), `data` (records to datasets), `model`, `losses`, `train`,
+`evaluate`, `predict` (the two-stage `Detector`), `crop` (the head-cropped dataset variant) and
+`export` (SavedModel and TFLite).
+"""

@@ -1,0 +1,233 @@
+"""The two-stage detector on images of any size (landmarks.md §7), and prediction files.
+
+1. The whole image is letterboxed into the stage-1 frame; the bbox model gives the head box and a
+   head-presence logit, mapped back to the original pixels.
+2. The ROI (head box + `roi_margin` x its longer side per side, squared about its centre) is cut
+   from the ORIGINAL image (black outside) into the stage-2 frame; the landmarks model gives the
+   landmarks and a refined head box, mapped back through the inverse of the same matrix.
+   With `roi_passes` > 1 the ROI is cut again around the refined box and stage 2 runs again (a
+   cascade: stage 2 trains on jittered ROIs, so its own box is a valid ROI source, and a better
+   centred ROI gives better landmarks); the last pass gives the results. `roi_first_margin`
+   widens the first ROI, so that a stage-1 box that is off still has the head inside it.
+All coordinates returned are centre coordinates of the original (EXIF-oriented) image.
+
+The pipeline is written once (`run_pipeline`) over two stage functions, so the same code runs the
+Keras models (in one tf.function), the exported SavedModel and the TFLite interpreters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import pathlib
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfpets.data import decode
+from tfpets.errors import UsageError
+from tfpets.landmarks import draw
+from tfpets.landmarks import geometry
+from tfpets.landmarks import model as model_lib
+
+StageFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def stage_one(images: tf.Tensor, config: model_lib.DetectorConfig):
+  """(frames, matrices): images [N, H, W, 3] letterboxed into the stage-1 frame."""
+  shape = tf.shape(images)
+  n = shape[0]
+  window = tf.cast(tf.stack([0, 0, shape[2], shape[1]]), tf.float32)
+  matrices = tf.repeat(geometry.window_to_frame(window, config.image_size)[None], n, axis=0)
+  return geometry.warp(images, matrices, config.image_size), matrices
+
+
+def stage_two(images: tf.Tensor, boxes: tf.Tensor, config: model_lib.DetectorConfig,
+              margin: float):
+  """(frames, matrices, roi windows): the square ROIs around boxes [N, 4] (original pixels)."""
+  rois = geometry.square_roi(boxes, margin)
+  matrices = geometry.window_to_frame(rois, config.roi_size)
+  return geometry.warp(images, matrices, config.roi_size), matrices, rois
+
+
+def run_pipeline(images, config: model_lib.DetectorConfig, bbox_fn: StageFn,
+                 landmarks_fn: StageFn) -> Dict[str, tf.Tensor]:
+  """Both stages on a batch of same-size images [N, H, W, 3] (any numeric dtype, 0..255)."""
+  images = tf.cast(images, tf.float32)
+  frames, matrices = stage_one(images, config)
+  first = bbox_fn(frames)
+  stage1_box = geometry.transform_box(tf.linalg.inv(matrices), first["box"])
+  box = stage1_box
+  for i in range(config.roi_passes):
+    margin = config.roi_first_margin if i == 0 and config.roi_first_margin else config.roi_margin
+    frames, matrices, rois = stage_two(images, box, config, margin)
+    second = landmarks_fn(frames)
+    back = tf.linalg.inv(matrices)
+    box = geometry.transform_box(back, second["box"])
+  return {
+      "box": box,
+      "landmarks": geometry.transform_points(back, second["landmarks"]),
+      "stage1_box": stage1_box,
+      "head_score": tf.sigmoid(tf.cast(first["head"], tf.float32)[:, 0]),
+      "roi": rois,
+  }
+
+
+def keras_stage(model) -> StageFn:
+  return lambda frames: model(frames, training=False)
+
+
+@dataclasses.dataclass
+class Detection:
+  """One image's result, in centre coordinates of the original image."""
+
+  box: np.ndarray          # [4] head box (refined by stage 2)
+  landmarks: np.ndarray    # [K, 2]
+  stage1_box: np.ndarray   # [4] head box of stage 1, which placed the ROI
+  roi: np.ndarray          # [4] the square ROI window of the last stage-2 pass (edge coordinates)
+  head_score: float        # head presence probability
+  head_found: bool
+
+  def to_json(self, point_names: Sequence[str]) -> dict:
+    def rounded(values):
+      return [round(float(v), 2) for v in np.asarray(values).reshape(-1)]
+    return {
+        "head_found": bool(self.head_found),
+        "head_score": round(float(self.head_score), 4),
+        "box": rounded(self.box),
+        "landmarks": {name: rounded(p) for name, p in zip(point_names, self.landmarks)},
+        "stage1_box": rounded(self.stage1_box),
+        "roi": rounded(self.roi),
+    }
+
+
+def head_found(box: np.ndarray, score: float, width: int, height: int, threshold: float) -> bool:
+  """A head is reported when the presence score passes the threshold and the box is a real box
+  that overlaps the image."""
+  x0, y0, x1, y1 = box
+  overlaps = x1 > 0 and y1 > 0 and x0 < width - 1 and y0 < height - 1
+  return bool(score >= threshold and x1 - x0 >= 1 and y1 - y0 >= 1 and overlaps)
+
+
+class Detector:
+  """The two-stage detector over any pair of stage functions (Keras, SavedModel, TFLite)."""
+
+  def __init__(self, config: model_lib.DetectorConfig, bbox_fn: StageFn, landmarks_fn: StageFn,
+               compile_pipeline: bool = True):
+    self.config = config
+    pipeline = lambda images: run_pipeline(images, config, bbox_fn, landmarks_fn)
+    if compile_pipeline:
+      pipeline = tf.function(pipeline, input_signature=[
+          tf.TensorSpec([None, None, None, 3], tf.float32)])
+    self._pipeline = pipeline
+
+  @classmethod
+  def from_models(cls, config, bbox_model, landmarks_model) -> "Detector":
+    return cls(config, keras_stage(bbox_model), keras_stage(landmarks_model))
+
+  @classmethod
+  def from_directory(cls, path: str | os.PathLike) -> "Detector":
+    """Loads a trained detector: the landmarks stage's workdir or its models/ folder."""
+    directory = models_directory(path)
+    config = model_lib.DetectorConfig.load(directory)
+    return cls.from_models(config, *(model_lib.load_model(directory / model_lib.MODEL_FILES[s])
+                                     for s in ("bbox", "landmarks")))
+
+  def detect_batch(self, images: np.ndarray) -> List[Detection]:
+    """Same-size images [N, H, W, 3] uint8 -> one Detection each."""
+    images = np.asarray(images)
+    out = {k: np.asarray(v) for k, v in self._pipeline(tf.cast(images, tf.float32)).items()}
+    height, width = images.shape[1:3]
+    return [Detection(out["box"][i], out["landmarks"][i], out["stage1_box"][i], out["roi"][i],
+                      float(out["head_score"][i]),
+                      head_found(out["box"][i], float(out["head_score"][i]), width, height,
+                                 self.config.head_threshold))
+            for i in range(images.shape[0])]
+
+  def detect(self, image: np.ndarray) -> Detection:
+    return self.detect_batch(np.asarray(image)[None])[0]
+
+  def detect_many(self, images: Sequence[np.ndarray], batch_size: int = 32) -> List[Detection]:
+    """Images of any sizes; same-size images are run together."""
+    results: List[Optional[Detection]] = [None] * len(images)
+    by_shape: Dict[tuple, List[int]] = {}
+    for i, image in enumerate(images):
+      by_shape.setdefault(np.asarray(image).shape, []).append(i)
+    for indices in by_shape.values():
+      for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        for i, det in zip(chunk, self.detect_batch(np.stack([images[j] for j in chunk]))):
+          results[i] = det
+    return results
+
+
+def models_directory(path: str | os.PathLike) -> pathlib.Path:
+  root = pathlib.Path(path)
+  for candidate in (root / "models", root):
+    if (candidate / model_lib.CONFIG_FILE).is_file():
+      return candidate
+  raise UsageError(f"--detector={path}: no trained detector there (expected models/"
+                   f"{model_lib.CONFIG_FILE}); train one with --stage=landmarks")
+
+
+def list_images(spec: str) -> List[str]:
+  """A file, a folder (searched recursively for image files) or a glob pattern."""
+  if not spec:
+    raise UsageError("--images is required: an image file, a folder or a glob pattern")
+  if os.path.isfile(spec):
+    return [spec]
+  if os.path.isdir(spec):
+    found = [str(p) for p in sorted(pathlib.Path(spec).rglob("*"))
+             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+  else:
+    found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+  if not found:
+    raise UsageError(f"--images={spec}: no image files there")
+  return found
+
+
+def _unique_stem(path: str, taken: set) -> str:
+  stem = pathlib.Path(path).stem or "image"
+  name, n = stem, 1
+  while name in taken:
+    n += 1
+    name = f"{stem}_{n}"
+  taken.add(name)
+  return name
+
+
+def predict_files(detector: Detector, paths: Iterable[str], images_dir: pathlib.Path,
+                  records_dir: pathlib.Path) -> List[dict]:
+  """Writes `<stem>.landmarks.png` (annotated) and `<stem>.json` per input; returns the records.
+
+  Unreadable files get a record with an `error` and no outputs.
+  """
+  images_dir.mkdir(parents=True, exist_ok=True)
+  records_dir.mkdir(parents=True, exist_ok=True)
+  names = detector.config.point_names
+  taken: set = set()
+  results = []
+  for path in paths:
+    try:
+      decoded = decode.read_image(path)
+    except decode.ImageDecodeError as e:
+      logging.warning("skipped %s", e)
+      results.append({"path": path, "error": e.reason})
+      continue
+    det = detector.detect(decoded.pixels)
+    stem = _unique_stem(path, taken)
+    record = {"path": path, "width": decoded.width, "height": decoded.height,
+              "decoder_notes": decoded.notes, **det.to_json(names),
+              "annotated_image": str(images_dir / f"{stem}.landmarks.png")}
+    picture = draw.overlay(decoded.pixels, det.landmarks, det.box, roi=det.roi, labels=True)
+    if not det.head_found:
+      draw.draw_box(picture, det.box, draw.NO_HEAD)
+    pathlib.Path(record["annotated_image"]).write_bytes(decode.encode_png(picture))
+    (records_dir / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    results.append(record)
+  return results

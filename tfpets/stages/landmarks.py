@@ -1,0 +1,192 @@
+"""Train the two-stage pet-face landmark detector (head box, then landmarks in the head crop)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+
+import numpy as np
+from absl import flags
+from absl import logging
+
+from tfpets.data import decode
+from tfpets.landmarks import augment
+from tfpets.landmarks import data
+from tfpets.landmarks import draw
+from tfpets.landmarks import evaluate
+from tfpets.landmarks import losses
+from tfpets.landmarks import model as model_lib
+from tfpets.landmarks import predict
+from tfpets.landmarks import train
+from tfpets.runtime import context
+from tfpets.stages import crop as crop_stage
+
+NUM_LANDMARKS = flags.DEFINE_integer(
+    "num_landmarks", 9, "Landmarks the detector predicts: 9 (Kaggle CAT order) or 5 (eyes, mouth, "
+    "ear tips; taken from 9-point records as points 0, 1, 2, 4, 7).")
+ROI_SIZE = flags.DEFINE_integer(
+    "roi_size", 0, "Side of the stage-2 frame (the square head ROI) in pixels; 0: --image_size. "
+    "--image_size is the stage-1 frame (the whole image, letterboxed).", lower_bound=0)
+HEAD = flags.DEFINE_enum("lm_head", "heatmap", model_lib.HEADS,
+                         "Coordinate head of both stages: heatmap (integral regression over "
+                         "stride-8 heatmaps) or dense (the spec's pooled features -> Dense x 2).")
+WIDTH = flags.DEFINE_float("lm_width_multiplier", 0.35,
+                           "MobileNetV2 width multiplier (alpha) of both detector stages.",
+                           lower_bound=0.05)
+UNITS = flags.DEFINE_integer("lm_units", 128, "Width of the two hidden Dense layers.",
+                             lower_bound=1)
+POOLING = flags.DEFINE_enum("lm_pooling", "max", model_lib.POOLINGS,
+                            "MobileNetV2 global pooling (none: flatten).")
+BACKBONE_WEIGHTS = flags.DEFINE_string(
+    "lm_backbone_weights", "", "Local MobileNetV2 no-top weights (.h5) for both backbones; empty: "
+    "random initialisation. Nothing is downloaded.")
+LANDMARK_NORM = flags.DEFINE_enum(
+    "landmark_norm", "unit", model_lib.NORMS,
+    "--lm_head=dense: how the coordinate outputs are parameterised: none (pixels of the frame), "
+    "center (pixels from the frame/ROI centre), unit (the frame spans [-1, 1]). Metrics are "
+    "always in pixels.")
+ROI_MARGIN = flags.DEFINE_float("roi_margin", 0.1, "ROI around the stage-1 head box: this "
+                                "fraction of its longer side added on each side, then squared.",
+                                lower_bound=0.0)
+ROI_PASSES = flags.DEFINE_integer(
+    "roi_passes", 2, "Stage-2 passes at prediction: the first on the ROI around the stage-1 box, "
+    "each further one on the ROI around the previous pass's head box.", lower_bound=1)
+ROI_FIRST_MARGIN = flags.DEFINE_float(
+    "roi_first_margin", 0.0, "Margin of the first stage-2 pass's ROI around the stage-1 box (0: "
+    "--roi_margin). A wide first ROI keeps heads that stage 1 placed poorly inside it; stage 2 "
+    "trains on margins from --roi_margin up to this one.", lower_bound=0.0)
+ROI_JITTER = flags.DEFINE_float("roi_jitter", 0.1, "Training ROIs vary each side's margin by "
+                                "U[-jitter, jitter] x the longer box side.", lower_bound=0.0)
+EPOCHS = flags.DEFINE_integer("lm_epochs", 300, "Maximum epochs per stage.", lower_bound=1)
+STEPS = flags.DEFINE_integer("lm_steps_per_epoch", 0,
+                             "Steps per epoch; 0: one pass over the training images.",
+                             lower_bound=0)
+LEARNING_RATE = flags.DEFINE_float("lm_learning_rate", 1e-3, "Adam learning rate.",
+                                   lower_bound=0.0)
+LOSS_FN = flags.DEFINE_enum("loss_fn", "mse", losses.LOSS_FNS,
+                            "Head-box loss of stage 1: mse, or iou (1 - IoU, after "
+                            "--iou_warmup_steps MSE steps). Stage 2 always uses MSE.")
+WARMUP = flags.DEFINE_integer("iou_warmup_steps", 50, "MSE steps (one epoch) before the IoU loss.",
+                              lower_bound=0)
+HEATMAP_WEIGHT = flags.DEFINE_float(
+    "heatmap_loss_weight", 10.0, "--lm_head=heatmap: weight of the cross-entropy between each "
+    "heatmap and a Gaussian around its true point, beside the coordinate losses.",
+    lower_bound=0.0)
+FLIP = flags.DEFINE_boolean("flip_horizontal", False,
+                            "Mirror half of the training frames, swapping left/right landmarks.")
+ROTATE_N = flags.DEFINE_float("rotate_n", 0.0, "Rotate training images by U[-n, n] degrees on an "
+                              "expanded canvas.", lower_bound=0.0, upper_bound=180.0)
+CROP_BALANCED = flags.DEFINE_boolean(
+    "crop_scale_balanced", False, "Stage 1: crop training images around the head with the spec's "
+    "scale-balancing distribution (side = bb + v * 13 bb).")
+NEGATIVES = flags.DEFINE_float("head_negative_fraction", 0.1,
+                               "Stage 1: fraction of training frames cut away from the head, which "
+                               "teach the head-presence output.", lower_bound=0.0, upper_bound=0.9)
+HEAD_THRESHOLD = flags.DEFINE_float("head_threshold", 0.5, "Head presence probability below which "
+                                    "no head is reported.", lower_bound=0.0, upper_bound=1.0)
+PLATEAU_FACTOR = flags.DEFINE_float("reduce_lr_on_plateau_factor", 0.6,
+                                    "ReduceLROnPlateau factor.", lower_bound=0.0, upper_bound=1.0)
+PLATEAU_PATIENCE = flags.DEFINE_integer(
+    "reduce_lr_on_plateau_patience", 8, "ReduceLROnPlateau patience in epochs; EarlyStopping "
+    "waits 2 * patience + 3.", lower_bound=1)
+OVERLAY_EVERY = flags.DEFINE_integer("lm_overlay_every", 5, "Epochs between TensorBoard "
+                                     "predicted-versus-true overlays.", lower_bound=1)
+EVAL_SPLIT = flags.DEFINE_string("lm_eval_split", "test", "Held-out split for the final report.")
+EXPORT = flags.DEFINE_boolean("lm_export", True, "Export SavedModels and TFLite models to "
+                              "<workdir>/export after training.")
+
+
+def detector_config(ctx: context.RunContext) -> model_lib.DetectorConfig:
+  return model_lib.DetectorConfig(
+      image_size=ctx.flags.image_size, roi_size=ROI_SIZE.value or ctx.flags.image_size,
+      num_landmarks=NUM_LANDMARKS.value, head=HEAD.value, width_multiplier=WIDTH.value,
+      units=UNITS.value, pooling=POOLING.value, landmark_norm=LANDMARK_NORM.value,
+      roi_margin=ROI_MARGIN.value, roi_passes=ROI_PASSES.value,
+      roi_first_margin=ROI_FIRST_MARGIN.value, head_threshold=HEAD_THRESHOLD.value)
+
+
+def augment_options() -> augment.AugmentOptions:
+  return augment.AugmentOptions(
+      flip_horizontal=FLIP.value, rotate_n=ROTATE_N.value,
+      crop_scale_balanced=CROP_BALANCED.value, negative_fraction=NEGATIVES.value,
+      roi_margin=ROI_MARGIN.value, roi_jitter=ROI_JITTER.value,
+      roi_first_margin=ROI_FIRST_MARGIN.value)
+
+
+def train_options(ctx: context.RunContext) -> train.TrainOptions:
+  return train.TrainOptions(
+      epochs=EPOCHS.value, steps_per_epoch=STEPS.value, batch_size=ctx.flags.batch_size,
+      learning_rate=LEARNING_RATE.value, loss_fn=LOSS_FN.value,
+      plateau_factor=PLATEAU_FACTOR.value, plateau_patience=PLATEAU_PATIENCE.value,
+      warmup_steps=WARMUP.value, heatmap_weight=HEATMAP_WEIGHT.value,
+      overlay_every=OVERLAY_EVERY.value, seed=ctx.seed, backbone_weights=BACKBONE_WEIGHTS.value)
+
+
+def run(ctx: context.RunContext) -> None:
+  start = time.time()
+  shards_dir = data.find_shards(ctx.flags.records)
+  config = detector_config(ctx)
+  models_dir = ctx.workdir.root / "models"
+  paths = train.RunPaths(ctx.workdir.checkpoints, models_dir, ctx.workdir.logs)
+  config.save(models_dir)
+  writer = ctx.summary_writer("train")
+  options, augmentation = train_options(ctx), augment_options()
+  trained, summaries = {}, {}
+  for stage in data.STAGES:
+    trained[stage], summaries[stage] = train.train_stage(
+        stage, config, shards_dir, paths, augmentation, options, ctx.strategy, writer)
+  train_seconds = time.time() - start
+  train_cpu_seconds = _cpu_seconds()
+
+  detector = predict.Detector.from_models(config, trained["bbox"], trained["landmarks"])
+  samples = evaluate.collect(shards_dir, EVAL_SPLIT.value, config.num_landmarks)
+  metrics = evaluate.evaluate_detector(detector, samples, crop_stage.CROP_MARGIN.value)
+  metrics["roi_rmse_frame_px"] = evaluate.roi_rmse(trained["landmarks"], shards_dir,
+                                                   EVAL_SPLIT.value, config)
+  metrics["roi_rmse_224_px"] = metrics["roi_rmse_frame_px"] * 224.0 / config.roi_size
+  _write_overlays(ctx, samples[:16], writer)
+  report = {"records": str(shards_dir), "split": EVAL_SPLIT.value, "metrics": metrics,
+            "stages": summaries, "config": config.__dict__,
+            "seconds_to_trained_models": round(train_seconds, 1),
+            # CPU seconds of this process: on a shared machine, wall time overstates the cost.
+            "cpu_seconds_to_trained_models": round(train_cpu_seconds, 1),
+            "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+            "cpu_count": os.cpu_count()}
+  if EXPORT.value:
+    from tfpets.landmarks import export
+    report["export"] = export.export_detector(config, trained["bbox"], trained["landmarks"],
+                                              ctx.workdir.root / "export")
+  report["seconds_total"] = round(time.time() - start, 1)
+  path = ctx.workdir.reports / "landmarks_metrics.json"
+  path.write_text(json.dumps(report, indent=2) + "\n")
+  logging.info("landmarks: %s RMSE %.2f px, box IoU %.3f, crops contain the head %.1f%% -> %s",
+               EVAL_SPLIT.value, metrics["rmse_px"], metrics["box_iou"],
+               100 * metrics["crop_contains_head"], path)
+  print(json.dumps({"report": str(path), **{k: metrics[k] for k in (
+      "rmse_px", "box_iou", "stage1_box_iou", "crop_contains_head", "head_found_rate",
+      "roi_rmse_frame_px")}, "seconds_to_trained_models": report["seconds_to_trained_models"],
+      "cpu_seconds_to_trained_models": report["cpu_seconds_to_trained_models"]}, indent=2))
+
+
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def _write_overlays(ctx: context.RunContext, samples, writer) -> None:
+  """Predicted (yellow) versus true (red) on held-out images, in TensorBoard and images/."""
+  if not samples:
+    return
+  side = max(max(s["image"].shape[:2]) for s in samples)
+  pictures = []
+  for s in samples:
+    det = s["detection"]
+    picture = draw.overlay(s["image"], det.landmarks, det.box, s["points"], s["box"], det.roi,
+                           zoom=max(1, 256 // side))
+    canvas = np.zeros((side * max(1, 256 // side),) * 2 + (3,), np.uint8)
+    canvas[:picture.shape[0], :picture.shape[1]] = picture
+    pictures.append(canvas)
+  grid = writer.grid("detector/test_predicted_vs_true", np.stack(pictures), step=0)
+  (ctx.workdir.images / "test_predicted_vs_true.png").write_bytes(decode.encode_png(grid))
