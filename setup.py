@@ -31,7 +31,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["tfpets", "tfpets.*"]),
-    package_data={"tfpets.ops": ["kernels/*.cc", "kernels/*.h"]},
+    package_data={"tfpets.ops": ["kernels/*.cc", "kernels/*.h", "auto_table.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
     entry_points={"console_scripts": ["tfpets=tfpets.cli:run"]},

@@ -99,7 +99,7 @@ def load_library(path: str | os.PathLike[str] | None = None) -> Any:
     module = tf.load_op_library(str(path))
   except (OSError, RuntimeError, ValueError, KeyError,
           tf.errors.OpError) as error:
-    _library_error = f'{path or "custom op library"}: {error}'
+    _library_error = f'{path}: {error}' if path else str(error)
     logging.warning(
         'tfpets.ops: custom ops unavailable, using the reference paths (%s)',
         _library_error)
@@ -185,8 +185,7 @@ def _table_choice(device: str, op: str, case: str) -> str:
 def _custom_blocker(op: str, dtype: tf.DType, device: str) -> str | None:
   """Why the custom kernel cannot run here, or None if it can."""
   if _library is None:
-    return (f'custom op library not loaded ({_library_error}); build it '
-            'with `python -m tfpets.ops.build`')
+    return f'custom op library not loaded ({_library_error})'
   if in_xla_context():
     return 'inside an XLA (jit_compile) context'
   kernels = _kernel_devices(OP_TYPES[op])

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "Eigen/Core"
 #include "tensorflow/core/framework/op.h"
@@ -26,6 +27,35 @@ using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 
+namespace {
+
+absl::Status BiasActShapeFn(
+    ::tensorflow::shape_inference::InferenceContext* c) {
+  c->set_output(0, c->input(0));
+  bool reduce_b = false;
+  TF_RETURN_IF_ERROR(c->GetAttr("reduce_b", &reduce_b));
+  if (!reduce_b) {
+    c->set_output(1, c->Vector(0));
+    return absl::OkStatus();
+  }
+  if (!c->RankKnown(c->input(0))) {
+    c->set_output(1, c->Vector(c->UnknownDim()));
+    return absl::OkStatus();
+  }
+  int axis = 0;
+  TF_RETURN_IF_ERROR(c->GetAttr("axis", &axis));
+  const int rank = c->Rank(c->input(0));
+  if (axis < 0) axis += rank;
+  if (axis < 0 || axis >= rank) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "FusedBiasAct: axis ", axis, " out of range for rank ", rank));
+  }
+  c->set_output(1, c->Vector(c->Dim(c->input(0), axis)));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 REGISTER_OP("FusedBiasAct")
     .Input("x: T")
     .Input("b: T")
@@ -33,24 +63,25 @@ REGISTER_OP("FusedBiasAct")
     .Input("yref: T")
     .Input("dy: T")
     .Output("y: T")
+    .Output("db: T")
     .Attr("T: {float, half, bfloat16}")
     .Attr("grad: int = 0")
+    .Attr("reduce_b: bool = false")
     .Attr("axis: int = -1")
     .Attr("act: int = 1")
     .Attr("alpha: float = 0.0")
     .Attr("gain: float = 1.0")
     .Attr("clamp: float = -1.0")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      return absl::OkStatus();
-    })
+    .SetShapeFn(BiasActShapeFn)
     .Doc(R"doc(
 Fused bias + activation + gain + clamp (StyleGAN2-ADA).
 
 grad=0: y = clamp(act(x + b[axis]) * gain, -clamp, clamp).
 grad=1: x is an incoming gradient; y = gain * act'(xref + b) * x, zero where
   |yref| >= clamp. grad=2: y = gain * act''(xref + b) * x * dy, same mask.
-b, xref, yref and dy may be empty ([0]) where unused.
+b, xref, yref and dy may be empty ([0]) where unused. With reduce_b (grad
+1 or 2 only), db = sum of y over every axis but `axis` (the bias gradient,
+accumulated in float, in a fixed order); otherwise db is empty.
 )doc");
 
 namespace {
@@ -134,10 +165,26 @@ void Span(const T* x, const T* b, const T* xref, const T* yref, const T* dy,
   }
 }
 
+// Adds the n outputs just written (still in L1) to the bias-gradient
+// partial sums of this block.
+template <typename T>
+void AccumulateBiasGrad(const T* y, int64_t n, bool channels_last,
+                        float* partial) {
+  if (channels_last) {
+    for (int64_t k = 0; k < n; ++k) partial[k] += ToFloat(y[k]);
+    return;
+  }
+  float total = 0.0f;
+  for (int64_t k = 0; k < n; ++k) total += ToFloat(y[k]);
+  partial[0] += total;
+}
+
 // Runs elements [begin, end) of the flat tensor, viewed as
-// [outer, channels, inner] with the bias along `channels`.
+// [outer, channels, inner] with the bias along `channels`; with a non-null
+// `partial` ([channels] floats) also sums the outputs per channel.
 template <typename T, int A, int G>
-void BiasActRange(const BiasActParams<T>& p, int64_t begin, int64_t end) {
+void BiasActRange(const BiasActParams<T>& p, int64_t begin, int64_t end,
+                  float* partial) {
   int64_t i = begin;
   while (i < end) {
     const int64_t line = i / p.inner;
@@ -156,44 +203,48 @@ void BiasActRange(const BiasActParams<T>& p, int64_t begin, int64_t end) {
       Span<T, A, G, false>(p.x + i, p.b + channel, xref, yref, dy, p.y + i, n,
                            p.scalars);
     }
+    if (partial != nullptr) {
+      AccumulateBiasGrad(p.y + i, n, channels_last, partial + channel);
+    }
     i += n;
   }
 }
 
 template <typename T, int A>
 void BiasActRangeForGrad(const BiasActParams<T>& p, int64_t begin,
-                         int64_t end) {
+                         int64_t end, float* partial) {
   switch (p.grad) {
     case 0:
-      return BiasActRange<T, A, 0>(p, begin, end);
+      return BiasActRange<T, A, 0>(p, begin, end, partial);
     case 1:
-      return BiasActRange<T, A, 1>(p, begin, end);
+      return BiasActRange<T, A, 1>(p, begin, end, partial);
     default:
-      return BiasActRange<T, A, 2>(p, begin, end);
+      return BiasActRange<T, A, 2>(p, begin, end, partial);
   }
 }
 
 template <typename T>
-void BiasActDispatch(const BiasActParams<T>& p, int64_t begin, int64_t end) {
+void BiasActDispatch(const BiasActParams<T>& p, int64_t begin, int64_t end,
+                     float* partial = nullptr) {
   switch (p.act) {
     case kLinear:
-      return BiasActRangeForGrad<T, kLinear>(p, begin, end);
+      return BiasActRangeForGrad<T, kLinear>(p, begin, end, partial);
     case kRelu:
-      return BiasActRangeForGrad<T, kRelu>(p, begin, end);
+      return BiasActRangeForGrad<T, kRelu>(p, begin, end, partial);
     case kLrelu:
-      return BiasActRangeForGrad<T, kLrelu>(p, begin, end);
+      return BiasActRangeForGrad<T, kLrelu>(p, begin, end, partial);
     case kTanh:
-      return BiasActRangeForGrad<T, kTanh>(p, begin, end);
+      return BiasActRangeForGrad<T, kTanh>(p, begin, end, partial);
     case kSigmoid:
-      return BiasActRangeForGrad<T, kSigmoid>(p, begin, end);
+      return BiasActRangeForGrad<T, kSigmoid>(p, begin, end, partial);
     case kElu:
-      return BiasActRangeForGrad<T, kElu>(p, begin, end);
+      return BiasActRangeForGrad<T, kElu>(p, begin, end, partial);
     case kSelu:
-      return BiasActRangeForGrad<T, kSelu>(p, begin, end);
+      return BiasActRangeForGrad<T, kSelu>(p, begin, end, partial);
     case kSoftplus:
-      return BiasActRangeForGrad<T, kSoftplus>(p, begin, end);
+      return BiasActRangeForGrad<T, kSoftplus>(p, begin, end, partial);
     default:
-      return BiasActRangeForGrad<T, kSwish>(p, begin, end);
+      return BiasActRangeForGrad<T, kSwish>(p, begin, end, partial);
   }
 }
 
@@ -205,21 +256,56 @@ struct BiasActLauncher;
 
 template <typename T>
 struct BiasActLauncher<CpuDeviceTag, T> {
-  static void Run(OpKernelContext* ctx, const BiasActParams<T>& p) {
+  static void Run(OpKernelContext* ctx, const BiasActParams<T>& p, T* db) {
     const bool transcendental = p.act >= kTanh;
     const int64_t cost = (transcendental ? 40 : 4) + (p.grad > 0 ? 4 : 0);
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    workers->ParallelFor(p.size, cost, [&p](int64 begin, int64 end) {
-      BiasActDispatch<T>(p, begin, end);
-    });
+    if (db == nullptr) {
+      workers->ParallelFor(p.size, cost, [&p](int64 begin, int64 end) {
+        BiasActDispatch<T>(p, begin, end);
+      });
+      return;
+    }
+    // The bias gradient: a fixed split into blocks of whole bias runs, one
+    // partial sum per block, added in block order, so the result does not
+    // depend on thread scheduling.
+    const int64_t run = p.inner == 1 ? p.channels : p.inner;
+    const int64_t runs = p.size / run;
+    const int64_t blocks = std::min<int64_t>(runs, 64);
+    const int64_t runs_per_block = (runs + blocks - 1) / blocks;
+    std::vector<float> partials(blocks * p.channels, 0.0f);
+    workers->ParallelFor(
+        blocks, cost * runs_per_block * run,
+        [&](int64 first_block, int64 end_block) {
+          for (int64_t block = first_block; block < end_block; ++block) {
+            const int64_t begin = block * runs_per_block * run;
+            const int64_t end = std::min(p.size, begin + runs_per_block * run);
+            BiasActDispatch<T>(p, begin, end, &partials[block * p.channels]);
+          }
+        });
+    for (int64_t c = 0; c < p.channels; ++c) {
+      float total = 0.0f;
+      for (int64_t block = 0; block < blocks; ++block) {
+        total += partials[block * p.channels + c];
+      }
+      db[c] = static_cast<T>(total);
+    }
   }
 };
 
 #if GOOGLE_CUDA
 template <typename T>
 struct BiasActLauncher<GpuDeviceTag, T> {
-  static void Run(OpKernelContext* ctx, const BiasActParams<T>& p) {
-    LaunchBiasActGpu<T>(ctx->eigen_device<Eigen::GpuDevice>(), p);
+  static void Run(OpKernelContext* ctx, const BiasActParams<T>& p, T* db) {
+    float* accumulator = nullptr;
+    Tensor accumulator_tensor;
+    if (db != nullptr) {
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
+                                             {p.channels}, &accumulator_tensor));
+      accumulator = accumulator_tensor.flat<float>().data();
+    }
+    LaunchBiasActGpu<T>(ctx->eigen_device<Eigen::GpuDevice>(), p, accumulator,
+                        db);
   }
 };
 #endif  // GOOGLE_CUDA
@@ -229,6 +315,7 @@ class FusedBiasActOp : public OpKernel {
  public:
   explicit FusedBiasActOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("grad", &grad_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("reduce_b", &reduce_b_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("act", &act_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("alpha", &scalars_.alpha));
@@ -238,6 +325,9 @@ class FusedBiasActOp : public OpKernel {
                 absl::InvalidArgumentError("FusedBiasAct: grad must be 0-2"));
     OP_REQUIRES(ctx, act_ >= kLinear && act_ <= kSwish,
                 absl::InvalidArgumentError("FusedBiasAct: act must be 1-9"));
+    OP_REQUIRES(ctx, !reduce_b_ || grad_ > 0,
+                absl::InvalidArgumentError(
+                    "FusedBiasAct: reduce_b needs gradient mode (grad 1-2)"));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -276,9 +366,15 @@ class FusedBiasActOp : public OpKernel {
     Tensor* y = nullptr;
     OP_REQUIRES_OK(
         ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
-    if (x.NumElements() == 0) return;
+    Tensor* db = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {reduce_b_ ? channels : 0},
+                                             &db));
     // The CPU loops always read a bias; the GPU kernel checks for null.
     constexpr bool kOnCpu = std::is_same<Tag, CpuDeviceTag>::value;
+    if (x.NumElements() == 0 && kOnCpu) {
+      if (reduce_b_) db->flat<T>().setZero();
+      return;
+    }
     Tensor zero_bias;
     if (b.NumElements() == 0 && kOnCpu) {
       OP_REQUIRES_OK(
@@ -304,7 +400,8 @@ class FusedBiasActOp : public OpKernel {
     p.act = act_;
     p.grad = grad_;
     p.scalars = scalars_;
-    BiasActLauncher<Tag, T>::Run(ctx, p);
+    BiasActLauncher<Tag, T>::Run(ctx, p,
+                                 reduce_b_ ? db->flat<T>().data() : nullptr);
   }
 
  private:
@@ -313,6 +410,7 @@ class FusedBiasActOp : public OpKernel {
   }
 
   int grad_ = 0;
+  bool reduce_b_ = false;
   int axis_ = -1;
   int act_ = kLinear;
   BiasActScalars scalars_{};

@@ -12,7 +12,7 @@ namespace tfpets {
 namespace {
 
 template <typename T, int A, int G>
-__global__ void BiasActKernel(BiasActParams<T> p) {
+__global__ void BiasActKernel(BiasActParams<T> p, float* accumulator) {
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        i < p.size; i += stride) {
@@ -21,29 +21,69 @@ __global__ void BiasActKernel(BiasActParams<T> p) {
     const float xref = p.xref ? static_cast<float>(p.xref[i]) : 0.0f;
     const float yref = p.yref ? static_cast<float>(p.yref[i]) : 0.0f;
     const float dy = p.dy ? static_cast<float>(p.dy[i]) : 1.0f;
-    p.y[i] = static_cast<T>(BiasActElement<A, G>(
+    const T value = static_cast<T>(BiasActElement<A, G>(
         static_cast<float>(p.x[i]), b, xref, yref, dy, p.scalars));
+    p.y[i] = value;
+    if (accumulator != nullptr) {
+      atomicAdd(accumulator + channel, static_cast<float>(value));
+    }
+  }
+}
+
+template <typename T>
+__global__ void ConvertKernel(const float* from, T* to, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < n; i += stride) {
+    to[i] = static_cast<T>(from[i]);
   }
 }
 
 template <typename T, int A, int G>
-void Launch(const Eigen::GpuDevice& device, const BiasActParams<T>& p) {
+void Launch(const Eigen::GpuDevice& device, const BiasActParams<T>& p,
+            float* accumulator) {
   const tensorflow::GpuLaunchConfig config =
       tensorflow::GetGpuLaunchConfig(static_cast<int>(p.size), device);
   TF_CHECK_OK(tensorflow::GpuLaunchKernel(
       BiasActKernel<T, A, G>, config.block_count, config.thread_per_block, 0,
-      device.stream(), p));
+      device.stream(), p, accumulator));
 }
 
 template <typename T, int A>
-void LaunchForGrad(const Eigen::GpuDevice& device, const BiasActParams<T>& p) {
+void LaunchForGrad(const Eigen::GpuDevice& device, const BiasActParams<T>& p,
+                   float* accumulator) {
   switch (p.grad) {
     case 0:
-      return Launch<T, A, 0>(device, p);
+      return Launch<T, A, 0>(device, p, accumulator);
     case 1:
-      return Launch<T, A, 1>(device, p);
+      return Launch<T, A, 1>(device, p, accumulator);
     default:
-      return Launch<T, A, 2>(device, p);
+      return Launch<T, A, 2>(device, p, accumulator);
+  }
+}
+
+template <typename T>
+void LaunchForAct(const Eigen::GpuDevice& device, const BiasActParams<T>& p,
+                  float* accumulator) {
+  switch (p.act) {
+    case kLinear:
+      return LaunchForGrad<T, kLinear>(device, p, accumulator);
+    case kRelu:
+      return LaunchForGrad<T, kRelu>(device, p, accumulator);
+    case kLrelu:
+      return LaunchForGrad<T, kLrelu>(device, p, accumulator);
+    case kTanh:
+      return LaunchForGrad<T, kTanh>(device, p, accumulator);
+    case kSigmoid:
+      return LaunchForGrad<T, kSigmoid>(device, p, accumulator);
+    case kElu:
+      return LaunchForGrad<T, kElu>(device, p, accumulator);
+    case kSelu:
+      return LaunchForGrad<T, kSelu>(device, p, accumulator);
+    case kSoftplus:
+      return LaunchForGrad<T, kSoftplus>(device, p, accumulator);
+    default:
+      return LaunchForGrad<T, kSwish>(device, p, accumulator);
   }
 }
 
@@ -51,33 +91,26 @@ void LaunchForGrad(const Eigen::GpuDevice& device, const BiasActParams<T>& p) {
 
 template <typename T>
 void LaunchBiasActGpu(const Eigen::GpuDevice& device,
-                      const BiasActParams<T>& p) {
-  switch (p.act) {
-    case kLinear:
-      return LaunchForGrad<T, kLinear>(device, p);
-    case kRelu:
-      return LaunchForGrad<T, kRelu>(device, p);
-    case kLrelu:
-      return LaunchForGrad<T, kLrelu>(device, p);
-    case kTanh:
-      return LaunchForGrad<T, kTanh>(device, p);
-    case kSigmoid:
-      return LaunchForGrad<T, kSigmoid>(device, p);
-    case kElu:
-      return LaunchForGrad<T, kElu>(device, p);
-    case kSelu:
-      return LaunchForGrad<T, kSelu>(device, p);
-    case kSoftplus:
-      return LaunchForGrad<T, kSoftplus>(device, p);
-    default:
-      return LaunchForGrad<T, kSwish>(device, p);
+                      const BiasActParams<T>& p, float* accumulator, T* db) {
+  if (db != nullptr) {
+    device.memset(accumulator, 0, p.channels * sizeof(float));
+  }
+  if (p.size > 0) LaunchForAct<T>(device, p, accumulator);
+  if (db != nullptr) {
+    const tensorflow::GpuLaunchConfig config =
+        tensorflow::GetGpuLaunchConfig(static_cast<int>(p.channels), device);
+    TF_CHECK_OK(tensorflow::GpuLaunchKernel(
+        ConvertKernel<T>, config.block_count, config.thread_per_block, 0,
+        device.stream(), accumulator, db, p.channels));
   }
 }
 
 template void LaunchBiasActGpu<float>(const Eigen::GpuDevice&,
-                                      const BiasActParams<float>&);
-template void LaunchBiasActGpu<Eigen::half>(
-    const Eigen::GpuDevice&, const BiasActParams<Eigen::half>&);
+                                      const BiasActParams<float>&, float*,
+                                      float*);
+template void LaunchBiasActGpu<Eigen::half>(const Eigen::GpuDevice&,
+                                            const BiasActParams<Eigen::half>&,
+                                            float*, Eigen::half*);
 
 }  // namespace tfpets
 

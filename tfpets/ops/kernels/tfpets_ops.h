@@ -52,9 +52,12 @@ struct GpuTaps {
   float weights[kMaxGpuTaps];
 };
 
+// Runs the op; with a non-null db also the bias gradient: `accumulator`
+// ([channels] floats of scratch) is zeroed, summed into with atomics and
+// converted into db.
 template <typename T>
 void LaunchBiasActGpu(const Eigen::GpuDevice& device,
-                      const BiasActParams<T>& p);
+                      const BiasActParams<T>& p, float* accumulator, T* db);
 
 template <typename T>
 void LaunchUpFirDnGpu(const Eigen::GpuDevice& device, const T* x, T* y,

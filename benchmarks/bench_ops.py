@@ -1,0 +1,271 @@
+"""Benchmarks tfpets' fused ops: custom C++ kernels against the reference path.
+
+Prints (and optionally writes) JSON with, per op, shape, allocator setting and
+implementation: forward and forward+backward milliseconds (min and median of
+`--reps` timed calls after warm-up) and peak memory, plus ref/custom ratios.
+
+Implementations: `custom` (C++ op), `ref` (plain TF ops in a `tf.function`,
+the path `impl='auto'` would otherwise take) and `xla` (the reference path
+compiled with `jit_compile=True`, for information: custom ops cannot run
+there).
+
+Every (op, shape, impl, allocator) case runs in its own subprocess, so the
+peak memory is that process's `ru_maxrss`: reported as the total and as the
+growth caused by the case (`peak_rss_delta_mb`: high-water mark after the
+runs minus before creating the inputs, so it includes x, b and dy, which are
+the same for every implementation). `tf.config.experimental.
+get_memory_info('CPU:0')` is not available with TF's default CPU allocator.
+
+Allocator settings: `default` (glibc defaults), `nommap`
+(MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=68719476736, the
+setting of specs/stylegan2-ada.md §15.6) and `tf_bfc`
+(TF_CPU_ALLOCATOR_USE_BFC=true: TensorFlow's own pooling allocator on CPU).
+With glibc, every large op output is a fresh mapping that the kernel
+zero-fills page by page; `nommap` only partly helps because TensorFlow
+allocates from executor threads (non-main glibc arenas), whereas the BFC
+pool reuses memory and removes the faults. Under `tf_bfc` the worker also
+records TensorFlow's own peak (`tf_peak_mb`, from
+`tf.config.experimental.get_memory_info`, which the default CPU allocator
+does not support). `--allocators` picks a subset.
+
+`--write-table` stores in `tfpets/ops/auto_table.json`, per op and case,
+'custom' only if custom forward+backward was faster (median) than `ref` at
+every measured shape and allocator setting, else 'ref'; `impl='auto'`
+consults it.
+
+Usage: python benchmarks/bench_ops.py [--out FILE] [--write-table]
+         [--reps 7] [--quick] [--allocators default,nommap,tf_bfc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STYLEGAN_SHAPES = ((8, 16, 16, 512), (8, 64, 64, 256), (8, 128, 128, 128))
+NOMMAP = {'MALLOC_MMAP_THRESHOLD_': '2147483647',
+          'MALLOC_TRIM_THRESHOLD_': '68719476736'}
+ALLOCATORS = {
+    'default': {},
+    'nommap': NOMMAP,
+    'tf_bfc': {'TF_CPU_ALLOCATOR_USE_BFC': 'true'},
+}
+# (op, case, description); `case` is the key impl='auto' looks up.
+MAIN_CASES = (
+    ('fused_bias_act', 'lrelu', 'lrelu, bias'),
+    ('fused_bias_act', 'lrelu+clamp', 'lrelu, bias, clamp 256'),
+    ('upfirdn2d', 'up', 'upsample2d [1,3,3,1] x2'),
+    ('upfirdn2d', 'down', 'downsample2d [1,3,3,1] /2'),
+    ('upfirdn2d', 'filter', 'filter [1,3,3,1], pads 2 (conv2d_resample down)'),
+)
+OTHER_ACTS = ('linear', 'linear+clamp', 'relu', 'tanh', 'sigmoid', 'elu',
+              'selu', 'softplus', 'swish')
+
+
+def _build_function(op: str, description: str, impl: str, shape):
+  """Returns (forward, forward+backward) functions and their input."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tfpets.ops as tfops  # pylint: disable=g-import-not-at-top
+
+  op_impl = 'ref' if impl == 'xla' else impl
+  x = tf.random.normal(shape, seed=1)
+  b = tf.random.normal(shape[-1:], seed=2)
+  if op == 'fused_bias_act':
+    act = description.split(',')[0]
+    clamp = 256.0 if 'clamp' in description else None
+    run = lambda x, b: tfops.fused_bias_act(  # pylint: disable=g-long-lambda
+        x, b, act=act, clamp=clamp, impl=op_impl)
+  elif description.startswith('upsample'):
+    run = lambda x, b: tfops.upsample2d(x, impl=op_impl)
+  elif description.startswith('downsample'):
+    run = lambda x, b: tfops.downsample2d(x, impl=op_impl)
+  else:
+    f = tfops.setup_filter([1, 3, 3, 1])
+    run = lambda x, b: tfops.upfirdn2d(x, f, pad=2, impl=op_impl)
+  out_shape = tf.function(run, autograph=False).get_concrete_function(
+      x, b).structured_outputs.shape
+  dy = tf.random.normal(out_shape, seed=3)
+
+  def forward_backward(x, b):
+    with tf.GradientTape() as tape:
+      tape.watch([x, b])
+      y = run(x, b)
+    return y, tape.gradient(y, [x, b], output_gradients=dy)
+
+  jit = impl == 'xla'
+  return (tf.function(run, jit_compile=jit, autograph=False),
+          tf.function(forward_backward, jit_compile=jit, autograph=False),
+          (x, b))
+
+
+def _time_calls(fn, args, reps: int) -> list[float]:
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    fn(*args)  # Eager calls of a tf.function on CPU return when done.
+    times.append((time.perf_counter() - start) * 1000)
+  return times
+
+
+def worker(spec: dict) -> dict:
+  """Runs one case in this process; returns its measurements."""
+  sys.path.insert(0, str(REPO))
+  import tfpets.ops as tfops  # pylint: disable=g-import-not-at-top
+  if spec['impl'] == 'custom' and not tfops.library_loaded():
+    return {**spec, 'error': 'custom op library not loaded'}
+  rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  forward, forward_backward, args = _build_function(
+      spec['op'], spec['description'], spec['impl'], tuple(spec['shape']))
+  result = dict(spec)
+  tf_peak = _reset_tf_peak()
+  for name, fn in (('fwd', forward), ('fwd_bwd', forward_backward)):
+    _time_calls(fn, args, spec['warmup'])
+    times = _time_calls(fn, args, spec['reps'])
+    result[f'{name}_ms_min'] = round(min(times), 3)
+    result[f'{name}_ms_median'] = round(statistics.median(times), 3)
+  rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  result['peak_rss_mb'] = round(rss_after, 1)
+  result['peak_rss_delta_mb'] = round(rss_after - rss_before, 1)
+  if tf_peak:
+    result['tf_peak_mb'] = round(tf_peak() / 2**20, 1)
+  return result
+
+
+def _reset_tf_peak():
+  """A function returning TF's CPU peak bytes since now, or None."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.experimental.reset_memory_stats('CPU:0')
+  except ValueError:  # Not supported by the default CPU allocator.
+    return None
+  return lambda: tf.config.experimental.get_memory_info('CPU:0')['peak']
+
+
+def _run_case(spec: dict, env_extra: dict[str, str]) -> dict:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', **env_extra)
+  command = [sys.executable, __file__, '--worker', json.dumps(spec)]
+  completed = subprocess.run(command, capture_output=True, text=True,
+                             env=env, check=False, timeout=1800)
+  lines = [line for line in completed.stdout.splitlines()
+           if line.startswith('{')]
+  if completed.returncode != 0 or not lines:
+    return {**spec, 'error': completed.stderr[-2000:]}
+  return json.loads(lines[-1])
+
+
+def _case_specs(args) -> list[dict]:
+  shapes = STYLEGAN_SHAPES[:1] if args.quick else STYLEGAN_SHAPES
+  specs = []
+  for op, case, description in MAIN_CASES:
+    for shape in shapes:
+      for impl in ('custom', 'ref', 'xla'):
+        specs.append({'op': op, 'case': case, 'description': description,
+                      'shape': list(shape), 'impl': impl})
+  for case in OTHER_ACTS:
+    act, clamped = case.split('+')[0], '+' in case
+    for impl in ('custom', 'ref'):
+      specs.append({'op': 'fused_bias_act', 'case': case,
+                    'description': f'{act}, bias' + (
+                        ', clamp 256' if clamped else ''),
+                    'shape': list(STYLEGAN_SHAPES[1]), 'impl': impl})
+  for spec in specs:
+    spec.update(reps=args.reps, warmup=args.warmup)
+  return specs
+
+
+def _ratios(results: list[dict]) -> list[dict]:
+  """ref/custom and xla/custom time ratios (> 1: custom is faster)."""
+  index = {(r['description'], tuple(r['shape']), r['allocator'], r['impl']): r
+           for r in results if 'error' not in r}
+  ratios = []
+  for (description, shape, allocator, impl), custom in sorted(index.items()):
+    if impl != 'custom':
+      continue
+    row = {'op': custom['op'], 'case': custom['case'],
+           'description': description, 'shape': list(shape),
+           'allocator': allocator}
+    for other in ('ref', 'xla'):
+      base = index.get((description, shape, allocator, other))
+      if base is None:
+        continue
+      for metric in ('fwd', 'fwd_bwd'):
+        for stat in ('min', 'median'):
+          key = f'{metric}_ms_{stat}'
+          row[f'{other}_over_custom_{metric}_{stat}'] = round(
+              base[key] / custom[key], 2)
+      row[f'{other}_over_custom_peak_rss_delta'] = round(
+          base['peak_rss_delta_mb'] / max(custom['peak_rss_delta_mb'], 1.0),
+          2)
+    ratios.append(row)
+  return ratios
+
+
+def _auto_table(ratios: list[dict]) -> dict:
+  table: dict[str, dict[str, str]] = {}
+  for row in ratios:
+    faster = row.get('ref_over_custom_fwd_bwd_median', 0) > 1.0
+    entry = table.setdefault(row['op'], {})
+    entry[row['case']] = ('custom' if faster and entry.get(
+        row['case'], 'custom') == 'custom' else 'ref')
+  return {'cpu': table}
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+  parser.add_argument('--worker', help=argparse.SUPPRESS)
+  parser.add_argument('--out', help='also write the JSON here')
+  parser.add_argument('--write-table', action='store_true',
+                      help='update tfpets/ops/auto_table.json')
+  parser.add_argument('--reps', type=int, default=7)
+  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--quick', action='store_true',
+                      help='only the smallest shape')
+  parser.add_argument('--allocators', default=','.join(ALLOCATORS),
+                      help='comma-separated subset of ' + ','.join(ALLOCATORS))
+  args = parser.parse_args()
+  if args.worker:
+    print(json.dumps(worker(json.loads(args.worker))))
+    return 0
+
+  allocators = {name: ALLOCATORS[name]
+                for name in args.allocators.split(',')}
+  started = time.time()
+  load_before = os.getloadavg()
+  results = []
+  for allocator, env_extra in allocators.items():
+    for spec in _case_specs(args):
+      result = _run_case(spec, env_extra)
+      result['allocator'] = allocator
+      results.append(result)
+      print(json.dumps(result), file=sys.stderr, flush=True)
+  ratios = _ratios(results)
+  report = {
+      'host': {'cpus': os.cpu_count(), 'loadavg_before': load_before,
+               'loadavg_after': os.getloadavg(),
+               'seconds': round(time.time() - started, 1)},
+      'allocators': allocators,
+      'results': results,
+      'ratios': ratios,
+  }
+  if args.write_table:
+    table = _auto_table(ratios)
+    table_path = REPO / 'tfpets' / 'ops' / 'auto_table.json'
+    table_path.write_text(json.dumps(table, indent=2, sort_keys=True) + '\n')
+    report['auto_table'] = table
+  text = json.dumps(report, indent=2)
+  if args.out:
+    pathlib.Path(args.out).write_text(text + '\n')
+  print(text)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
