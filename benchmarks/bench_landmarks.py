@@ -1,9 +1,11 @@
 """Landmark detector inference throughput on this CPU: Keras, SavedModel and TFLite.
 
-Each backend runs the full two-stage detector (letterbox, bbox model, ROI crop, landmarks model,
-mapping back) one image at a time, as a phone or a request handler would; Keras is also timed on
-batches of same-size images. Prints one JSON object with images/s, the load average (the CPU may be
-shared) and the configuration.
+Each backend runs the full two-stage detector (letterbox, bbox model, ROI crop, landmarks model x
+roi_passes, mapping back) one image at a time, as a request handler would; Keras is also timed on
+batches of same-size images. The geometry around the TFLite models is eager TensorFlow here (a phone
+app does it natively), so the stage models are also timed alone, one frame per call, on every
+backend. Prints one JSON object with the rates, the load average (the CPU may be shared) and the
+configuration.
 
   python benchmarks/bench_landmarks.py [--detector runs/landmarks] [--image_side 128] [--seconds 10]
 
@@ -51,6 +53,26 @@ def _rate(fn, items, seconds: float) -> float:
   return done / (time.perf_counter() - start)
 
 
+def _stage_rates(config, bbox, landmarks, export_dir: pathlib.Path, seconds: float) -> dict:
+  """Frames/s of the stage models alone, one frame per call, as an app that does the geometry
+  itself would run them (the Python pipeline around TFLite is eager TensorFlow, far slower)."""
+  import tensorflow as tf
+  from tfpets.landmarks import export
+  rates = {}
+  for stage, model in (("bbox", bbox), ("landmarks", landmarks)):
+    size = config.frame_size(stage)
+    frames = [np.random.default_rng(i).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+              for i in range(8)]
+    keras_fn = tf.function(lambda x, m=model: m(x, training=False))
+    loaded = tf.saved_model.load(str(export_dir / "stages" / stage))  # keeps the variables
+    served = loaded.serve
+    lite = export.TFLiteStage(export_dir / "tflite" / f"{stage}.tflite")
+    rates[f"{stage}_model_keras_frames_per_s"] = _rate(keras_fn, frames, seconds / 2)
+    rates[f"{stage}_model_saved_model_frames_per_s"] = _rate(served, frames, seconds / 2)
+    rates[f"{stage}_model_tflite_frames_per_s"] = _rate(lite, frames, seconds / 2)
+  return rates
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--detector", default="", help="trained --stage=landmarks workdir")
@@ -92,12 +114,13 @@ def main() -> None:
       "saved_model_images_per_s": _rate(served, images, args.seconds),
       "tflite_images_per_s": _rate(lite.detect, images, args.seconds),
   }
+  results.update(_stage_rates(config, bbox, landmarks, export_dir, args.seconds))
   report = {k: round(v, 1) for k, v in results.items()}
   report.update({
       "pipeline": "two stages per image: letterbox -> bbox model -> ROI crop -> landmarks model",
       "image_side": args.image_side, "detector": args.detector or "random (perturbed) weights",
       "config": {k: getattr(config, k) for k in ("image_size", "roi_size", "num_landmarks", "head",
-                                                 "width_multiplier")},
+                                                 "width_multiplier", "roi_passes")},
       "tflite_bytes": {s: os.path.getsize(export_dir / "tflite" / f"{s}.tflite")
                        for s in export.STAGES},
       "cpu_count": os.cpu_count(),

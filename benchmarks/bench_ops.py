@@ -29,12 +29,14 @@ records TensorFlow's own peak (`tf_peak_mb`, from
 does not support). `--allocators` picks a subset.
 
 `--write-table` stores in `tfpets/ops/auto_table.json`, per op and case,
-'custom' only if custom forward+backward was faster (median) than `ref` at
-every measured shape and allocator setting, else 'ref'; `impl='auto'`
-consults it.
+'custom' only if, under every allocator setting, custom's forward+backward
+time summed over the measured shapes (min of the reps) is below ref's, else
+'ref'; `impl='auto'` consults it. `--table-from REPORT.json` redoes only
+that from a saved report.
 
 Usage: python benchmarks/bench_ops.py [--out FILE] [--write-table]
          [--reps 7] [--quick] [--allocators default,nommap,tf_bfc]
+       python benchmarks/bench_ops.py --table-from REPORT.json
 """
 
 from __future__ import annotations
@@ -208,14 +210,30 @@ def _ratios(results: list[dict]) -> list[dict]:
   return ratios
 
 
-def _auto_table(ratios: list[dict]) -> dict:
+def _auto_table(results: list[dict]) -> dict:
+  """Per op and case: 'custom' if, under every allocator, custom's total
+  forward+backward time over the measured shapes (min of the reps, the
+  statistic least disturbed by other load) is below ref's; else 'ref'."""
+  totals: dict[tuple[str, str, str], dict[str, float]] = {}
+  for r in results:
+    if 'error' in r or r['impl'] == 'xla':
+      continue
+    key = (r['op'], r['case'], r['allocator'])
+    per_impl = totals.setdefault(key, {})
+    per_impl[r['impl']] = per_impl.get(r['impl'], 0.0) + r['fwd_bwd_ms_min']
   table: dict[str, dict[str, str]] = {}
-  for row in ratios:
-    faster = row.get('ref_over_custom_fwd_bwd_median', 0) > 1.0
-    entry = table.setdefault(row['op'], {})
-    entry[row['case']] = ('custom' if faster and entry.get(
-        row['case'], 'custom') == 'custom' else 'ref')
+  for (op, case, _), per_impl in sorted(totals.items()):
+    faster = per_impl.get('custom', float('inf')) < per_impl.get(
+        'ref', float('inf'))
+    entry = table.setdefault(op, {})
+    entry[case] = ('custom' if faster and entry.get(case, 'custom') ==
+                   'custom' else 'ref')
   return {'cpu': table}
+
+
+def _write_table(table: dict) -> None:
+  path = REPO / 'tfpets' / 'ops' / 'auto_table.json'
+  path.write_text(json.dumps(table, indent=2, sort_keys=True) + '\n')
 
 
 def main() -> int:
@@ -224,6 +242,8 @@ def main() -> int:
   parser.add_argument('--out', help='also write the JSON here')
   parser.add_argument('--write-table', action='store_true',
                       help='update tfpets/ops/auto_table.json')
+  parser.add_argument('--table-from',
+                      help='only rewrite auto_table.json from this report')
   parser.add_argument('--reps', type=int, default=7)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--quick', action='store_true',
@@ -233,6 +253,10 @@ def main() -> int:
   args = parser.parse_args()
   if args.worker:
     print(json.dumps(worker(json.loads(args.worker))))
+    return 0
+  if args.table_from:
+    report = json.loads(pathlib.Path(args.table_from).read_text())
+    _write_table(_auto_table(report['results']))
     return 0
 
   allocators = {name: ALLOCATORS[name]
@@ -256,10 +280,8 @@ def main() -> int:
       'ratios': ratios,
   }
   if args.write_table:
-    table = _auto_table(ratios)
-    table_path = REPO / 'tfpets' / 'ops' / 'auto_table.json'
-    table_path.write_text(json.dumps(table, indent=2, sort_keys=True) + '\n')
-    report['auto_table'] = table
+    report['auto_table'] = _auto_table(results)
+    _write_table(report['auto_table'])
   text = json.dumps(report, indent=2)
   if args.out:
     pathlib.Path(args.out).write_text(text + '\n')

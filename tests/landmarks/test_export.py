@@ -12,11 +12,13 @@ from tfpets.landmarks import predict
 
 from .handmade import draw_head
 
-CONFIG = model_lib.DetectorConfig(image_size=32, roi_size=32, units=16, roi_passes=2)
+# One stage-2 pass: a random stage-2 box fed back as the next ROI can grow without bound.
+CONFIG = model_lib.DetectorConfig(image_size=32, roi_size=32, units=16, roi_first_margin=0.5)
 HEAD, BLOBS = (40, 20, 79, 59), np.array([[50.0, 30.0], [70.0, 35.0], [60.0, 50.0]])
-# The ROI follows the stage-1 box, so float differences of ~1e-4 px there resample stage 2's input
-# slightly differently, which a perturbed random network amplifies a little.
-PIPELINE_TOLERANCE_PX = 0.05
+# The ROI follows the stage-1 box, so float differences there resample stage 2's input slightly
+# differently, which a perturbed random network amplifies a little; its boxes can also be far
+# larger than the image, hence a relative tolerance beside the absolute one.
+PIPELINE_TOLERANCE_PX, PIPELINE_RTOL = 0.05, 1e-4
 
 
 def _perturbed(stage, seed):
@@ -52,8 +54,10 @@ def test_tflite_matches_keras(models, tmp_path):
   image = draw_head(70, 110, HEAD, BLOBS)
   expected = predict.Detector.from_models(CONFIG, models["bbox"], models["landmarks"]).detect(image)
   lite = export.tflite_detector(tmp_path).detect(image)
-  np.testing.assert_allclose(lite.landmarks, expected.landmarks, atol=PIPELINE_TOLERANCE_PX)
-  np.testing.assert_allclose(lite.box, expected.box, atol=PIPELINE_TOLERANCE_PX)
+  np.testing.assert_allclose(lite.landmarks, expected.landmarks, rtol=PIPELINE_RTOL,
+                             atol=PIPELINE_TOLERANCE_PX)
+  np.testing.assert_allclose(lite.box, expected.box, rtol=PIPELINE_RTOL,
+                             atol=PIPELINE_TOLERANCE_PX)
   assert lite.head_score == pytest.approx(expected.head_score, abs=1e-4)
 
 
@@ -63,7 +67,7 @@ def test_pipeline_saved_model_matches_keras(models, tmp_path):
   image = draw_head(90, 60, (10, 30, 49, 69), BLOBS - [30, -10])
   expected = predict.Detector.from_models(CONFIG, models["bbox"], models["landmarks"]).detect(image)
   served = export.saved_model_detector(tmp_path)(image)
-  np.testing.assert_allclose(served["landmarks"], expected.landmarks, atol=1e-3)
-  np.testing.assert_allclose(served["box"], expected.box, atol=1e-3)
-  np.testing.assert_allclose(served["roi"], expected.roi, atol=1e-3)
+  for name, value in (("landmarks", expected.landmarks), ("box", expected.box),
+                      ("roi", expected.roi)):
+    np.testing.assert_allclose(served[name], value, rtol=1e-5, atol=1e-3)
   assert float(served["head_score"]) == pytest.approx(expected.head_score, abs=1e-5)
