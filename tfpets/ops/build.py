@@ -10,8 +10,11 @@ place, so concurrent builds never expose half-written files. It also writes
 `<out_dir>/tfpets_ops.json`, which `tfpets.ops` reads to find the library.
 
 `python -m tfpets.ops.build [--out_dir DIR] [--cuda auto|yes|no]` builds in
-place into `tfpets/ops/_lib/`. `BuildTFOps` does the same from setuptools
-(`pip install .` / `pip install -e .`; `TFPETS_BUILD_CUDA=auto|1|0`).
+place into `tfpets/ops/_lib/`. `BuildTFOps` is setup.py's `build_ext`: it does
+the same during `pip install .` (into the wheel) and `pip install -e .` (into
+the source tree). A failed build there only logs a warning, since every op
+has a reference path; `TFPETS_BUILD_OPS=0` skips it, `TFPETS_BUILD_CUDA=
+auto|1|0` chooses the CUDA kernels.
 
 Environment: `CXX` (default g++), `NVCC` (default nvcc on PATH, then
 `$CUDA_HOME/bin/nvcc`), `TFPETS_OPS_CXXFLAGS` (extra compiler flags, e.g.
@@ -69,10 +72,12 @@ def source_hash() -> str:
   return digest.hexdigest()
 
 
-def _tf_flags() -> tuple[list[str], list[str], str]:
+def _tf_flags() -> tuple[list[str], list[str], str, str]:
+  """TF's compile flags, link flags, version and wheel directory."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return (list(tf.sysconfig.get_compile_flags()),
-          list(tf.sysconfig.get_link_flags()), tf.__version__)
+          list(tf.sysconfig.get_link_flags()), tf.__version__,
+          tf.sysconfig.get_lib())
 
 
 def find_nvcc() -> pathlib.Path | None:
@@ -98,8 +103,11 @@ def _cuda_home(nvcc: pathlib.Path) -> pathlib.Path | None:
 
 
 def _tool_version(command: list[str]) -> str:
-  result = subprocess.run(command + ['--version'], capture_output=True,
-                          text=True, check=False)
+  try:
+    result = subprocess.run(command + ['--version'], capture_output=True,
+                            text=True, check=False)
+  except OSError:
+    return ''  # A missing tool fails later, in _run, with a clear message.
   return result.stdout.strip()
 
 
@@ -113,8 +121,12 @@ def _nvcc_major(nvcc: pathlib.Path) -> int:
 
 def _run(command: list[str], what: str) -> None:
   logging.info('tfpets.ops.build: %s', shlex.join(command))
-  result = subprocess.run(command, capture_output=True, text=True,
-                          check=False)
+  try:
+    result = subprocess.run(command, capture_output=True, text=True,
+                            check=False)
+  except OSError as error:
+    raise BuildError(f'{what} failed: cannot run {command[0]}: {error}'
+                     ) from error
   if result.returncode != 0:
     raise BuildError(
         f'{what} failed (exit {result.returncode}):\n{shlex.join(command)}\n'
@@ -158,10 +170,20 @@ def _cuda_link_flags(nvcc: pathlib.Path) -> list[str]:
 
 
 def _build_key(tf_cflags: list[str], tf_lflags: list[str], tf_version: str,
-               cxx: str, extra: list[str], nvcc: pathlib.Path | None) -> str:
+               tf_dir: str, cxx: str, extra: list[str],
+               nvcc: pathlib.Path | None) -> str:
+  """Hash of everything the library depends on except TF's location.
+
+  The wheel directory is left out because pip's isolated build environment
+  has a new path on every install; the same TF version has the same headers,
+  so `pip install -e .` can reuse a library built by earlier installs.
+  """
+  def portable(flags: list[str]) -> str:
+    return shlex.join(flags).replace(tf_dir, '<tensorflow>')
+
   digest = hashlib.sha256()
-  for part in (source_hash(), tf_version, shlex.join(tf_cflags),
-               shlex.join(tf_lflags), shlex.join(BASE_CXXFLAGS),
+  for part in (source_hash(), tf_version, portable(tf_cflags),
+               portable(tf_lflags), shlex.join(BASE_CXXFLAGS),
                shlex.join(extra), _tool_version([cxx]),
                _tool_version([str(nvcc)]) if nvcc else 'cpu-only',
                os.environ.get('TFPETS_CUDA_ARCHS', '80,90') if nvcc else ''):
@@ -217,7 +239,7 @@ def build_ops(out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR,
   out_dir.mkdir(parents=True, exist_ok=True)
   if not sources_present():
     raise BuildError(f'kernel sources missing under {KERNEL_DIR}')
-  tf_cflags, tf_lflags, tf_version = _tf_flags()
+  tf_cflags, tf_lflags, tf_version, tf_dir = _tf_flags()
   cxx = os.environ.get('CXX', 'g++')
   extra = shlex.split(os.environ.get('TFPETS_OPS_CXXFLAGS', ''))
   nvcc = find_nvcc() if cuda in ('auto', True) else None
@@ -225,21 +247,21 @@ def build_ops(out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR,
     raise BuildError('cuda=True but no nvcc with CUDA headers was found')
   try:
     return _build_variant(out_dir, cxx, extra, tf_cflags, tf_lflags,
-                          tf_version, nvcc)
+                          tf_version, tf_dir, nvcc)
   except BuildError:
     if cuda != 'auto' or nvcc is None:
       raise
     logging.warning('tfpets.ops.build: CUDA build failed; building CPU only',
                     exc_info=True)
     return _build_variant(out_dir, cxx, extra, tf_cflags, tf_lflags,
-                          tf_version, None)
+                          tf_version, tf_dir, None)
 
 
 def _build_variant(out_dir: pathlib.Path, cxx: str, extra: list[str],
                    tf_cflags: list[str], tf_lflags: list[str],
-                   tf_version: str,
+                   tf_version: str, tf_dir: str,
                    nvcc: pathlib.Path | None) -> pathlib.Path:
-  key = _build_key(tf_cflags, tf_lflags, tf_version, cxx, extra, nvcc)
+  key = _build_key(tf_cflags, tf_lflags, tf_version, tf_dir, cxx, extra, nvcc)
   target = out_dir / f'tfpets_ops_{key}.so'
   if not target.is_file():
     with tempfile.TemporaryDirectory(dir=out_dir, prefix='.build-') as work:
@@ -251,28 +273,80 @@ def _build_variant(out_dir: pathlib.Path, cxx: str, extra: list[str],
   return target
 
 
+def _cuda_choice() -> str | bool:
+  choice = os.environ.get('TFPETS_BUILD_CUDA', 'auto')
+  if choice not in ('auto', '1', '0'):
+    raise ValueError(
+        f'TFPETS_BUILD_CUDA must be auto, 1 or 0, got {choice!r}')
+  return {'auto': 'auto', '1': True, '0': False}[choice]
+
+
+def _remove_earlier_builds(out_dir: pathlib.Path,
+                           keep: pathlib.Path | None) -> None:
+  """Drops what earlier installs left in pip's reused build/ directory."""
+  for stale in out_dir.glob('tfpets_ops_*.so'):
+    if stale != keep:
+      stale.unlink()
+  if keep is None:
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+
+
+def build_for_install(out_dir: str | os.PathLike[str],
+                      exclusive: bool = False) -> pathlib.Path | None:
+  """Builds the library during an install; never raises for a failed build.
+
+  The custom ops are optional (every op has a reference path), so a missing
+  compiler or broken TensorFlow headers must not fail `pip install`: this
+  logs a warning that says so and how to build later, and returns None.
+  Returns None without building when `TFPETS_BUILD_OPS=0`.
+
+  Args:
+    out_dir: Directory for the library and its manifest.
+    exclusive: `out_dir` must end up holding only this build's library (or
+      nothing, if there is none): for the wheel's build directory, which
+      pip reuses between installs.
+  """
+  path = None
+  if os.environ.get('TFPETS_BUILD_OPS', '1') == '0':
+    logging.info('tfpets.ops.build: TFPETS_BUILD_OPS=0, not building the '
+                 'custom op library')
+  else:
+    cuda = _cuda_choice()
+    try:
+      path = build_ops(out_dir, cuda=cuda)
+      logging.info('tfpets.ops.build: built %s', path)
+    # An isolation point: whatever goes wrong, the install must succeed.
+    except Exception as error:  # pylint: disable=broad-except
+      logging.warning(
+          'tfpets.ops.build: could not build the custom op library, so '
+          'tfpets.ops will use its reference (plain TensorFlow) ops. Build '
+          'it later with `python -m tfpets.ops.build` (needs a C++17 '
+          'compiler). Cause: %s: %s', type(error).__name__, error)
+  if exclusive and pathlib.Path(out_dir).is_dir():
+    _remove_earlier_builds(pathlib.Path(out_dir), path)
+  return path
+
+
 if build_ext is not None:
 
   class BuildTFOps(build_ext.build_ext):
     """setuptools `build_ext` that builds the op library into the package.
 
     It builds into `<build_lib>/tfpets/ops/_lib` for `pip install .` and into
-    the source tree for editable installs (`pip install -e .`), and ignores
-    the dummy Extension that makes setuptools run this command at all.
+    the source tree for editable installs (`pip install -e .`, or
+    `setup.py build_ext --inplace`), where `tfpets.ops` looks for it. The
+    placeholder Extension in setup.py only makes setuptools run this command
+    (and tag the wheel as platform specific); it is not compiled.
     """
 
-    def run(self) -> None:
+    def library_dir(self) -> pathlib.Path:
       if self.inplace or self.editable_mode:
-        out_dir = DEFAULT_OUT_DIR
-      else:
-        out_dir = pathlib.Path(self.build_lib) / 'tfpets' / 'ops' / '_lib'
-      choice = os.environ.get('TFPETS_BUILD_CUDA', 'auto')
-      if choice not in ('auto', '1', '0'):
-        raise ValueError(
-            f'TFPETS_BUILD_CUDA must be auto, 1 or 0, got {choice!r}')
-      cuda = {'auto': 'auto', '1': True, '0': False}[choice]
-      path = build_ops(out_dir, cuda=cuda)
-      logging.info('tfpets.ops.build: built %s', path)
+        return DEFAULT_OUT_DIR
+      return pathlib.Path(self.build_lib) / 'tfpets' / 'ops' / '_lib'
+
+    def run(self) -> None:
+      in_source = self.inplace or self.editable_mode
+      build_for_install(self.library_dir(), exclusive=not in_source)
 
     def get_outputs(self) -> list[str]:
       return []
