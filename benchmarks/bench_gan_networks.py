@@ -3,15 +3,17 @@
 Measures images/s of the generator forward, generator forward+backward and discriminator
 forward+backward (gradients with respect to the network's trainable weights, each step one
 `tf.function`) at 32, 64 and 128 px, batch 8, float32 (`num_fp16_res=0`), conv_clamp 256, `auto`
-preset (spec §15.6), median of 5 timed steps after 2 warm-ups. The whole measurement runs twice in
-fresh processes: with glibc's default malloc and with
-`MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=68719476736`. Ratios are tfpets / official
+preset (spec §15.6), median of 5 timed steps after 2 warm-ups. The whole measurement runs once per
+allocator setting, each in a fresh process: glibc's default malloc, `MALLOC_MMAP_THRESHOLD_=2147483647
+MALLOC_TRIM_THRESHOLD_=68719476736` (no-mmap malloc), and TensorFlow's BFC pool on the CPU
+(`TF_CPU_ALLOCATOR_USE_BFC=true`, what `python -m tfpets.launch` sets). Ratios are tfpets / official
 (official = the "no-mmap malloc" column of spec §15.6; >= 1.0 means tfpets is as fast or faster).
 Besides wall-clock images/s, each figure has `img_per_s_from_cpu` = batch / (process CPU seconds
 / 2): the throughput with both cores to itself, which stays meaningful when other processes share
 the machine (the load average before and after is recorded).
 
   python benchmarks/bench_gan_networks.py [--resolutions 32,64,128] [--repeats 5] [--xla]
+      [--allocators default_malloc,no_mmap_malloc,tf_bfc]
 
 Prints one JSON object.
 """
@@ -38,6 +40,8 @@ OFFICIAL_DEFAULT_MALLOC = {
     128: {"G_fwd": 4.03, "G_fwd_bwd": 1.48, "D_fwd_bwd": 2.65},
 }
 NO_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+ALLOCATOR_ENVS = {"default_malloc": {}, "no_mmap_malloc": NO_MMAP_ENV,
+                  "tf_bfc": {"TF_CPU_ALLOCATOR_USE_BFC": "true"}}
 BATCH = 8
 
 
@@ -104,7 +108,7 @@ def _child(args: argparse.Namespace) -> None:
 
 def _spawn(args: argparse.Namespace, extra_env: dict[str, str]) -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra_env)
-  for key in NO_MMAP_ENV:
+  for key in (*NO_MMAP_ENV, "TF_CPU_ALLOCATOR_USE_BFC"):
     if key not in extra_env:
       env.pop(key, None)
   command = [sys.executable, os.path.abspath(__file__), "--child",
@@ -122,6 +126,8 @@ def main() -> None:
                       type=lambda s: [int(v) for v in s.split(",")])
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--xla", action="store_true", help="tf.function(jit_compile=True)")
+  parser.add_argument("--allocators", default=",".join(ALLOCATOR_ENVS),
+                      type=lambda s: s.split(","), help="subset of " + ",".join(ALLOCATOR_ENVS))
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -130,8 +136,8 @@ def main() -> None:
   report = {"batch": BATCH, "preset": "auto", "dtype": "float32", "xla": args.xla,
             "official_reference": "spec §15.6, no-mmap malloc column",
             "load_average_before": os.getloadavg(), "runs": {}}
-  for label, env in (("default_malloc", {}), ("no_mmap_malloc", NO_MMAP_ENV)):
-    measured = _spawn(args, env)
+  for label in args.allocators:
+    measured = _spawn(args, ALLOCATOR_ENVS[label])
     same_malloc = OFFICIAL_DEFAULT_MALLOC if label == "default_malloc" else OFFICIAL
     report["runs"][label] = {
         res: {name: {"img_per_s": round(value["img_per_s"], 3),

@@ -51,3 +51,13 @@ def test_user_error_is_one_line_and_flags_are_saved_as_a_reproducing_flagfile(tm
   again = launch(f"--flagfile={workdir / 'flags.txt'}")
   assert again.returncode == 2
   assert (workdir / "flags.txt").read_text() == saved
+
+
+def test_launcher_defaults_to_the_bfc_allocator_but_keeps_the_users_choice():
+  from tfpets import launch
+  environ = {}
+  launch.set_allocator_defaults(environ)
+  assert environ == {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
+  environ = {"TF_CPU_ALLOCATOR_USE_BFC": "false"}
+  launch.set_allocator_defaults(environ)
+  assert environ == {"TF_CPU_ALLOCATOR_USE_BFC": "false"}
