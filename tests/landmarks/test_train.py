@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import keras
 import numpy as np
@@ -110,3 +111,27 @@ def test_recomputed_batch_norm_statistics_are_the_batches_statistics():
   assert np.abs(before - expected).max() > 1e-2  # it did change something
   assert all(layer.momentum == model_lib.BN_MOMENTUM
              for layer in train._batch_norm_layers(model))
+
+
+class _SlowEpochs(keras.callbacks.Callback):
+  """Makes every epoch last at least `seconds`."""
+
+  def __init__(self, seconds: float):
+    super().__init__()
+    self.seconds = seconds
+
+  def on_epoch_end(self, epoch, logs=None):
+    time.sleep(self.seconds)
+
+
+def test_time_budget_stops_before_an_epoch_that_would_overrun():
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+  model.compile("sgd", "mse")
+  x = np.zeros((4, 2), np.float32)
+  budget = train.TimeBudget(seconds=1.0)
+  # The sleep runs before the budget's own epoch end (list order), as a slow epoch would.
+  history = model.fit(x, x[:, :1], epochs=50, verbose=0, callbacks=[_SlowEpochs(0.4), budget])
+  epochs = len(history.history["loss"])
+  # Each epoch lasts >= 0.4 s, so the budget allows at most 2 (a third would end past 1 s).
+  assert 1 <= epochs <= 2
+  assert budget.stopped_epoch == epochs

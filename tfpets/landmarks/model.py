@@ -37,8 +37,9 @@ from tfpets.errors import UsageError
 
 NORMS = ("none", "unit", "center")
 HEADS = ("heatmap", "dense")
-# MobileNetV2 layers whose outputs feed the heatmap head (strides 8 and 16).
-_STRIDE_8, _STRIDE_16 = "block_6_expand_relu", "block_13_expand_relu"
+# MobileNetV2 layers whose outputs feed the heatmap head, by stride.
+_TAPS = {4: "block_3_expand_relu", 8: "block_6_expand_relu", 16: "block_13_expand_relu"}
+HEATMAP_STRIDES = (4, 8)
 POOLINGS = ("max", "avg", "none")
 # Keras's MobileNetV2 uses 0.999, whose moving statistics lag for hundreds of steps behind weights
 # that train from scratch: runs of a few hundred steps validated at IoU 0.02 on frames where the
@@ -64,6 +65,7 @@ class DetectorConfig:
   roi_passes: int = 1            # stage-2 passes, each on the ROI around the previous box
   roi_first_margin: float = 0.0  # margin of the first pass's ROI (around stage 1's box); 0: same
   head_threshold: float = 0.5    # head presence probability below which no head is reported
+  heatmap_stride: int = 8        # heatmap head: frame pixels per heatmap cell (4 or 8)
 
   def __post_init__(self):
     if self.num_landmarks not in (5, 9):
@@ -74,6 +76,9 @@ class DetectorConfig:
       raise UsageError(f"--lm_pooling={self.pooling!r}: one of {', '.join(POOLINGS)}")
     if self.roi_passes < 1:
       raise UsageError(f"--roi_passes={self.roi_passes}: at least 1")
+    if self.heatmap_stride not in HEATMAP_STRIDES:
+      raise UsageError(f"--heatmap_stride={self.heatmap_stride}: one of "
+                       f"{', '.join(map(str, HEATMAP_STRIDES))}")
     if self.head not in HEADS:
       raise UsageError(f"--lm_head={self.head!r}: one of {', '.join(HEADS)}")
     for flag, size in (("--image_size", self.image_size), ("--roi_size", self.roi_size)):
@@ -241,12 +246,17 @@ def _dense_head(features, size: int, stage: str, config: DetectorConfig):
 
 def _heatmap_head(backbone, x, size: int, stage: str, config: DetectorConfig):
   # MobileNetV2 up to its stride-16 stage: the layers after it would only feed a pooled vector.
-  taps = keras.Model(backbone.input, [backbone.get_layer(_STRIDE_8).output,
-                                      backbone.get_layer(_STRIDE_16).output],
+  # Every tap from the heatmap stride to 16 is upsampled to the heatmap grid and concatenated.
+  strides = [s for s in sorted(_TAPS) if s >= config.heatmap_stride]
+  taps = keras.Model(backbone.input, [backbone.get_layer(_TAPS[s]).output for s in strides],
                      name="mobilenetv2_taps")
-  fine, coarse = taps(x)
-  upsampled = keras.layers.UpSampling2D(2, interpolation="bilinear", name="upsample")(coarse)
-  h = keras.layers.Concatenate(name="features")([fine, upsampled])
+  features = taps(x)
+  coarse = features[-1]
+  grid = [features[0]] + [
+      keras.layers.UpSampling2D(s // strides[0], interpolation="bilinear",
+                                name=f"upsample_{s}")(f)
+      for s, f in zip(strides[1:], features[1:])]
+  h = keras.layers.Concatenate(name="features")(grid)
   h = keras.layers.SeparableConv2D(config.units // 2, 3, padding="same", activation="relu",
                                    name="heatmap_conv")(h)
   box_maps = keras.layers.Conv2D(3, 1, dtype="float32", name="box_maps")(h)

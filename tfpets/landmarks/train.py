@@ -2,7 +2,8 @@
 
 Per stage: Adam, ReduceLROnPlateau(factor, patience) and EarlyStopping(2 x patience + 3) on the
 spec's monitor (bbox: val IoU, max; landmarks: val loss, min), the best epoch's weights kept, and
-with `--loss_fn=iou` a warm-up of `warmup_steps` MSE steps first (IoU losses explode early).
+with `--loss_fn=iou` a warm-up of `warmup_steps` MSE steps first (IoU losses explode early), and
+optionally a wall-clock budget (`TimeBudget`) that ends the stage before an epoch would overrun it.
 
 Resuming: after every epoch the model and optimizer (learning rate included) are saved with the
 checkpoint helper under checkpoints/<stage>/, and the callbacks' counters in state.json beside
@@ -52,6 +53,7 @@ class TrainOptions:
   overlay_every: int = 5         # epochs between TensorBoard overlays
   seed: int = 0
   backbone_weights: str = ""     # MobileNetV2 no-top .h5, or '' for random weights
+  seconds: float = 0.0           # wall-clock budget of this stage's epochs (0: none)
 
 
 @dataclasses.dataclass
@@ -96,6 +98,35 @@ class BestWeights(keras.callbacks.Callback):
     if better:
       self.best, self.best_epoch = float(value), epoch
       self.model.save_weights(str(self.path))
+
+
+class TimeBudget(keras.callbacks.Callback):
+  """Stops training before an epoch that would end past `seconds` of this run's training.
+
+  The next epoch is assumed to last as long as the longest so far, so a stage never overruns its
+  share of a fixed budget (a CPU run sized in minutes rather than epochs).
+  """
+
+  def __init__(self, seconds: float):
+    super().__init__()
+    self.seconds = seconds
+    self.longest = 0.0
+    self.stopped_epoch: Optional[int] = None
+
+  def on_train_begin(self, logs=None):
+    self.start = time.monotonic()
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epoch_start = time.monotonic()
+
+  def on_epoch_end(self, epoch, logs=None):
+    now = time.monotonic()
+    self.longest = max(self.longest, now - self.epoch_start)
+    if now - self.start + self.longest > self.seconds:
+      self.stopped_epoch = epoch + 1
+      self.model.stop_training = True
+      logging.info("time budget: %.0f of %.0f s spent after epoch %d; stopping", now - self.start,
+                   self.seconds, epoch + 1)
 
 
 class ResumeState(keras.callbacks.Callback):
@@ -254,6 +285,8 @@ def train_stage(stage: str, config: model_lib.DetectorConfig, shards_dir: pathli
                                         mode=mode, verbose=1)
   best = BestWeights(directory / BEST_WEIGHTS, monitor, mode)
   callbacks = [plateau, early, best, ResumeState(helper, directory, plateau, early, best)]
+  if options.seconds > 0:
+    callbacks.append(TimeBudget(options.seconds))
   overlays = None
   if writer is not None:
     overlays = TensorBoardOverlays(writer, stage, *_overlay_batch(shards_dir, spec,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -32,6 +33,10 @@ ROI_SIZE = flags.DEFINE_integer(
 HEAD = flags.DEFINE_enum("lm_head", "heatmap", model_lib.HEADS,
                          "Coordinate head of both stages: heatmap (integral regression over "
                          "stride-8 heatmaps) or dense (the spec's pooled features -> Dense x 2).")
+HEATMAP_STRIDE = flags.DEFINE_enum(
+    "heatmap_stride", "8", [str(s) for s in model_lib.HEATMAP_STRIDES],
+    "--lm_head=heatmap: frame pixels per heatmap cell. 4 taps MobileNetV2's stride-4 features "
+    "too: finer positions (boxes and landmarks) for a little more compute.")
 WIDTH = flags.DEFINE_float("lm_width_multiplier", 0.35,
                            "MobileNetV2 width multiplier (alpha) of both detector stages.",
                            lower_bound=0.05)
@@ -60,6 +65,12 @@ ROI_FIRST_MARGIN = flags.DEFINE_float(
 ROI_JITTER = flags.DEFINE_float("roi_jitter", 0.1, "Training ROIs vary each side's margin by "
                                 "U[-jitter, jitter] x the longer box side.", lower_bound=0.0)
 EPOCHS = flags.DEFINE_integer("lm_epochs", 300, "Maximum epochs per stage.", lower_bound=1)
+TRAIN_MINUTES = flags.DEFINE_float(
+    "lm_train_minutes", 0.0, "Wall-clock budget for training both stages (0: none, --lm_epochs "
+    "alone decides); a stage stops before an epoch that would overrun its share.", lower_bound=0.0)
+BBOX_SHARE = flags.DEFINE_float(
+    "lm_bbox_share", 0.6, "Share of --lm_train_minutes for stage 1 (head box); stage 2 gets what "
+    "stage 1 leaves.", lower_bound=0.05, upper_bound=0.95)
 STEPS = flags.DEFINE_integer("lm_steps_per_epoch", 0,
                              "Steps per epoch; 0: one pass over the training images.",
                              lower_bound=0)
@@ -104,7 +115,8 @@ def detector_config(ctx: context.RunContext) -> model_lib.DetectorConfig:
       num_landmarks=NUM_LANDMARKS.value, head=HEAD.value, width_multiplier=WIDTH.value,
       units=UNITS.value, pooling=POOLING.value, landmark_norm=LANDMARK_NORM.value,
       roi_margin=ROI_MARGIN.value, roi_passes=ROI_PASSES.value,
-      roi_first_margin=ROI_FIRST_MARGIN.value, head_threshold=HEAD_THRESHOLD.value)
+      roi_first_margin=ROI_FIRST_MARGIN.value, head_threshold=HEAD_THRESHOLD.value,
+      heatmap_stride=int(HEATMAP_STRIDE.value))
 
 
 def augment_options() -> augment.AugmentOptions:
@@ -136,7 +148,8 @@ def run(ctx: context.RunContext) -> None:
   trained, summaries = {}, {}
   for stage in data.STAGES:
     trained[stage], summaries[stage] = train.train_stage(
-        stage, config, shards_dir, paths, augmentation, options, ctx.strategy, writer)
+        stage, config, shards_dir, paths, augmentation, _stage_budget(options, stage, start),
+        ctx.strategy, writer)
   train_seconds = time.time() - start
   train_cpu_seconds = _cpu_seconds()
 
@@ -168,6 +181,15 @@ def run(ctx: context.RunContext) -> None:
       "rmse_px", "box_iou", "stage1_box_iou", "crop_contains_head", "head_found_rate",
       "roi_rmse_frame_px")}, "seconds_to_trained_models": report["seconds_to_trained_models"],
       "cpu_seconds_to_trained_models": report["cpu_seconds_to_trained_models"]}, indent=2))
+
+
+def _stage_budget(options: train.TrainOptions, stage: str, start: float) -> train.TrainOptions:
+  """The options with this stage's share of --lm_train_minutes (stage 2: whatever is left)."""
+  total = 60.0 * TRAIN_MINUTES.value
+  if not total:
+    return options
+  seconds = total * BBOX_SHARE.value if stage == "bbox" else total - (time.time() - start)
+  return dataclasses.replace(options, seconds=max(seconds, 1.0))
 
 
 def _cpu_seconds() -> float:
