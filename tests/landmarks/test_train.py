@@ -135,3 +135,14 @@ def test_time_budget_stops_before_an_epoch_that_would_overrun():
   # Each epoch lasts >= 0.4 s, so the budget allows at most 2 (a third would end past 1 s).
   assert 1 <= epochs <= 2
   assert budget.stopped_epoch == epochs
+
+
+def test_time_budget_drops_the_learning_rate_once_after_its_anneal_point():
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+  model.compile(keras.optimizers.SGD(0.5), "mse")
+  x = np.zeros((4, 2), np.float32)
+  budget = train.TimeBudget(seconds=1.2, anneal_at=0.3)
+  model.fit(x, x[:, :1], epochs=50, verbose=0, callbacks=[_SlowEpochs(0.2), budget])
+  # Each epoch lasts >= 0.2 s: 0.36 s (0.3 x 1.2) have passed by the end of epoch 2 at the latest.
+  assert budget.annealed_epoch is not None and budget.annealed_epoch <= 2
+  assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.05)

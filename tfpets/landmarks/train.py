@@ -54,6 +54,7 @@ class TrainOptions:
   seed: int = 0
   backbone_weights: str = ""     # MobileNetV2 no-top .h5, or '' for random weights
   seconds: float = 0.0           # wall-clock budget of this stage's epochs (0: none)
+  anneal_at: float = 0.75        # with `seconds`: fraction of them after which the rate drops 10x
 
 
 @dataclasses.dataclass
@@ -101,17 +102,20 @@ class BestWeights(keras.callbacks.Callback):
 
 
 class TimeBudget(keras.callbacks.Callback):
-  """Stops training before an epoch that would end past `seconds` of this run's training.
+  """Stops training before an epoch that would end past `seconds` of this run's training, and
+  divides the learning rate by 10 once `anneal_at` of them are spent.
 
   The next epoch is assumed to last as long as the longest so far, so a stage never overruns its
-  share of a fixed budget (a CPU run sized in minutes rather than epochs).
+  share of a fixed budget (a CPU run sized in minutes rather than epochs). Within minutes
+  ReduceLROnPlateau seldom fires, and a final low-rate phase is what sharpens the coordinates.
   """
 
-  def __init__(self, seconds: float):
+  def __init__(self, seconds: float, anneal_at: float = 0.0):
     super().__init__()
-    self.seconds = seconds
+    self.seconds, self.anneal_at = seconds, anneal_at
     self.longest = 0.0
     self.stopped_epoch: Optional[int] = None
+    self.annealed_epoch: Optional[int] = None
 
   def on_train_begin(self, logs=None):
     self.start = time.monotonic()
@@ -122,10 +126,17 @@ class TimeBudget(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     now = time.monotonic()
     self.longest = max(self.longest, now - self.epoch_start)
-    if now - self.start + self.longest > self.seconds:
+    spent = now - self.start
+    if self.anneal_at > 0 and self.annealed_epoch is None and spent >= self.anneal_at * self.seconds:
+      rate = self.model.optimizer.learning_rate
+      rate.assign(rate * 0.1)
+      self.annealed_epoch = epoch + 1
+      logging.info("time budget: %.0f of %.0f s spent; learning rate -> %.2g", spent, self.seconds,
+                   float(keras.ops.convert_to_numpy(rate)))
+    if spent + self.longest > self.seconds:
       self.stopped_epoch = epoch + 1
       self.model.stop_training = True
-      logging.info("time budget: %.0f of %.0f s spent after epoch %d; stopping", now - self.start,
+      logging.info("time budget: %.0f of %.0f s spent after epoch %d; stopping", spent,
                    self.seconds, epoch + 1)
 
 
@@ -286,7 +297,7 @@ def train_stage(stage: str, config: model_lib.DetectorConfig, shards_dir: pathli
   best = BestWeights(directory / BEST_WEIGHTS, monitor, mode)
   callbacks = [plateau, early, best, ResumeState(helper, directory, plateau, early, best)]
   if options.seconds > 0:
-    callbacks.append(TimeBudget(options.seconds))
+    callbacks.append(TimeBudget(options.seconds, options.anneal_at))
   overlays = None
   if writer is not None:
     overlays = TensorBoardOverlays(writer, stage, *_overlay_batch(shards_dir, spec,
