@@ -52,10 +52,10 @@ def test_centre_size_box_against_numpy():
                                rtol=1e-4)
 
 
-@pytest.mark.parametrize("head", model_lib.HEADS)
-def test_stage_models_outputs_and_save_round_trip(head, tmp_path):
+@pytest.mark.parametrize("head,stride", [("heatmap", 8), ("heatmap", 4), ("dense", 8)])
+def test_stage_models_outputs_and_save_round_trip(head, stride, tmp_path):
   config = model_lib.DetectorConfig(image_size=32, roi_size=48, num_landmarks=5, head=head,
-                                    units=16)
+                                    units=16, heatmap_stride=stride)
   rng = np.random.default_rng(2)
   for stage, size in (("bbox", 32), ("landmarks", 48)):
     model = model_lib.build_model(stage, config)
@@ -63,12 +63,12 @@ def test_stage_models_outputs_and_save_round_trip(head, tmp_path):
     out = {k: np.asarray(v) for k, v in model(frames).items()}
     expected = {"box": (2, 4), "head": (2, 1)} if stage == "bbox" else {"box": (2, 4),
                                                                        "landmarks": (2, 5, 2)}
-    if head == "heatmap":  # the maps training supervises, at stride 8; stage 1 landmarks too
-      grid = size // 8
+    if head == "heatmap":  # the maps training supervises, at the stride; stage 1 landmarks too
+      grid = size // stride
       expected.update(centre_map=(2, grid, grid, 1), landmark_maps=(2, grid, grid, 5),
                       landmarks=(2, 5, 2))
     assert {k: v.shape for k, v in out.items()} == expected
-    path = tmp_path / f"{head}_{stage}.keras"
+    path = tmp_path / f"{head}_{stride}_{stage}.keras"
     model.save(path)
     again = {k: np.asarray(v) for k, v in model_lib.load_model(path)(frames).items()}
     for k in out:
@@ -81,6 +81,8 @@ def test_config_round_trip_and_refusals(tmp_path):
   assert model_lib.DetectorConfig.load(tmp_path) == config
   with pytest.raises(UsageError, match="--num_landmarks=7"):
     model_lib.DetectorConfig(num_landmarks=7)
+  with pytest.raises(UsageError, match="--heatmap_stride=2: one of 4, 8"):
+    model_lib.DetectorConfig(heatmap_stride=2)
   with pytest.raises(UsageError, match="--roi_size=72: .* multiple of 16"):
     model_lib.DetectorConfig(roi_size=72)
   with pytest.raises(UsageError, match="no such file"):

@@ -32,7 +32,7 @@ ROI_SIZE = flags.DEFINE_integer(
     "--image_size is the stage-1 frame (the whole image, letterboxed).", lower_bound=0)
 HEAD = flags.DEFINE_enum("lm_head", "heatmap", model_lib.HEADS,
                          "Coordinate head of both stages: heatmap (integral regression over "
-                         "stride-8 heatmaps) or dense (the spec's pooled features -> Dense x 2).")
+                         "heatmaps, see --heatmap_stride) or dense (the spec's pooled features -> Dense x 2).")
 HEATMAP_STRIDE = flags.DEFINE_enum(
     "heatmap_stride", "8", [str(s) for s in model_lib.HEATMAP_STRIDES],
     "--lm_head=heatmap: frame pixels per heatmap cell. 4 taps MobileNetV2's stride-4 features "
