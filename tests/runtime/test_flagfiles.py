@@ -6,11 +6,20 @@ import copy
 
 import pytest
 from absl import flags
+from absl import logging
 
 from tests.conftest import REPO
 from tfpets import cli
 
 FLAGFILES = sorted((REPO / "launch").glob("*.flags"))
+
+
+@pytest.fixture(autouse=True)
+def keep_log_verbosity():
+  """Parsing sets absl's --verbosity, which changes the process-wide log level."""
+  before = logging.get_verbosity()
+  yield
+  logging.set_verbosity(before)
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=[p.name for p in FLAGFILES])
