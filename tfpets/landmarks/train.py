@@ -54,7 +54,7 @@ class TrainOptions:
   seed: int = 0
   backbone_weights: str = ""     # MobileNetV2 no-top .h5, or '' for random weights
   seconds: float = 0.0           # wall-clock budget of this stage's epochs (0: none)
-  anneal_at: float = 0.75        # with `seconds`: fraction of them after which the rate drops 10x
+  anneal_at: float = 0.0         # with `seconds`: fraction of them after which the rate drops 10x
 
 
 @dataclasses.dataclass

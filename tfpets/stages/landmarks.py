@@ -72,7 +72,7 @@ BBOX_SHARE = flags.DEFINE_float(
     "lm_bbox_share", 0.6, "Share of --lm_train_minutes for stage 1 (head box); stage 2 gets what "
     "stage 1 leaves.", lower_bound=0.05, upper_bound=0.95)
 ANNEAL_AT = flags.DEFINE_float(
-    "lm_anneal_at", 0.75, "With --lm_train_minutes: fraction of a stage's share after which its "
+    "lm_anneal_at", 0.0, "With --lm_train_minutes: fraction of a stage's share after which its "
     "learning rate drops 10x, once (0: never).", lower_bound=0.0, upper_bound=1.0)
 STEPS = flags.DEFINE_integer("lm_steps_per_epoch", 0,
                              "Steps per epoch; 0: one pass over the training images.",
