@@ -164,14 +164,27 @@ def jittered_roi(draws: _Draws, box, options: AugmentOptions) -> tf.Tensor:
   return geometry.square_roi(grown, 0.0)
 
 
+def _render(draws: _Draws, options: AugmentOptions, example: Dict[str, tf.Tensor], points,
+            num_points: int, matrix, window, size: int) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """(frame, head box, landmarks) through `matrix`, then `window` -> the frame, then a random flip
+  (which swaps the left and right points)."""
+  matrix = geometry.window_to_frame(window, size) @ matrix
+  flip = _flip(draws, options)
+  matrix = tf.where(flip, geometry.horizontal_flip(float(size)) @ matrix, matrix)
+  frame = geometry.warp(example["image"][None], matrix[None], size)[0]
+  box = _box_after(matrix, example["box"], example["has_box"], points)
+  moved = geometry.transform_points(matrix, points)
+  moved = tf.where(flip, tf.gather(moved, flip_permutation(num_points)), moved)
+  return frame, box, moved
+
+
 def bbox_frame(example: Dict[str, tf.Tensor], seed: tf.Tensor, size: int, num_points: int,
                options: AugmentOptions) -> Tuple[tf.Tensor, ...]:
   """Stage 1: (frame [size, size, 3] float32 0..255, head box [4] and landmarks [K, 2] in the
   frame, is_head [], has_points [])."""
   draws = _Draws(seed)
-  image = example["image"]
   points, has_points = select_points(example["landmarks"], example["num_landmarks"], num_points)
-  shape = tf.shape(image)
+  shape = tf.shape(example["image"])
   matrix, width, height = _rotate(draws, options, shape[1], shape[0])
   box = _box_after(matrix, example["box"], example["has_box"], points)
   window = tf.stack([0.0, 0.0, width, height])
@@ -183,13 +196,7 @@ def bbox_frame(example: Dict[str, tf.Tensor], seed: tf.Tensor, size: int, num_po
     use = found & (draws.uniform() < options.negative_fraction)
     window = tf.where(use, negative, window)
     is_head = ~use
-  matrix = geometry.window_to_frame(window, size) @ matrix
-  flip = _flip(draws, options)
-  matrix = tf.where(flip, geometry.horizontal_flip(float(size)) @ matrix, matrix)
-  frame = geometry.warp(image[None], matrix[None], size)[0]
-  box = _box_after(matrix, example["box"], example["has_box"], points)
-  moved = geometry.transform_points(matrix, points)
-  moved = tf.where(flip, tf.gather(moved, flip_permutation(num_points)), moved)
+  frame, box, moved = _render(draws, options, example, points, num_points, matrix, window, size)
   return frame, box, moved, tf.cast(is_head, tf.float32), tf.cast(has_points, tf.float32)
 
 
@@ -197,18 +204,11 @@ def landmarks_frame(example: Dict[str, tf.Tensor], seed: tf.Tensor, size: int, n
                     options: AugmentOptions) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Stage 2: (frame [size, size, 3], landmarks [K, 2] and head box [4] in the frame)."""
   draws = _Draws(seed)
-  image = example["image"]
   points, _ = select_points(example["landmarks"], example["num_landmarks"], num_points)
-  shape = tf.shape(image)
+  shape = tf.shape(example["image"])
   matrix, _, _ = _rotate(draws, options, shape[1], shape[0])
   box = _box_after(matrix, example["box"], example["has_box"], points)
   roi = jittered_roi(draws, box, options)
-  matrix = geometry.window_to_frame(roi, size) @ matrix
-  flip = _flip(draws, options)
-  matrix = tf.where(flip, geometry.horizontal_flip(float(size)) @ matrix, matrix)
-  frame = geometry.warp(image[None], matrix[None], size)[0]
-  moved = geometry.transform_points(matrix, points)
-  moved = tf.where(flip, tf.gather(moved, flip_permutation(num_points)), moved)
-  box = _box_after(matrix, example["box"], example["has_box"], points)
+  frame, box, moved = _render(draws, options, example, points, num_points, matrix, roi, size)
   return frame, moved, box
 

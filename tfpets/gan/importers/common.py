@@ -79,3 +79,15 @@ def build_model(kind: str, config: NetworkConfig, name: str) -> keras.Model:
   if kind == "D":
     return networks.Discriminator(config, name=name)
   return networks.Generator(config, name=name)
+
+
+def build_networks(config: NetworkConfig, official: dict[str, Any],
+                   assign: Callable[[keras.Model, Any, str, str], None]) -> dict[str, keras.Model]:
+  """A tfpets model per official network ('D' a discriminator, the others generators), each
+  filled by assign(model, official network, kind, key)."""
+  models = {}
+  for key, net in official.items():
+    kind = "D" if key == "D" else "G"
+    models[key] = build_model(kind, config, key)
+    assign(models[key], net, kind, key)
+  return models

@@ -18,7 +18,8 @@ from tfpets.gan import layers
 from tfpets.gan import networks
 
 
-def _dense(out: dict[str, Any], prefix: str, layer: layers.EqualizedDense | None) -> None:
+def _weight_and_bias(out: dict[str, Any], prefix: str,
+                     layer: layers.EqualizedDense | layers.EqualizedConv2D | None) -> None:
   if layer is None:
     return
   out[f"{prefix}.weight"] = layer.weight
@@ -31,26 +32,18 @@ def _mapping(out: dict[str, Any], prefix: str, mapping: networks.MappingNetwork 
     return
   if mapping.w_avg is not None:
     out[f"{prefix}.w_avg"] = mapping.w_avg
-  _dense(out, f"{prefix}.embed", mapping.embed)
+  _weight_and_bias(out, f"{prefix}.embed", mapping.embed)
   for idx in range(mapping.num_layers):
-    _dense(out, f"{prefix}.fc{idx}", getattr(mapping, f"fc{idx}"))
+    _weight_and_bias(out, f"{prefix}.fc{idx}", getattr(mapping, f"fc{idx}"))
 
 
 def _synthesis_layer(out: dict[str, Any], prefix: str, layer: layers.SynthesisLayer) -> None:
   out[f"{prefix}.weight"] = layer.conv.weight
-  _dense(out, f"{prefix}.affine", layer.conv.affine)
+  _weight_and_bias(out, f"{prefix}.affine", layer.conv.affine)
   out[f"{prefix}.bias"] = layer.bias
   if layer.noise is not None:
     out[f"{prefix}.noise_const"] = layer.noise.noise_const
     out[f"{prefix}.noise_strength"] = layer.noise.noise_strength
-
-
-def _conv(out: dict[str, Any], prefix: str, layer: layers.EqualizedConv2D | None) -> None:
-  if layer is None:
-    return
-  out[f"{prefix}.weight"] = layer.weight
-  if layer.bias is not None:
-    out[f"{prefix}.bias"] = layer.bias
 
 
 def generator_variables(generator: networks.Generator) -> dict[str, keras.Variable]:
@@ -67,9 +60,9 @@ def generator_variables(generator: networks.Generator) -> dict[str, keras.Variab
         _synthesis_layer(out, f"{prefix}.{name}", layer)
     if block.torgb is not None:
       out[f"{prefix}.torgb.weight"] = block.torgb.conv.weight
-      _dense(out, f"{prefix}.torgb.affine", block.torgb.conv.affine)
+      _weight_and_bias(out, f"{prefix}.torgb.affine", block.torgb.conv.affine)
       out[f"{prefix}.torgb.bias"] = block.torgb.bias
-    _conv(out, f"{prefix}.skip", block.skip)
+    _weight_and_bias(out, f"{prefix}.skip", block.skip)
   return out
 
 
@@ -79,13 +72,13 @@ def discriminator_variables(discriminator: networks.Discriminator) -> dict[str, 
   for block in discriminator.blocks:
     prefix = f"b{block.resolution}"
     for name in ("fromrgb", "conv0", "conv1", "skip"):
-      _conv(out, f"{prefix}.{name}", getattr(block, name))
+      _weight_and_bias(out, f"{prefix}.{name}", getattr(block, name))
   _mapping(out, "mapping", discriminator.mapping)
   epilogue = discriminator.b4
-  _conv(out, "b4.fromrgb", epilogue.fromrgb)
-  _conv(out, "b4.conv", epilogue.conv)
-  _dense(out, "b4.fc", epilogue.fc)
-  _dense(out, "b4.out", epilogue.out)
+  _weight_and_bias(out, "b4.fromrgb", epilogue.fromrgb)
+  _weight_and_bias(out, "b4.conv", epilogue.conv)
+  _weight_and_bias(out, "b4.fc", epilogue.fc)
+  _weight_and_bias(out, "b4.out", epilogue.out)
   return out
 
 

@@ -263,11 +263,7 @@ def convert_tf(data: Any, source: str) -> common.ConvertedNetworks:
   d_fields = _discriminator_fields(nets["D"], source) if "D" in nets else None
   config = common.merge_configs(source, g_fields, d_fields)
   notes: list[str] = []
-  models = {}
-  for key, net in nets.items():
-    kind = "D" if key == "D" else "G"
-    model = common.build_model(kind, config, key)
-    _assign_from_tf(model, net, kind, source, notes)
-    models[key] = model
+  models = common.build_networks(
+      config, nets, lambda model, net, kind, _: _assign_from_tf(model, net, kind, source, notes))
   return common.ConvertedNetworks(config=config, networks=models, source_format="tf",
                                   notes=notes)

@@ -407,12 +407,9 @@ def convert_torch(data: dict[str, Any], source: str) -> common.ConvertedNetworks
   d_fields = _discriminator_fields(modules["D"], source) if "D" in modules else None
   config = common.merge_configs(source, g_fields, d_fields)
   notes: list[str] = []
-  models = {}
-  for key, module in modules.items():
-    kind = "D" if key == "D" else "G"
-    model = common.build_model(kind, config, key)
-    _assign_from_torch(model, module, kind, source, key, notes)
-    models[key] = model
+  models = common.build_networks(
+      config, modules,
+      lambda model, module, kind, key: _assign_from_torch(model, module, kind, source, key, notes))
   extra: dict[str, Any] = {}
   if isinstance(data.get("training_set_kwargs"), dict):
     extra["training_set_kwargs"] = _json_value(data["training_set_kwargs"])
