@@ -12,8 +12,15 @@ Besides wall-clock images/s, each figure has `img_per_s_from_cpu` = batch / (pro
 / 2): the throughput with both cores to itself, which stays meaningful when other processes share
 the machine (the load average before and after is recorded).
 
+Side by side: with `--official-repo` (a checkout of NVlabs/stylegan2-ada-pytorch) and
+`--official-python` (a Python with PyTorch), the same figures are measured for the official networks
+in the same run (official_pytorch_networks.py; under `tf_bfc` PyTorch gets the no-mmap malloc, its
+best), and every figure gets `ratio_to_official_measured`. `G_plus_D_fwd_bwd` is one G plus one D
+forward+backward: batch / (G step seconds + D step seconds).
+
   python benchmarks/bench_gan_networks.py [--resolutions 32,64,128] [--repeats 5] [--xla]
       [--allocators default_malloc,no_mmap_malloc,tf_bfc]
+      [--official-repo PATH --official-python PYTHON]
 
 Prints one JSON object.
 """
@@ -34,18 +41,13 @@ OFFICIAL = {
     64: {"G_fwd": 16.3, "G_fwd_bwd": 6.17, "D_fwd_bwd": 7.68},
     128: {"G_fwd": 10.3, "G_fwd_bwd": 4.47, "D_fwd_bwd": 5.14},
 }
-OFFICIAL_DEFAULT_MALLOC = {
-    32: {"G_fwd": 8.24, "G_fwd_bwd": 4.04, "D_fwd_bwd": 13.7},
-    64: {"G_fwd": 6.35, "G_fwd_bwd": 2.61, "D_fwd_bwd": 5.47},
-    128: {"G_fwd": 4.03, "G_fwd_bwd": 1.48, "D_fwd_bwd": 2.65},
-}
 NO_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 ALLOCATOR_ENVS = {"default_malloc": {}, "no_mmap_malloc": NO_MMAP_ENV,
                   "tf_bfc": {"TF_CPU_ALLOCATOR_USE_BFC": "true"}}
 BATCH = 8
 
 
-def _time_step(step, repeats: int, warmups: int = 2) -> tuple[float, float]:
+def time_step(step, repeats: int, warmups: int = 2) -> tuple[float, float]:
   """(median wall seconds, mean process CPU seconds) per step."""
   for _ in range(warmups):
     step()
@@ -95,7 +97,7 @@ def measure(resolution: int, repeats: int, xla: bool) -> dict[str, dict[str, flo
   results = {}
   for name, fn in (("G_fwd", g_forward), ("G_fwd_bwd", g_forward_backward),
                    ("D_fwd_bwd", d_forward_backward)):
-    wall, cpu = _time_step(run(fn), repeats)
+    wall, cpu = time_step(run(fn), repeats)
     results[name] = {"img_per_s": BATCH / wall, "img_per_s_from_cpu": BATCH / (cpu / 2),
                      "cpu_s_per_step": cpu}
   return results
@@ -106,18 +108,56 @@ def _child(args: argparse.Namespace) -> None:
   print(json.dumps(results))
 
 
-def _spawn(args: argparse.Namespace, extra_env: dict[str, str]) -> dict:
+def _run_json(command: list[str], extra_env: dict[str, str]) -> dict:
+  """Runs `command` with only `extra_env`'s allocator settings; returns its last JSON line."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra_env)
   for key in (*NO_MMAP_ENV, "TF_CPU_ALLOCATOR_USE_BFC"):
     if key not in extra_env:
       env.pop(key, None)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+  out = subprocess.run(command, env=env, capture_output=True, text=True)
+  if out.returncode:
+    raise SystemExit(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _spawn(args: argparse.Namespace, extra_env: dict[str, str]) -> dict:
   command = [sys.executable, os.path.abspath(__file__), "--child",
              "--resolutions", ",".join(map(str, args.resolutions)), "--repeats",
              str(args.repeats)] + (["--xla"] if args.xla else [])
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-  out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return _run_json(command, extra_env)
+
+
+def _spawn_official(args: argparse.Namespace, label: str) -> dict:
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        "official_pytorch_networks.py")
+  command = [args.official_python, script, "--repo", args.official_repo, "--resolutions",
+             ",".join(map(str, args.resolutions)), "--repeats", str(args.repeats)]
+  return _run_json(command, {} if label == "default_malloc" else NO_MMAP_ENV)
+
+
+def _with_g_plus_d(figures: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+  """Adds one G plus one D forward+backward: batch / (G seconds + D seconds)."""
+  g, d = figures["G_fwd_bwd"], figures["D_fwd_bwd"]
+  combined = {key: 1.0 / (1.0 / g[key] + 1.0 / d[key])
+              for key in ("img_per_s", "img_per_s_from_cpu")}
+  combined["cpu_s_per_step"] = g["cpu_s_per_step"] + d["cpu_s_per_step"]
+  return {**figures, "G_plus_D_fwd_bwd": combined}
+
+
+def _figure(value: dict[str, float], spec: float, official: dict[str, float] | None) -> dict:
+  figure = {"img_per_s": round(value["img_per_s"], 3),
+            "img_per_s_from_cpu": round(value["img_per_s_from_cpu"], 3),
+            "cpu_s_per_step": round(value["cpu_s_per_step"], 3),
+            "ratio_to_official": round(value["img_per_s"] / spec, 3),
+            "ratio_to_official_from_cpu": round(value["img_per_s_from_cpu"] / spec, 3)}
+  if official is not None:
+    figure["official_measured"] = round(official["img_per_s"], 3)
+    figure["ratio_to_official_measured"] = round(value["img_per_s"] / official["img_per_s"], 3)
+    figure["ratio_to_official_measured_from_cpu"] = round(
+        value["img_per_s_from_cpu"] / official["img_per_s_from_cpu"], 3)
+  return figure
 
 
 def main() -> None:
@@ -128,27 +168,33 @@ def main() -> None:
   parser.add_argument("--xla", action="store_true", help="tf.function(jit_compile=True)")
   parser.add_argument("--allocators", default=",".join(ALLOCATOR_ENVS),
                       type=lambda s: s.split(","), help="subset of " + ",".join(ALLOCATOR_ENVS))
+  parser.add_argument("--official-repo", help="checkout of NVlabs/stylegan2-ada-pytorch: "
+                      "measure the official networks side by side")
+  parser.add_argument("--official-python", default=sys.executable,
+                      help="Python with PyTorch for --official-repo")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     _child(args)
     return
   report = {"batch": BATCH, "preset": "auto", "dtype": "float32", "xla": args.xla,
-            "official_reference": "spec §15.6, no-mmap malloc column",
+            "official_reference": "spec §15.6, no-mmap malloc column; official_measured: "
+                                  "the official code in this run",
             "load_average_before": os.getloadavg(), "runs": {}}
   for label in args.allocators:
     measured = _spawn(args, ALLOCATOR_ENVS[label])
-    same_malloc = OFFICIAL_DEFAULT_MALLOC if label == "default_malloc" else OFFICIAL
-    report["runs"][label] = {
-        res: {name: {"img_per_s": round(value["img_per_s"], 3),
-                     "img_per_s_from_cpu": round(value["img_per_s_from_cpu"], 3),
-                     "cpu_s_per_step": round(value["cpu_s_per_step"], 3),
-                     "ratio_to_official": round(value["img_per_s"] / OFFICIAL[int(res)][name], 3),
-                     "ratio_to_official_from_cpu": round(
-                         value["img_per_s_from_cpu"] / OFFICIAL[int(res)][name], 3),
-                     "official_same_malloc": same_malloc[int(res)][name]}
-              for name, value in figures.items()}
-        for res, figures in measured.items()}
+    official = _spawn_official(args, label) if args.official_repo else None
+    run = {}
+    for res, figures in measured.items():
+      spec = dict(OFFICIAL[int(res)])
+      spec["G_plus_D_fwd_bwd"] = 1.0 / (1.0 / spec["G_fwd_bwd"] + 1.0 / spec["D_fwd_bwd"])
+      theirs = _with_g_plus_d(official[res]) if official else {}
+      run[res] = {name: _figure(value, spec[name], theirs.get(name))
+                  for name, value in _with_g_plus_d(figures).items()}
+    report["runs"][label] = run
+    if official:
+      report.setdefault("official_params", official["params"])
+      report["official_torch"] = official["torch"]
   report["load_average_after"] = os.getloadavg()
   print(json.dumps(report, indent=2))
 

@@ -1,0 +1,92 @@
+"""Gradients of tfpets.ops.conv2d_resample's stride-1 convolution, whose input
+and weight gradients are computed as forward convolutions: first order against
+a numpy derivation, second order against finite differences. (Forward values
+against numpy are in test_upfirdn2d.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfpets.ops as ops
+
+# (kernel size, padding (x0, x1, y0, y1)): 'same', none, asymmetric, even.
+CASES = [(3, (1, 1, 1, 1)), (3, (0, 0, 0, 0)), (3, (2, 0, 1, 2)),
+         (2, (1, 0, 0, 1)), (4, (3, 1, 2, 0))]
+
+
+def numpy_conv_grads(x, w, pads, probe):
+  """d/dx and d/dw of sum(probe * correlate(pad(x), w)), from the definition:
+  every output pixel (h, w) reads xpad[h + i, w + j] through w[i, j]."""
+  px0, px1, py0, py1 = pads
+  kh, kw = w.shape[:2]
+  xpad = np.pad(x, ((0, 0), (py0, py1), (px0, px1), (0, 0)))
+  oh, ow = probe.shape[1:3]
+  dxpad = np.zeros_like(xpad)
+  dw = np.zeros_like(w)
+  for i in range(kh):
+    for j in range(kw):
+      patch = xpad[:, i:i + oh, j:j + ow, :]
+      dw[i, j] = np.einsum('nhwc,nhwd->cd', patch, probe)
+      dxpad[:, i:i + oh, j:j + ow, :] += np.einsum('nhwd,cd->nhwc', probe,
+                                                   w[i, j])
+  dx = dxpad[:, py0:xpad.shape[1] - py1, px0:xpad.shape[2] - px1, :]
+  return dx, dw
+
+
+@pytest.mark.parametrize('kernel, pads', CASES)
+def test_first_order_gradients_match_numpy(kernel, pads):
+  rng = np.random.default_rng(kernel + sum(pads))
+  x = rng.normal(size=(2, 7, 6, 3))
+  w = rng.normal(size=(kernel, kernel, 3, 4))
+  x_t, w_t = tf.constant(x), tf.constant(w)
+  with tf.GradientTape() as tape:
+    tape.watch([x_t, w_t])
+    y = ops.conv2d_resample(x_t, w_t, padding=pads)
+    probe = rng.normal(size=y.shape)
+    loss = tf.reduce_sum(y * probe)
+  dx, dw = tape.gradient(loss, [x_t, w_t])
+  want_dx, want_dw = numpy_conv_grads(x, w, pads, probe)
+  np.testing.assert_allclose(dx.numpy(), want_dx, rtol=1e-10, atol=1e-10)
+  np.testing.assert_allclose(dw.numpy(), want_dw, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('kernel, pads', CASES[:3] + CASES[4:])
+def test_second_order_gradients_against_finite_differences(kernel, pads):
+  """The R1 shape: the gradient of |d loss / dx|^2 with respect to x and w."""
+  rng = np.random.default_rng(10 + kernel)
+  x = tf.constant(rng.normal(size=(1, 5, 4, 2)))
+  w = tf.constant(rng.normal(size=(kernel, kernel, 2, 3)))
+  out_h = 5 + pads[2] + pads[3] - kernel + 1
+  out_w = 4 + pads[0] + pads[1] - kernel + 1
+  probe = tf.constant(rng.normal(size=(1, out_h, out_w, 3)))
+
+  def input_grad_energy(x, w):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = ops.conv2d_resample(x, w, padding=pads)
+      loss = tf.reduce_sum(tf.sin(y) * probe)
+    return tf.reduce_sum(tf.square(tape.gradient(loss, x)))
+
+  theoretical, numerical = tf.test.compute_gradient(input_grad_energy, [x, w])
+  for got, want in zip(theoretical, numerical):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_gradients_under_xla_match_eager():
+  rng = np.random.default_rng(3)
+  x = tf.constant(rng.normal(size=(2, 6, 6, 4)), tf.float32)
+  w = tf.constant(rng.normal(size=(3, 3, 4, 5)), tf.float32)
+
+  def grads(x, w):
+    with tf.GradientTape() as tape:
+      tape.watch([x, w])
+      loss = tf.reduce_sum(tf.square(ops.conv2d_resample(x, w, impl='ref')))
+    return tape.gradient(loss, [x, w])
+
+  eager = grads(x, w)
+  compiled = tf.function(grads, jit_compile=True)(x, w)
+  for got, want in zip(compiled, eager):
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4,
+                               atol=1e-3)
