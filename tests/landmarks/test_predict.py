@@ -122,3 +122,47 @@ def test_list_images_accepts_glob_and_rejects_nothing_found(tmp_path):
     predict.list_images(str(tmp_path / "in" / "*.bmp"))
   with pytest.raises(UsageError, match="no trained detector"):
     predict.Detector.from_directory(tmp_path)
+
+
+def test_flip_averaging_maps_the_mirror_back_and_cancels_a_horizontal_bias():
+  """A stage that sees a bright square, answers with its box and points at fixed left/right
+  offsets from its centre, and adds 1 px to every x. On the mirror image that bias points the
+  other way, so the average is exact; a wrong point swap or a mirror formula off by a pixel
+  (x -> size - x) would show."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  config = model_lib.DetectorConfig(image_size=64, roi_size=64, num_landmarks=9)
+  # Mirror pairs (0, 1), (3, 8), (4, 7), (5, 6) get opposite offsets; point 2 maps to itself.
+  offsets = np.array([-3, 3, 0, -5, -2, -1, 1, 2, 5], np.float32)
+  assert np.allclose(offsets[list(predict.augment.flip_permutation(9))], -offsets)
+
+  def biased_stage(frames):
+    mask = tf.cast(tf.reduce_max(frames, axis=-1) > 128, tf.float32)
+
+    def extent(profile):  # first and last bright index of each frame
+      first = tf.argmax(profile, axis=-1)
+      last = profile.shape[-1] - 1 - tf.argmax(profile[:, ::-1], axis=-1)
+      return tf.cast(first, tf.float32), tf.cast(last, tf.float32)
+
+    x0, x1 = extent(tf.reduce_max(mask, axis=1))
+    y0, y1 = extent(tf.reduce_max(mask, axis=2))
+    box = tf.stack([x0 + 1, y0, x1 + 1, y1], -1)
+    xs = (x0 + x1)[:, None] / 2 + 1 + offsets
+    ys = tf.tile((y0 + y1)[:, None] / 2, [1, 9])
+    return {"box": box, "landmarks": tf.stack([xs, ys], -1)}
+
+  frame = np.zeros((1, 64, 64, 3), np.float32)
+  frame[:, 20:31, 9:24] = 255.0  # x 9..23, y 20..30: well off the frame's centre
+  out = predict.flip_averaged(biased_stage, config)(tf.constant(frame))
+  np.testing.assert_allclose(out["box"].numpy()[0], [9, 20, 23, 30], atol=1e-5)
+  want = np.stack([16 + offsets, np.full(9, 25.0)], -1)
+  np.testing.assert_allclose(out["landmarks"].numpy()[0], want, atol=1e-5)
+
+
+def test_flip_averaged_detector_keeps_original_pixels():
+  """With --roi_flip the whole pipeline still lands on the drawn head (the hand-made stage is
+  mirror-symmetric in its box)."""
+  config = model_lib.DetectorConfig(image_size=64, roi_size=64, roi_margin=0.15, roi_flip=True)
+  flipped = predict.Detector.from_models(config, *handmade_models(config))
+  height, width, head, blobs = CASES[0]
+  found = flipped.detect(draw_head(height, width, head, np.array(blobs, np.float32)))
+  np.testing.assert_allclose(found.box, head, atol=1.2)

@@ -65,6 +65,7 @@ class DetectorConfig:
   roi_passes: int = 1            # stage-2 passes, each on the ROI around the previous box
   roi_first_margin: float = 0.0  # margin of the first pass's ROI (around stage 1's box); 0: same
   head_threshold: float = 0.5    # head presence probability below which no head is reported
+  roi_flip: bool = False         # stage 2 averages each ROI with its mirror image
   heatmap_stride: int = 8        # heatmap head: frame pixels per heatmap cell (4 or 8)
 
   def __post_init__(self):

@@ -9,6 +9,8 @@
    cascade: stage 2 trains on jittered ROIs, so its own box is a valid ROI source, and a better
    centred ROI gives better landmarks); the last pass gives the results. `roi_first_margin`
    widens the first ROI, so that a stage-1 box that is off still has the head inside it.
+   With `roi_flip`, each stage-2 pass averages its estimates on the ROI and on its mirror image
+   (test-time augmentation: the two errors are partly independent, so box IoU gains about 0.015).
 All coordinates returned are centre coordinates of the original (EXIF-oriented) image.
 
 The pipeline is written once (`run_pipeline`) over two stage functions, so the same code runs the
@@ -30,6 +32,7 @@ from absl import logging
 
 from tfpets.data import decode
 from tfpets.errors import UsageError
+from tfpets.landmarks import augment
 from tfpets.landmarks import draw
 from tfpets.landmarks import geometry
 from tfpets.landmarks import model as model_lib
@@ -55,6 +58,29 @@ def stage_two(images: tf.Tensor, boxes: tf.Tensor, config: model_lib.DetectorCon
   return geometry.warp(images, matrices, config.roi_size), matrices, rois
 
 
+def _mirror(box: tf.Tensor, landmarks: tf.Tensor, size: int, permutation):
+  """Stage-2 outputs on a mirrored frame, mapped back to the unmirrored frame (centre coordinates:
+  x -> size - 1 - x, left and right points swapped)."""
+  flip_x = lambda x: (size - 1.0) - x
+  box = tf.stack([flip_x(box[:, 2]), box[:, 1], flip_x(box[:, 0]), box[:, 3]], -1)
+  landmarks = tf.gather(landmarks, permutation, axis=1)
+  return box, tf.stack([flip_x(landmarks[..., 0]), landmarks[..., 1]], -1)
+
+
+def flip_averaged(landmarks_fn: StageFn, config: model_lib.DetectorConfig) -> StageFn:
+  """Stage 2 on each frame and on its mirror image, in one batch, box and landmarks averaged."""
+  permutation = list(augment.flip_permutation(config.num_landmarks))
+
+  def stage(frames):
+    n = tf.shape(frames)[0]
+    out = landmarks_fn(tf.concat([frames, frames[:, :, ::-1]], axis=0))
+    box, points = tf.cast(out["box"], tf.float32), tf.cast(out["landmarks"], tf.float32)
+    mirrored_box, mirrored_points = _mirror(box[n:], points[n:], config.roi_size, permutation)
+    return {"box": (box[:n] + mirrored_box) / 2, "landmarks": (points[:n] + mirrored_points) / 2}
+
+  return stage
+
+
 def run_pipeline(images, config: model_lib.DetectorConfig, bbox_fn: StageFn,
                  landmarks_fn: StageFn) -> Dict[str, tf.Tensor]:
   """Both stages on a batch of same-size images [N, H, W, 3] (any numeric dtype, 0..255)."""
@@ -62,6 +88,8 @@ def run_pipeline(images, config: model_lib.DetectorConfig, bbox_fn: StageFn,
   frames, matrices = stage_one(images, config)
   first = bbox_fn(frames)
   stage1_box = geometry.transform_box(tf.linalg.inv(matrices), first["box"])
+  if config.roi_flip:
+    landmarks_fn = flip_averaged(landmarks_fn, config)
   box = stage1_box
   for i in range(config.roi_passes):
     margin = config.roi_first_margin if i == 0 and config.roi_first_margin else config.roi_margin
