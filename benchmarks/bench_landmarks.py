@@ -120,7 +120,7 @@ def main() -> None:
       "pipeline": "two stages per image: letterbox -> bbox model -> ROI crop -> landmarks model",
       "image_side": args.image_side, "detector": args.detector or "random (perturbed) weights",
       "config": {k: getattr(config, k) for k in ("image_size", "roi_size", "num_landmarks", "head",
-                                                 "width_multiplier", "roi_passes")},
+                                                 "width_multiplier", "roi_passes", "roi_flip")},
       "tflite_bytes": {s: os.path.getsize(export_dir / "tflite" / f"{s}.tflite")
                        for s in export.STAGES},
       "cpu_count": os.cpu_count(),
