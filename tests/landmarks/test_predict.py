@@ -9,10 +9,12 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+import tensorflow as tf
 
 from .handmade import draw_head, handmade_models
 from tfpets.data import decode
 from tfpets.errors import UsageError
+from tfpets.landmarks import augment
 from tfpets.landmarks import model as model_lib
 from tfpets.landmarks import predict
 
@@ -129,11 +131,10 @@ def test_flip_averaging_maps_the_mirror_back_and_cancels_a_horizontal_bias():
   offsets from its centre, and adds 1 px to every x. On the mirror image that bias points the
   other way, so the average is exact; a wrong point swap or a mirror formula off by a pixel
   (x -> size - x) would show."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   config = model_lib.DetectorConfig(image_size=64, roi_size=64, num_landmarks=9)
   # Mirror pairs (0, 1), (3, 8), (4, 7), (5, 6) get opposite offsets; point 2 maps to itself.
   offsets = np.array([-3, 3, 0, -5, -2, -1, 1, 2, 5], np.float32)
-  assert np.allclose(offsets[list(predict.augment.flip_permutation(9))], -offsets)
+  assert np.allclose(offsets[list(augment.flip_permutation(9))], -offsets)
 
   def biased_stage(frames):
     mask = tf.cast(tf.reduce_max(frames, axis=-1) > 128, tf.float32)

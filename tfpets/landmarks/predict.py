@@ -58,24 +58,17 @@ def stage_two(images: tf.Tensor, boxes: tf.Tensor, config: model_lib.DetectorCon
   return geometry.warp(images, matrices, config.roi_size), matrices, rois
 
 
-def _mirror(box: tf.Tensor, landmarks: tf.Tensor, size: int, permutation):
-  """Stage-2 outputs on a mirrored frame, mapped back to the unmirrored frame (centre coordinates:
-  x -> size - 1 - x, left and right points swapped)."""
-  flip_x = lambda x: (size - 1.0) - x
-  box = tf.stack([flip_x(box[:, 2]), box[:, 1], flip_x(box[:, 0]), box[:, 3]], -1)
-  landmarks = tf.gather(landmarks, permutation, axis=1)
-  return box, tf.stack([flip_x(landmarks[..., 0]), landmarks[..., 1]], -1)
-
-
 def flip_averaged(landmarks_fn: StageFn, config: model_lib.DetectorConfig) -> StageFn:
   """Stage 2 on each frame and on its mirror image, in one batch, box and landmarks averaged."""
   permutation = list(augment.flip_permutation(config.num_landmarks))
+  mirror = geometry.horizontal_flip(float(config.roi_size))
 
   def stage(frames):
     n = tf.shape(frames)[0]
     out = landmarks_fn(tf.concat([frames, frames[:, :, ::-1]], axis=0))
     box, points = tf.cast(out["box"], tf.float32), tf.cast(out["landmarks"], tf.float32)
-    mirrored_box, mirrored_points = _mirror(box[n:], points[n:], config.roi_size, permutation)
+    mirrored_box = geometry.transform_box(mirror, box[n:])
+    mirrored_points = geometry.transform_points(mirror, tf.gather(points[n:], permutation, axis=1))
     return {"box": (box[:n] + mirrored_box) / 2, "landmarks": (points[:n] + mirrored_points) / 2}
 
   return stage

@@ -52,6 +52,12 @@ def _padding_arg(pads: tuple[int, int, int, int]) -> Any:
   return [[0, 0], [py0, py1], [px0, px1], [0, 0]]
 
 
+def _rotated(w: tf.Tensor) -> tf.Tensor:
+  """w turned by 180 degrees, in/out axes swapped: correlating with it runs
+  a correlation with w backwards (transposed convolution, input gradient)."""
+  return tf.transpose(w[::-1, ::-1], [0, 1, 3, 2])
+
+
 def _stride1_conv(x: tf.Tensor, w: tf.Tensor,
                   pads: tuple[int, int, int, int]) -> tf.Tensor:
   """Stride-1 convolution whose gradients are themselves forward convolutions.
@@ -75,8 +81,7 @@ def _stride1_conv(x: tf.Tensor, w: tf.Tensor,
     y = tf.nn.conv2d(x, w, 1, _padding_arg(pads))
 
     def grad(dy):
-      w_rotated = tf.transpose(w[::-1, ::-1], [0, 1, 3, 2])
-      dx = _stride1_conv(dy, w_rotated,
+      dx = _stride1_conv(dy, _rotated(w),
                          (kw - 1 - px0, kw - 1 - px1, kh - 1 - py0,
                           kh - 1 - py1))
       x_padded = tf.pad(x, [[0, 0], [py0, py1], [px0, px1], [0, 0]])
@@ -99,9 +104,8 @@ def _transposed_conv(x: tf.Tensor, w: tf.Tensor, factor: int) -> tf.Tensor:
   ])
   # conv2d_transpose scatters with its filter ([kh, kw, out, in]); flipping w
   # makes that equal to correlating the zero-upsampled image with w.
-  w_t = tf.transpose(w[::-1, ::-1], [0, 1, 3, 2])
-  y = tf.nn.conv2d_transpose(x, w_t, output_shape, [1, factor, factor, 1],
-                             'VALID')
+  y = tf.nn.conv2d_transpose(x, _rotated(w), output_shape,
+                             [1, factor, factor, 1], 'VALID')
   height = None if x.shape[1] is None else (x.shape[1] - 1) * factor + kh
   width = None if x.shape[2] is None else (x.shape[2] - 1) * factor + kw
   return tf.ensure_shape(y, [x.shape[0], height, width, w.shape[3]])
