@@ -61,11 +61,11 @@ def test_fused_bias_act_matches_reference(library, act, alpha, gain, clamp):
   x = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
   b = rng.normal(size=(5,)).astype(np.float32)
   empty = tf.zeros([0], tf.float32)
-  y = library.fused_bias_act(x=x, b=b, xref=empty, yref=empty, dy=empty,
-                             grad=0, axis=-1, act=act, alpha=alpha, gain=gain,
-                             clamp=clamp)
+  outputs = library.fused_bias_act(x=x, b=b, xref=empty, yref=empty, dy=empty,
+                                   grad=0, axis=-1, act=act, alpha=alpha,
+                                   gain=gain, clamp=clamp)
   expected = _bias_act_reference(x, b, act, alpha, gain, clamp)
-  np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(outputs.y.numpy(), expected, rtol=1e-5, atol=1e-6)
   if clamp >= 0:
     assert np.abs(expected).max() == pytest.approx(clamp)  # Clamp was hit.
 
