@@ -114,14 +114,14 @@ def test_recomputed_batch_norm_statistics_are_the_batches_statistics():
 
 
 class _SlowEpochs(keras.callbacks.Callback):
-  """Makes every epoch last at least `seconds`."""
+  """Makes every epoch last at least `seconds` (the first at least `first` if given)."""
 
-  def __init__(self, seconds: float):
+  def __init__(self, seconds: float, first: float = 0.0):
     super().__init__()
-    self.seconds = seconds
+    self.seconds, self.first = seconds, first
 
   def on_epoch_end(self, epoch, logs=None):
-    time.sleep(self.seconds)
+    time.sleep(self.first if epoch == 0 and self.first else self.seconds)
 
 
 def test_time_budget_stops_before_an_epoch_that_would_overrun():
@@ -135,6 +135,22 @@ def test_time_budget_stops_before_an_epoch_that_would_overrun():
   # Each epoch lasts >= 0.4 s, so the budget allows at most 2 (a third would end past 1 s).
   assert 1 <= epochs <= 2
   assert budget.stopped_epoch == epochs
+
+
+def test_time_budget_does_not_judge_later_epochs_by_a_slow_first_one():
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+  model.compile("sgd", "mse")
+  x = np.zeros((4, 2), np.float32)
+  budget = train.TimeBudget(seconds=4.0)
+  start = time.monotonic()
+  history = model.fit(x, x[:, :1], epochs=200, verbose=0,
+                      callbacks=[_SlowEpochs(0.1, first=1.0), budget])
+  used = time.monotonic() - start
+  # Expecting every epoch to last as long as the first (>= 1 s) would stop with over 1 s unused;
+  # judged by the 0.1 s epochs, the run ends within about one of them of the budget.
+  assert used > 4.0 - 0.6
+  assert len(history.history["loss"]) >= 3
+  assert budget.stopped_epoch == len(history.history["loss"])
 
 
 def test_time_budget_drops_the_learning_rate_once_after_its_anneal_point():
