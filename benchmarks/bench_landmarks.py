@@ -33,7 +33,7 @@ def _perturbed_models(config):
   from tfpets.landmarks import model as model_lib
   rng = np.random.default_rng(0)
   models = []
-  for stage in ("bbox", "landmarks"):
+  for stage in model_lib.stages_of(config):
     model = model_lib.build_model(stage, config)
     for weight in model.weights:
       value = weight.numpy()
@@ -53,13 +53,14 @@ def _rate(fn, items, seconds: float) -> float:
   return done / (time.perf_counter() - start)
 
 
-def _stage_rates(config, bbox, landmarks, export_dir: pathlib.Path, seconds: float) -> dict:
+def _stage_rates(config, models, export_dir: pathlib.Path, seconds: float) -> dict:
   """Frames/s of the stage models alone, one frame per call, as an app that does the geometry
   itself would run them (the Python pipeline around TFLite is eager TensorFlow, far slower)."""
   import tensorflow as tf
   from tfpets.landmarks import export
+  from tfpets.landmarks import model as model_lib
   rates = {}
-  for stage, model in (("bbox", bbox), ("landmarks", landmarks)):
+  for stage, model in zip(model_lib.stages_of(config), models):
     size = config.frame_size(stage)
     frames = [np.random.default_rng(i).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
               for i in range(8)]
@@ -90,20 +91,20 @@ def main() -> None:
   if args.detector:
     models_dir = predict.models_directory(args.detector)
     config = model_lib.DetectorConfig.load(models_dir)
-    bbox, landmarks = (model_lib.load_model(models_dir / model_lib.MODEL_FILES[s])
-                       for s in ("bbox", "landmarks"))
+    models = [model_lib.load_model(models_dir / model_lib.MODEL_FILES[s])
+              for s in model_lib.stages_of(config)]
   else:
     config = model_lib.DetectorConfig(image_size=args.image_size, roi_size=args.roi_size)
-    bbox, landmarks = _perturbed_models(config)
+    models = _perturbed_models(config)
   export_dir = pathlib.Path(args.detector) / "export" if args.detector else pathlib.Path(tmp.name)
   if not (export_dir / "tflite" / "landmarks.tflite").is_file():
     export_dir = pathlib.Path(tmp.name)
-    export.export_detector(config, bbox, landmarks, export_dir)
+    export.export_detector(config, models, export_dir)
 
   rng = np.random.default_rng(1)
   images = [rng.integers(0, 256, (args.image_side, args.image_side, 3), np.uint8)
             for _ in range(16)]
-  keras_detector = predict.Detector.from_models(config, bbox, landmarks)
+  keras_detector = predict.Detector.from_models(config, *models)
   served = export.saved_model_detector(export_dir)
   lite = export.tflite_detector(export_dir)
   batch = np.stack(images)
@@ -114,15 +115,16 @@ def main() -> None:
       "saved_model_images_per_s": _rate(served, images, args.seconds),
       "tflite_images_per_s": _rate(lite.detect, images, args.seconds),
   }
-  results.update(_stage_rates(config, bbox, landmarks, export_dir, args.seconds))
+  results.update(_stage_rates(config, models, export_dir, args.seconds))
   report = {k: round(v, 1) for k, v in results.items()}
   report.update({
       "pipeline": "two stages per image: letterbox -> bbox model -> ROI crop -> landmarks model",
       "image_side": args.image_side, "detector": args.detector or "random (perturbed) weights",
       "config": {k: getattr(config, k) for k in ("image_size", "roi_size", "num_landmarks", "head",
-                                                 "width_multiplier", "roi_passes", "roi_flip")},
+                                                 "width_multiplier", "roi_passes", "roi_flip",
+                                                 "roi_candidates")},
       "tflite_bytes": {s: os.path.getsize(export_dir / "tflite" / f"{s}.tflite")
-                       for s in export.STAGES},
+                       for s in model_lib.stages_of(config)},
       "cpu_count": os.cpu_count(),
       "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
   })

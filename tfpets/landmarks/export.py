@@ -1,16 +1,17 @@
 """Exports of a trained detector: SavedModels and TFLite models for phones.
 
-Layout written by `export_detector(models_dir, out_dir)`:
+Layout written by `export_detector(config, models, out_dir)`:
   out_dir/detector/            SavedModel of the whole two-stage pipeline: `serving_default` takes
                                one image uint8 [H, W, 3] of any size and returns box, landmarks,
                                head_score, stage1_box and roi in its pixels.
-  out_dir/stages/{bbox,landmarks}/   SavedModel of each stage (`serve`: frames -> outputs).
-  out_dir/tflite/{bbox,landmarks}.tflite   the same stages as TFLite (input `image` float32
+  out_dir/stages/{bbox,landmarks[,verifier]}/   SavedModel of each model (`serve`: frames ->
+                               outputs); the head verifier only with roi_candidates > 1.
+  out_dir/tflite/{bbox,landmarks[,verifier]}.tflite   the same as TFLite (input `image` float32
                                [N, S, S, 3] in 0..255, outputs by name).
   out_dir/detector.json        the configuration a phone app needs for the geometry around the two
                                TFLite models (frame sizes, ROI margin, point names), as
                                predict.py documents it.
-`tflite_detector(out_dir)` runs the TFLite pair through the same pipeline code as Keras.
+`tflite_detector(out_dir)` runs the TFLite models through the same pipeline code as Keras.
 """
 
 from __future__ import annotations
@@ -18,16 +19,13 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tfpets.landmarks import model as model_lib
 from tfpets.landmarks import predict
-
-STAGES = ("bbox", "landmarks")
-
 
 def _interpreter(model_path: str):
   """LiteRT's interpreter when installed; TF's own (deprecated but identical kernels) otherwise."""
@@ -61,43 +59,41 @@ def export_stage(model, saved_model_dir: pathlib.Path, tflite_path: pathlib.Path
 
 
 class _PipelineModule(tf.Module):
-  """The two-stage pipeline with both models, for tf.saved_model.save."""
+  """The pipeline with its models (`model_lib.stages_of` order), for tf.saved_model.save."""
 
-  def __init__(self, config: model_lib.DetectorConfig, bbox_model, landmarks_model):
+  def __init__(self, config: model_lib.DetectorConfig, models: Sequence):
     super().__init__()
     self.config = config
-    self.bbox_model = bbox_model
-    self.landmarks_model = landmarks_model
+    self.models = list(models)
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image")])
   def serve(self, image):
-    out = predict.run_pipeline(image[None], self.config, predict.keras_stage(self.bbox_model),
-                               predict.keras_stage(self.landmarks_model))
+    out = predict.run_pipeline(image[None], self.config,
+                               *(predict.keras_stage(m) for m in self.models))
     return {k: v[0] for k, v in out.items()}
 
 
-def export_detector(config: model_lib.DetectorConfig, bbox_model, landmarks_model,
+def export_detector(config: model_lib.DetectorConfig, models: Sequence,
                     out_dir: str | os.PathLike, pipeline: bool = True) -> Dict[str, str]:
-  """Writes the layout in the module docstring (without detector/ when not `pipeline`); returns
-  the main paths."""
+  """Writes the layout in the module docstring (without detector/ when not `pipeline`) for the
+  models of `model_lib.stages_of(config)`, in that order; returns the main paths."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = {}
-  for stage, model in zip(STAGES, (bbox_model, landmarks_model)):
+  for stage, model in zip(model_lib.stages_of(config), models, strict=True):
     tflite_path = out_dir / "tflite" / f"{stage}.tflite"
     export_stage(model, out_dir / "stages" / stage, tflite_path)
     paths[f"tflite_{stage}"] = str(tflite_path)
   paths["config"] = str(config.save(out_dir))
   if pipeline:
-    paths["saved_model"] = export_pipeline(config, bbox_model, landmarks_model,
-                                           out_dir / "detector")
+    paths["saved_model"] = export_pipeline(config, models, out_dir / "detector")
   return paths
 
 
-def export_pipeline(config: model_lib.DetectorConfig, bbox_model, landmarks_model,
+def export_pipeline(config: model_lib.DetectorConfig, models: Sequence,
                     directory: pathlib.Path) -> str:
-  """The whole two-stage pipeline as one SavedModel (`serving_default`: image -> results)."""
-  module = _PipelineModule(config, bbox_model, landmarks_model)
+  """The whole pipeline as one SavedModel (`serving_default`: image -> results)."""
+  module = _PipelineModule(config, models)
   if directory.exists():
     shutil.rmtree(directory)
   tf.saved_model.save(module, str(directory),
@@ -106,10 +102,11 @@ def export_pipeline(config: model_lib.DetectorConfig, bbox_model, landmarks_mode
 
 
 def tflite_detector(export_dir: str | os.PathLike) -> predict.Detector:
-  """The exported TFLite pair, run through the shared two-stage pipeline."""
+  """The exported TFLite models, run through the shared pipeline."""
   export_dir = pathlib.Path(export_dir)
   config = model_lib.DetectorConfig.load(export_dir)
-  stages = [TFLiteStage(export_dir / "tflite" / f"{s}.tflite") for s in STAGES]
+  stages = [TFLiteStage(export_dir / "tflite" / f"{s}.tflite")
+            for s in model_lib.stages_of(config)]
   return predict.Detector(config, *stages, compile_pipeline=False)
 
 

@@ -46,7 +46,8 @@ POOLINGS = ("max", "avg", "none")
 # training batches reached 0.8. 0.9 tracks within a few steps.
 BN_MOMENTUM = 0.9
 CONFIG_FILE = "detector.json"
-MODEL_FILES = {"bbox": "bbox.keras", "landmarks": "landmarks.keras"}
+VERIFIER_WIDTHS = (16, 32, 64, 96)
+MODEL_FILES = {"bbox": "bbox.keras", "landmarks": "landmarks.keras", "verifier": "verifier.keras"}
 
 
 @dataclasses.dataclass
@@ -66,6 +67,8 @@ class DetectorConfig:
   roi_first_margin: float = 0.0  # margin of the first pass's ROI (around stage 1's box); 0: same
   head_threshold: float = 0.5    # head presence probability below which no head is reported
   roi_flip: bool = False         # stage 2 averages each ROI with its mirror image
+  roi_candidates: int = 1        # stage-1 boxes that get stage-2 passes; > 1: the verifier picks
+  verifier_size: int = 32        # the head verifier's frame
   heatmap_stride: int = 8        # heatmap head: frame pixels per heatmap cell (4 or 8)
 
   def __post_init__(self):
@@ -77,6 +80,13 @@ class DetectorConfig:
       raise UsageError(f"--lm_pooling={self.pooling!r}: one of {', '.join(POOLINGS)}")
     if self.roi_passes < 1:
       raise UsageError(f"--roi_passes={self.roi_passes}: at least 1")
+    if self.roi_candidates < 1:
+      raise UsageError(f"--roi_candidates={self.roi_candidates}: at least 1")
+    if self.roi_candidates > 1 and self.head != "heatmap":
+      raise UsageError("--roi_candidates > 1 takes its candidates from stage 1's centre heatmap: "
+                       "it needs --lm_head=heatmap")
+    if self.verifier_size < 16:
+      raise UsageError(f"--verifier_size={self.verifier_size}: at least 16")
     if self.heatmap_stride not in HEATMAP_STRIDES:
       raise UsageError(f"--heatmap_stride={self.heatmap_stride}: one of "
                        f"{', '.join(map(str, HEATMAP_STRIDES))}")
@@ -92,7 +102,7 @@ class DetectorConfig:
     return LANDMARK_NAMES_9 if self.num_landmarks == 9 else LANDMARK_NAMES_5
 
   def frame_size(self, stage: str) -> int:
-    return self.image_size if stage == "bbox" else self.roi_size
+    return {"bbox": self.image_size, "verifier": self.verifier_size}.get(stage, self.roi_size)
 
   def save(self, directory: str | os.PathLike) -> pathlib.Path:
     path = pathlib.Path(directory) / CONFIG_FILE
@@ -277,9 +287,33 @@ def _heatmap_head(backbone, x, size: int, stage: str, config: DetectorConfig):
   return outputs
 
 
+def stages_of(config: DetectorConfig) -> Tuple[str, ...]:
+  """The models a detector with this configuration is made of, in pipeline order."""
+  return ("bbox", "landmarks", "verifier") if config.roi_candidates > 1 else ("bbox", "landmarks")
+
+
+def _verifier(size: int) -> keras.Model:
+  """The head verifier (verifier.py): frames [N, size, size, 3] in 0..255 -> {"head": logit
+  [N, 1]}, a plain 8-layer CNN (a small frame needs no MobileNet)."""
+  inputs = keras.Input((size, size, 3), name="image")
+  x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
+  for i, width in enumerate(VERIFIER_WIDTHS):
+    for stride in (1, 2):
+      x = keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False,
+                              name=f"conv{i}_{stride}")(x)
+      x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM,
+                                          name=f"bn{i}_{stride}")(x)
+      x = keras.layers.ReLU(name=f"relu{i}_{stride}")(x)
+  x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+  head = keras.layers.Dense(1, dtype="float32", name="head")(x)
+  return keras.Model(inputs, {"head": head}, name="head_verifier")
+
+
 def build_model(stage: str, config: DetectorConfig, backbone_weights: str = "") -> keras.Model:
-  """A fresh stage model ('bbox' or 'landmarks')."""
+  """A fresh model of `stages_of` ('bbox', 'landmarks' or 'verifier')."""
   size = config.frame_size(stage)
+  if stage == "verifier":
+    return _verifier(size)
   inputs = keras.Input((size, size, 3), name="image")
   x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
   backbone = _backbone(size, config, backbone_weights)

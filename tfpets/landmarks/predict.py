@@ -11,9 +11,12 @@
    widens the first ROI, so that a stage-1 box that is off still has the head inside it.
    With `roi_flip`, each stage-2 pass averages its estimates on the ROI and on its mirror image
    (test-time augmentation: the two errors are partly independent, so box IoU gains about 0.015).
+3. With `roi_candidates` > 1, stage 2 runs from stage 1's box and from boxes on the next peaks of
+   its centre heatmap, and the head verifier (verifier.py) keeps the most head-like result: a
+   stage-1 box on background clutter no longer decides the whole detection.
 All coordinates returned are centre coordinates of the original (EXIF-oriented) image.
 
-The pipeline is written once (`run_pipeline`) over two stage functions, so the same code runs the
+The pipeline is written once (`run_pipeline`) over stage functions, so the same code runs the
 Keras models (in one tf.function), the exported SavedModel and the TFLite interpreters.
 """
 
@@ -38,6 +41,8 @@ from tfpets.landmarks import geometry
 from tfpets.landmarks import model as model_lib
 
 StageFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
+# The verifier sees a box with this margin around it, like the stage-2 ROIs.
+VERIFIER_MARGIN = 0.3
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -74,13 +79,69 @@ def flip_averaged(landmarks_fn: StageFn, config: model_lib.DetectorConfig) -> St
   return stage
 
 
+def candidate_boxes(first: Dict[str, tf.Tensor], count: int, frame_size: int) -> tf.Tensor:
+  """Stage-1 head boxes [N, count, 4] in its frame: its own box, then boxes of the same size
+  centred on the strongest local maxima (3 x 3) of its centre heatmap, strongest first."""
+  box = tf.cast(first["box"], tf.float32)
+  if count == 1:
+    return box[:, None]
+  logits = tf.cast(first["centre_map"], tf.float32)
+  local_max = tf.nn.max_pool2d(logits, 3, 1, "SAME")
+  peaks = tf.where(logits >= local_max, logits, tf.fill(tf.shape(logits), -np.inf))
+  grid = tf.shape(logits)[2]
+  _, index = tf.math.top_k(tf.reshape(peaks, [tf.shape(logits)[0], -1]), k=count - 1)
+  cell = tf.cast(tf.stack([index % grid, index // grid], -1), tf.float32)
+  stride = frame_size / tf.cast(grid, tf.float32)
+  centre = (cell + 0.5) * stride - 0.5  # cell centres, as the heatmap head's soft-argmax
+  half = (box[:, None, 2:] - box[:, None, :2]) / 2
+  return tf.concat([box[:, None], tf.concat([centre - half, centre + half], -1)], axis=1)
+
+
+def verifier_frames(images: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
+  """The verifier's frames [N, size, size, 3]: square ROIs around boxes [N, 4] of images."""
+  matrices = geometry.window_to_frame(geometry.square_roi(boxes, VERIFIER_MARGIN), size)
+  return geometry.warp(images, matrices, size)
+
+
+def select(outputs: Dict[str, tf.Tensor], scores: tf.Tensor, count: int) -> Dict[str, tf.Tensor]:
+  """Per image, the outputs [N * count, ...] of its best-scoring candidate (scores [N * count])."""
+  best = tf.argmax(tf.reshape(scores, [-1, count]), axis=1, output_type=tf.int32)
+  rows = tf.range(tf.shape(best)[0]) * count + best
+  return {name: tf.gather(value, rows) for name, value in outputs.items()}
+
+
+def stage_one_candidates(images: tf.Tensor, config: model_lib.DetectorConfig, bbox_fn: StageFn,
+                         count: int) -> tf.Tensor:
+  """Stage 1 on images [N, H, W, 3] -> candidate head boxes [N, count, 4] in their pixels."""
+  frames, matrices = stage_one(images, config)
+  return _candidates_in_image(bbox_fn(frames), matrices, config, count)
+
+
+def _candidates_in_image(first, matrices, config: model_lib.DetectorConfig, count: int):
+  candidates = candidate_boxes(first, count, config.image_size)
+  back = tf.repeat(tf.linalg.inv(matrices)[:, None], count, axis=1)
+  return geometry.transform_box(back, candidates)
+
+
 def run_pipeline(images, config: model_lib.DetectorConfig, bbox_fn: StageFn,
-                 landmarks_fn: StageFn) -> Dict[str, tf.Tensor]:
-  """Both stages on a batch of same-size images [N, H, W, 3] (any numeric dtype, 0..255)."""
+                 landmarks_fn: StageFn, verifier_fn: Optional[StageFn] = None
+                 ) -> Dict[str, tf.Tensor]:
+  """Both stages on a batch of same-size images [N, H, W, 3] (any numeric dtype, 0..255).
+
+  With `roi_candidates` > 1, every candidate box of stage 1 gets its own stage-2 passes, and per
+  image the candidate whose first and last ROI the verifier finds most head-like (sum of its two
+  logits) wins.
+  """
+  count = config.roi_candidates
+  if count > 1 and verifier_fn is None:
+    raise UsageError(f"roi_candidates={count} needs the head verifier model "
+                     f"({model_lib.MODEL_FILES['verifier']})")
   images = tf.cast(images, tf.float32)
   frames, matrices = stage_one(images, config)
   first = bbox_fn(frames)
-  stage1_box = geometry.transform_box(tf.linalg.inv(matrices), first["box"])
+  stage1_box = tf.reshape(_candidates_in_image(first, matrices, config, count), [-1, 4])
+  if count > 1:
+    images = tf.repeat(images, count, axis=0)
   if config.roi_flip:
     landmarks_fn = flip_averaged(landmarks_fn, config)
   box = stage1_box
@@ -90,13 +151,18 @@ def run_pipeline(images, config: model_lib.DetectorConfig, bbox_fn: StageFn,
     second = landmarks_fn(frames)
     back = tf.linalg.inv(matrices)
     box = geometry.transform_box(back, second["box"])
-  return {
+  outputs = {
       "box": box,
       "landmarks": geometry.transform_points(back, second["landmarks"]),
       "stage1_box": stage1_box,
-      "head_score": tf.sigmoid(tf.cast(first["head"], tf.float32)[:, 0]),
       "roi": rois,
   }
+  if count > 1:
+    scores = [tf.cast(verifier_fn(verifier_frames(images, b, config.verifier_size))["head"],
+                      tf.float32)[:, 0] for b in (stage1_box, box)]
+    outputs = select(outputs, scores[0] + scores[1], count)
+  outputs["head_score"] = tf.sigmoid(tf.cast(first["head"], tf.float32)[:, 0])
+  return outputs
 
 
 def keras_stage(model) -> StageFn:
@@ -136,20 +202,22 @@ def head_found(box: np.ndarray, score: float, width: int, height: int, threshold
 
 
 class Detector:
-  """The two-stage detector over any pair of stage functions (Keras, SavedModel, TFLite)."""
+  """The two-stage detector over its stage functions (Keras, SavedModel, TFLite), the head
+  verifier's among them when the configuration has candidates."""
 
   def __init__(self, config: model_lib.DetectorConfig, bbox_fn: StageFn, landmarks_fn: StageFn,
-               compile_pipeline: bool = True):
+               verifier_fn: Optional[StageFn] = None, compile_pipeline: bool = True):
     self.config = config
-    pipeline = lambda images: run_pipeline(images, config, bbox_fn, landmarks_fn)
+    pipeline = lambda images: run_pipeline(images, config, bbox_fn, landmarks_fn, verifier_fn)
     if compile_pipeline:
       pipeline = tf.function(pipeline, input_signature=[
           tf.TensorSpec([None, None, None, 3], tf.float32)])
     self._pipeline = pipeline
 
   @classmethod
-  def from_models(cls, config, bbox_model, landmarks_model) -> "Detector":
-    return cls(config, keras_stage(bbox_model), keras_stage(landmarks_model))
+  def from_models(cls, config, bbox_model, landmarks_model, verifier_model=None) -> "Detector":
+    return cls(config, keras_stage(bbox_model), keras_stage(landmarks_model),
+               keras_stage(verifier_model) if verifier_model is not None else None)
 
   @classmethod
   def from_directory(cls, path: str | os.PathLike) -> "Detector":
@@ -157,7 +225,7 @@ class Detector:
     directory = models_directory(path)
     config = model_lib.DetectorConfig.load(directory)
     return cls.from_models(config, *(model_lib.load_model(directory / model_lib.MODEL_FILES[s])
-                                     for s in ("bbox", "landmarks")))
+                                     for s in model_lib.stages_of(config)))
 
   def detect_batch(self, images: np.ndarray) -> List[Detection]:
     """Same-size images [N, H, W, 3] uint8 -> one Detection each."""

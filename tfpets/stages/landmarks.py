@@ -21,6 +21,7 @@ from tfpets.landmarks import losses
 from tfpets.landmarks import model as model_lib
 from tfpets.landmarks import predict
 from tfpets.landmarks import train
+from tfpets.landmarks import verifier
 from tfpets.runtime import context
 from tfpets.stages import crop as crop_stage
 
@@ -65,15 +66,31 @@ ROI_FIRST_MARGIN = flags.DEFINE_float(
 ROI_FLIP = flags.DEFINE_boolean(
     "roi_flip", False, "Each stage-2 pass at prediction also runs on the mirrored ROI and averages "
     "the two estimates (twice the stage-2 work; box IoU about +0.015 on the synthetic pets).")
+ROI_CANDIDATES = flags.DEFINE_integer(
+    "roi_candidates", 1, "Stage-1 boxes that get stage-2 passes at prediction: its own box and "
+    "boxes on the next peaks of its centre heatmap. > 1 also trains the head verifier, a small "
+    "CNN that picks the most head-like candidate (a stage-1 box on background clutter is then "
+    "caught). 1: stage 1's box only.", lower_bound=1)
+VERIFIER_SIZE = flags.DEFINE_integer("verifier_size", 32, "Side of the head verifier's frame.",
+                                     lower_bound=16)
+VERIFIER_SECONDS = flags.DEFINE_float(
+    "verifier_seconds", 60.0, "With --roi_candidates > 1: wall-clock seconds for reading the "
+    "training images, building the verifier's examples and training it, after both stages (part "
+    "of --lm_train_minutes when that is set).", lower_bound=1.0)
+VERIFIER_IMAGES = flags.DEFINE_integer(
+    "verifier_images", 4000, "Training images the verifier's examples come from (each gives about "
+    "six ROIs).", lower_bound=1)
 ROI_JITTER = flags.DEFINE_float("roi_jitter", 0.1, "Training ROIs vary each side's margin by "
                                 "U[-jitter, jitter] x the longer box side.", lower_bound=0.0)
 EPOCHS = flags.DEFINE_integer("lm_epochs", 300, "Maximum epochs per stage.", lower_bound=1)
 TRAIN_MINUTES = flags.DEFINE_float(
-    "lm_train_minutes", 0.0, "Wall-clock budget for training both stages (0: none, --lm_epochs "
-    "alone decides); a stage stops before an epoch that would overrun its share.", lower_bound=0.0)
+    "lm_train_minutes", 0.0, "Wall-clock budget for training both stages and the head verifier "
+    "(0: none, --lm_epochs alone decides); a stage stops before an epoch that would overrun its "
+    "share.", lower_bound=0.0)
 BBOX_SHARE = flags.DEFINE_float(
     "lm_bbox_share", 0.6, "Share of --lm_train_minutes for stage 1 (head box); stage 2 gets what "
-    "stage 1 leaves.", lower_bound=0.05, upper_bound=0.95)
+    "stage 1 leaves, but --verifier_seconds with --roi_candidates > 1.", lower_bound=0.05,
+    upper_bound=0.95)
 ANNEAL_AT = flags.DEFINE_float(
     "lm_anneal_at", 0.0, "With --lm_train_minutes: fraction of a stage's share after which its "
     "learning rate drops 10x, once (0: never).", lower_bound=0.0, upper_bound=1.0)
@@ -122,8 +139,8 @@ def detector_config(ctx: context.RunContext) -> model_lib.DetectorConfig:
       units=UNITS.value, pooling=POOLING.value, landmark_norm=LANDMARK_NORM.value,
       roi_margin=ROI_MARGIN.value, roi_passes=ROI_PASSES.value,
       roi_first_margin=ROI_FIRST_MARGIN.value, head_threshold=HEAD_THRESHOLD.value,
-      roi_flip=ROI_FLIP.value,
-      heatmap_stride=int(HEATMAP_STRIDE.value))
+      roi_flip=ROI_FLIP.value, roi_candidates=ROI_CANDIDATES.value,
+      verifier_size=VERIFIER_SIZE.value, heatmap_stride=int(HEATMAP_STRIDE.value))
 
 
 def augment_options() -> augment.AugmentOptions:
@@ -157,10 +174,14 @@ def run(ctx: context.RunContext) -> None:
     trained[stage], summaries[stage] = train.train_stage(
         stage, config, shards_dir, paths, augmentation, _stage_budget(options, stage, start),
         ctx.strategy, writer)
+  if config.roi_candidates > 1:  # last, so that it cannot slow or shorten either stage
+    trained["verifier"], summaries["verifier"] = _train_verifier(
+        config, shards_dir, paths, trained["bbox"], ctx.seed)
   train_seconds = time.time() - start
   train_cpu_seconds = _cpu_seconds()
 
-  detector = predict.Detector.from_models(config, trained["bbox"], trained["landmarks"])
+  models = [trained[stage] for stage in model_lib.stages_of(config)]
+  detector = predict.Detector.from_models(config, *models)
   samples = evaluate.collect(shards_dir, EVAL_SPLIT.value, config.num_landmarks)
   metrics = evaluate.evaluate_detector(detector, samples, crop_stage.CROP_MARGIN.value)
   metrics["roi_rmse_frame_px"] = evaluate.roi_rmse(trained["landmarks"], shards_dir,
@@ -176,8 +197,7 @@ def run(ctx: context.RunContext) -> None:
             "cpu_count": os.cpu_count()}
   if EXPORT.value:
     from tfpets.landmarks import export
-    report["export"] = export.export_detector(config, trained["bbox"], trained["landmarks"],
-                                              ctx.workdir.root / "export")
+    report["export"] = export.export_detector(config, models, ctx.workdir.root / "export")
   report["seconds_total"] = round(time.time() - start, 1)
   path = ctx.workdir.reports / "landmarks_metrics.json"
   path.write_text(json.dumps(report, indent=2) + "\n")
@@ -190,12 +210,27 @@ def run(ctx: context.RunContext) -> None:
       "cpu_seconds_to_trained_models": report["cpu_seconds_to_trained_models"]}, indent=2))
 
 
+def _train_verifier(config, shards_dir, paths: train.RunPaths, bbox_model, seed: int):
+  deadline = time.time() + VERIFIER_SECONDS.value
+
+  def samples(split, limit):
+    return evaluate.collect(shards_dir, split, config.num_landmarks, limit=limit)
+
+  train_samples, val_samples = samples("train", VERIFIER_IMAGES.value), samples("val", 200)
+  return verifier.train_verifier(
+      config, train_samples, val_samples, predict.keras_stage(bbox_model), paths.models,
+      paths.checkpoints, max(deadline - time.time(), 1.0), seed)
+
+
 def _stage_budget(options: train.TrainOptions, stage: str, start: float) -> train.TrainOptions:
-  """The options with this stage's share of --lm_train_minutes (stage 2: whatever is left)."""
+  """The options with this stage's share of --lm_train_minutes (stage 2: whatever is left but
+  the head verifier's --verifier_seconds)."""
   total = 60.0 * TRAIN_MINUTES.value
   if not total:
     return options
-  seconds = total * BBOX_SHARE.value if stage == "bbox" else total - (time.time() - start)
+  reserve = VERIFIER_SECONDS.value if ROI_CANDIDATES.value > 1 else 0.0
+  seconds = (total * BBOX_SHARE.value if stage == "bbox"
+             else total - reserve - (time.time() - start))
   return dataclasses.replace(options, seconds=max(seconds, 1.0), anneal_at=ANNEAL_AT.value)
 
 

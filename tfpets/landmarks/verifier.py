@@ -1,0 +1,164 @@
+"""The head verifier: a small CNN that tells a head ROI from background (beyond the seed paper).
+
+Stage 1 puts the head at the soft-argmax of its centre heatmap. On a few percent of images (small
+heads beside head-like clutter) that lands on background, and those few images carry most of the
+landmark error; the true head is then nearly always at one of the next peaks of the same heatmap.
+With `roi_candidates` > 1 the detector runs stage 2 from every candidate
+(`predict.candidate_boxes`) and keeps the one this model scores highest (`predict.run_pipeline`).
+
+It trains after the two stages, on square ROIs (`predict.VERIFIER_MARGIN`) of the training split:
+positives are the true head box with scale and shift jitter and the stage-1 candidates that overlap
+it (IoU >= 0.4); negatives are the stage-1 candidates away from the head (IoU <= 0.1: the very
+confusions it must catch; without them it does much worse), a head-sized box beside the head (body
+and tail) and random ones elsewhere. Candidates in between are left out.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfpets.errors import UsageError
+from tfpets.landmarks import evaluate
+from tfpets.landmarks import model as model_lib
+from tfpets.landmarks import predict
+from tfpets.landmarks import train as train_lib
+
+POSITIVE_IOU = 0.4         # a candidate this close to the true box counts as the head
+NEGATIVE_IOU = 0.1         # and one this far from it as background
+JITTER_SHIFT = 0.15        # positives: centre moved by up to this x the box size
+JITTER_SCALE = 0.25        # and the size scaled by exp(U[-s, s])
+# Negatives next to the head, in head sizes: the body and tail, which look most like it.
+NEAR_MISS_DISTANCE = (1.0, 2.0)
+STATE_DIR = "verifier"
+FINISH_SECONDS = 15.0      # kept for BatchNorm statistics, validation and saving
+
+
+def example_boxes(truth: np.ndarray, candidates: np.ndarray, width: float, height: float,
+                  rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+  """Boxes [M, 4] and labels [M] (1 head, 0 background) for one image with head box `truth`
+  and stage-1 candidates [K, 4]: two jittered true boxes, the candidates that are clearly head
+  or clearly background, then a head-sized box beside the head and two anywhere, those of them
+  that miss it."""
+  size = truth[2:] - truth[:2]
+  centre = (truth[:2] + truth[2:]) / 2
+  boxes, labels = [], []
+  for _ in range(2):
+    side = size * np.exp(rng.uniform(-JITTER_SCALE, JITTER_SCALE))
+    middle = centre + rng.uniform(-JITTER_SHIFT, JITTER_SHIFT, 2) * size
+    boxes.append(np.concatenate([middle - side / 2, middle + side / 2]))
+    labels.append(1.0)
+  overlap = evaluate.box_iou(candidates, truth)
+  for box, iou in zip(candidates, overlap):
+    if iou >= POSITIVE_IOU or iou <= NEGATIVE_IOU:
+      boxes.append(box)
+      labels.append(float(iou >= POSITIVE_IOU))
+  angle = rng.uniform(0, 2 * np.pi)
+  near = centre + rng.uniform(*NEAR_MISS_DISTANCE) * size * np.array([np.cos(angle),
+                                                                      np.sin(angle)])
+  anywhere = [rng.uniform(0, 1, 2) * np.array([width, height]) for _ in range(2)]
+  for middle in [near] + anywhere:
+    side = size * np.exp(rng.uniform(-0.4, 0.4))
+    box = np.concatenate([middle - side / 2, middle + side / 2])
+    if evaluate.box_iou(box, truth) <= NEGATIVE_IOU:
+      boxes.append(box)
+      labels.append(0.0)
+  return np.asarray(boxes, np.float32), np.asarray(labels, np.float32)
+
+
+def training_examples(samples: Sequence[dict], config: model_lib.DetectorConfig, bbox_fn,
+                      rng: np.random.Generator, batch_size: int = 128
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+  """Verifier frames and labels from samples of `evaluate.collect` that have a head box, with
+  stage-1 candidates from `bbox_fn`; same-size images are run together."""
+  by_shape: Dict[tuple, List[dict]] = {}
+  for sample in samples:
+    if sample["box"] is not None:
+      by_shape.setdefault(sample["image"].shape, []).append(sample)
+  all_frames, all_labels = [], []
+  for shape, group in by_shape.items():
+    for start in range(0, len(group), batch_size):
+      chunk = group[start:start + batch_size]
+      images = tf.constant(np.stack([s["image"] for s in chunk]), tf.float32)
+      candidates = predict.stage_one_candidates(images, config, bbox_fn,
+                                                config.roi_candidates).numpy()
+      boxes, labels, owners = [], [], []
+      for i, sample in enumerate(chunk):
+        b, l = example_boxes(sample["box"], candidates[i], shape[1], shape[0], rng)
+        boxes.append(b)
+        labels.append(l)
+        owners.append(np.full(len(l), i))
+      owners = np.concatenate(owners)
+      frames = predict.verifier_frames(tf.gather(images, owners), np.concatenate(boxes),
+                                       config.verifier_size)
+      all_frames.append(np.rint(frames.numpy()).astype(np.uint8))  # a quarter of the memory
+      all_labels.append(np.concatenate(labels))
+  if not all_labels:
+    return np.zeros((0, config.verifier_size, config.verifier_size, 3), np.uint8), np.zeros([0])
+  return np.concatenate(all_frames), np.concatenate(all_labels)
+
+
+def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, training: bool):
+  def flip(frame, label):
+    return tf.image.random_flip_left_right(frame, seed=seed), label
+
+  def to_model(frame, label):
+    return tf.cast(frame, tf.float32), {"head": label[None]}
+
+  if training:  # shuffled here once, so that a small buffer suffices (a full one takes seconds)
+    order = np.random.default_rng(seed).permutation(len(y))
+    x, y = x[order], y[order]
+  ds = tf.data.Dataset.from_tensor_slices((x, y))
+  if training:
+    ds = ds.shuffle(4096, seed=seed).repeat().map(flip)
+  return ds.map(to_model).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def train_verifier(config: model_lib.DetectorConfig, train_samples: Sequence[dict],
+                   val_samples: Sequence[dict], bbox_fn, models_dir: pathlib.Path,
+                   checkpoints_dir: pathlib.Path, seconds: float, seed: int = 0,
+                   batch_size: int = 64, steps_per_epoch: int = 50
+                   ) -> Tuple[keras.Model, dict]:
+  """Trains the verifier within about `seconds` from now (or loads it when a previous run
+  finished it); returns (model, summary). It takes a minute, so a killed run trains it again."""
+  directory = checkpoints_dir / STATE_DIR
+  model_path = models_dir / model_lib.MODEL_FILES["verifier"]
+  state = train_lib.read_state(directory)
+  if state.get("done") and model_path.is_file():
+    logging.info("verifier: already trained (%s); loading it", model_path)
+    return model_lib.load_model(model_path), state.get("summary", {})
+  start = time.time()
+  rng = np.random.default_rng(seed)
+  x, y = training_examples(train_samples, config, bbox_fn, rng)
+  val_x, val_y = training_examples(val_samples, config, bbox_fn, rng)
+  if len(y) == 0 or y.min() == y.max():
+    raise UsageError("--roi_candidates > 1: the head verifier needs training images with head "
+                     f"boxes and background around them; the training split gave {len(y)} "
+                     f"examples, {int(y.sum())} of them heads")
+  logging.info("verifier: %d training ROIs (%.0f %% heads), %d validation ROIs, built in %.0f s",
+               len(y), 100 * y.mean(), len(val_y), time.time() - start)
+  model = model_lib.build_model("verifier", config)
+  model.compile(keras.optimizers.Adam(2e-3),
+                loss={"head": keras.losses.BinaryCrossentropy(from_logits=True)},
+                metrics={"head": [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]})
+  # Validated once at the end: within seconds, every step is worth more than a curve.
+  budget = train_lib.TimeBudget(max(seconds - (time.time() - start) - FINISH_SECONDS, 1.0))
+  history = model.fit(_dataset(x, y, batch_size, seed, True), epochs=1000,
+                      steps_per_epoch=steps_per_epoch, callbacks=[budget], verbose=2)
+  train_lib.recompute_batch_norm(model, _dataset(x, y, batch_size, seed, True), 20)
+  models_dir.mkdir(parents=True, exist_ok=True)
+  model.save(model_path)
+  summary = {"training_rois": int(len(y)), "head_fraction": round(float(y.mean()), 3),
+             "epochs_run": len(history.epoch), "seconds": round(time.time() - start, 1)}
+  if len(val_y):
+    validation = _dataset(val_x, val_y, batch_size, seed, False)
+    summary["val_accuracy"] = round(float(model.evaluate(validation, verbose=0,
+                                                         return_dict=True)["accuracy"]), 4)
+  train_lib.write_state(directory, {"done": True, "summary": summary})
+  return model, summary
