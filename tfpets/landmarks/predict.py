@@ -55,12 +55,18 @@ def stage_one(images: tf.Tensor, config: model_lib.DetectorConfig):
   return geometry.warp(images, matrices, config.image_size), matrices
 
 
+def roi_frames(images: tf.Tensor, boxes: tf.Tensor, margin: float, size: int):
+  """(frames, matrices, roi windows): square ROIs around boxes [N, 4] (original pixels), cut from
+  images into size x size frames."""
+  rois = geometry.square_roi(boxes, margin)
+  matrices = geometry.window_to_frame(rois, size)
+  return geometry.warp(images, matrices, size), matrices, rois
+
+
 def stage_two(images: tf.Tensor, boxes: tf.Tensor, config: model_lib.DetectorConfig,
               margin: float):
-  """(frames, matrices, roi windows): the square ROIs around boxes [N, 4] (original pixels)."""
-  rois = geometry.square_roi(boxes, margin)
-  matrices = geometry.window_to_frame(rois, config.roi_size)
-  return geometry.warp(images, matrices, config.roi_size), matrices, rois
+  """(frames, matrices, roi windows) of the stage-2 frame around boxes [N, 4]."""
+  return roi_frames(images, boxes, margin, config.roi_size)
 
 
 def flip_averaged(landmarks_fn: StageFn, config: model_lib.DetectorConfig) -> StageFn:
@@ -99,8 +105,7 @@ def candidate_boxes(first: Dict[str, tf.Tensor], count: int, frame_size: int) ->
 
 def verifier_frames(images: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
   """The verifier's frames [N, size, size, 3]: square ROIs around boxes [N, 4] of images."""
-  matrices = geometry.window_to_frame(geometry.square_roi(boxes, VERIFIER_MARGIN), size)
-  return geometry.warp(images, matrices, size)
+  return roi_frames(images, boxes, VERIFIER_MARGIN, size)[0]
 
 
 def select(outputs: Dict[str, tf.Tensor], scores: tf.Tensor, count: int) -> Dict[str, tf.Tensor]:
