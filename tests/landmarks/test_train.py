@@ -113,6 +113,22 @@ def test_recomputed_batch_norm_statistics_are_the_batches_statistics():
              for layer in train._batch_norm_layers(model))
 
 
+def test_recomputed_batch_norm_statistics_average_the_batches():
+  """The moving statistics become the plain mean of the batches' means and (biased) variances."""
+  model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=0.9)])
+  rng = np.random.default_rng(1)
+  batches = [rng.normal(loc, scale, (8, 3)).astype(np.float32)
+             for loc, scale in ((0.0, 1.0), (5.0, 2.0), (-3.0, 0.5))]
+  train.recompute_batch_norm(model, tf.data.Dataset.from_tensor_slices(
+      (np.stack(batches), np.zeros(3))), 3)
+  layer = model.layers[0]
+  np.testing.assert_allclose(layer.moving_mean.numpy(),
+                             np.mean([b.mean(0) for b in batches], 0), rtol=1e-5)
+  np.testing.assert_allclose(layer.moving_variance.numpy(),
+                             np.mean([b.var(0) for b in batches], 0), rtol=1e-5)
+  assert layer.momentum == 0.9
+
+
 class _SlowEpochs(keras.callbacks.Callback):
   """Makes every epoch last at least `seconds` (the first at least `first` if given)."""
 

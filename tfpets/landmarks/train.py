@@ -3,7 +3,7 @@
 Per stage: Adam, ReduceLROnPlateau(factor, patience) and EarlyStopping(2 x patience + 3) on the
 spec's monitor (bbox: val IoU, max; landmarks: val loss, min), the best epoch's weights kept, and
 with `--loss_fn=iou` a warm-up of `warmup_steps` MSE steps first (IoU losses explode early), and
-optionally a wall-clock budget (`TimeBudget`) that ends the stage before an epoch would overrun it.
+optionally a deadline (`TimeBudget`): the stage stops before an epoch that would overrun it.
 
 Resuming: after every epoch the model and optimizer (learning rate included) are saved with the
 checkpoint helper under checkpoints/<stage>/, and the callbacks' counters in state.json beside
@@ -24,6 +24,7 @@ from typing import Dict, Optional, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from tfpets.errors import UsageError
@@ -36,6 +37,9 @@ from tfpets.runtime.checkpoint import CheckpointHelper
 
 STATE_FILE = "state.json"
 BEST_WEIGHTS = "best.weights.h5"
+# Kept before a stage's deadline for what follows its last epoch: the best weights, BatchNorm
+# statistics, overlays and saving.
+FINISH_SECONDS = 8.0
 
 
 @dataclasses.dataclass
@@ -53,8 +57,9 @@ class TrainOptions:
   overlay_every: int = 5         # epochs between TensorBoard overlays
   seed: int = 0
   backbone_weights: str = ""     # MobileNetV2 no-top .h5, or '' for random weights
-  seconds: float = 0.0           # wall-clock budget of this stage's epochs (0: none)
-  anneal_at: float = 0.0         # with `seconds`: fraction of them after which the rate drops 10x
+  deadline: float = 0.0          # time.time() by which the stage returns, finishing included
+  anneal_at: float = 0.0         # with `deadline`: fraction of the time to it after which the
+                                 # learning rate drops 10x
 
 
 @dataclasses.dataclass
@@ -227,12 +232,27 @@ def recompute_batch_norm(model, train_ds, batches: int) -> None:
   if not layers or batches <= 0:
     return
   momentum = [layer.momentum for layer in layers]
-  for i, batch in enumerate(train_ds.take(batches)):
-    for layer in layers:
-      layer.momentum = i / (i + 1)  # a running mean: the first batch replaces the old values
-    model(batch[0], training=True)
+  for layer in layers:
+    layer.momentum = 0.0  # a training-mode call then leaves this batch's statistics behind
+
+  @tf.function  # eager calls take ten times longer (20 s for 50 batches of a stage)
+  def batch_statistics(frames):
+    model(frames, training=True)
+    return [(tf.identity(layer.moving_mean), tf.identity(layer.moving_variance))
+            for layer in layers]
+
+  sums = None
+  count = 0
+  for batch in train_ds.take(batches):
+    statistics = [(m.numpy(), v.numpy()) for m, v in batch_statistics(batch[0])]
+    sums = statistics if sums is None else [(a + m, b + v) for (a, b), (m, v)
+                                            in zip(sums, statistics)]
+    count += 1
   for layer, value in zip(layers, momentum):
     layer.momentum = value
+  for layer, (mean, variance) in zip(layers, sums or []):
+    layer.moving_mean.assign(mean / count)
+    layer.moving_variance.assign(variance / count)
 
 
 def _overlay_batch(shards_dir, spec, options: augment.AugmentOptions, count: int = 8):
@@ -278,6 +298,9 @@ def train_stage(stage: str, config: model_lib.DetectorConfig, shards_dir: pathli
                          options=augment_options, seed=options.seed)
   val_ds = data.frames(shards_dir, "val", spec, batch_size=options.batch_size, training=False,
                        options=augment_options)
+  # Its length, which the usable-image filter hides: Keras warns at the end of an unknown one.
+  val_batches = math.ceil(data.count_usable(shards_dir, "val", spec) / options.batch_size)
+  val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(val_batches))
 
   scope = lambda: strategy.scope() if strategy is not None else contextlib.nullcontext()
   with scope():
@@ -301,8 +324,9 @@ def train_stage(stage: str, config: model_lib.DetectorConfig, shards_dir: pathli
                                         mode=mode, verbose=1)
   best = BestWeights(directory / BEST_WEIGHTS, monitor, mode)
   callbacks = [plateau, early, best, ResumeState(helper, directory, plateau, early, best)]
-  if options.seconds > 0:
-    callbacks.append(TimeBudget(options.seconds, options.anneal_at))
+  if options.deadline > 0:
+    callbacks.append(TimeBudget(max(options.deadline - FINISH_SECONDS - time.time(), 1.0),
+                                options.anneal_at))
   overlays = None
   if writer is not None:
     overlays = TensorBoardOverlays(writer, stage, *_overlay_batch(shards_dir, spec,

@@ -81,13 +81,15 @@ def training_examples(samples: Sequence[dict], config: model_lib.DetectorConfig,
   for sample in samples:
     if sample["box"] is not None:
       by_shape.setdefault(sample["image"].shape, []).append(sample)
+  # Compiled: eager calls of stage 1 take several times longer.
+  stage_one = tf.function(lambda images: predict.stage_one_candidates(
+      images, config, bbox_fn, config.roi_candidates), reduce_retracing=True)
   all_frames, all_labels = [], []
   for shape, group in by_shape.items():
     for start in range(0, len(group), batch_size):
       chunk = group[start:start + batch_size]
       images = tf.constant(np.stack([s["image"] for s in chunk]), tf.float32)
-      candidates = predict.stage_one_candidates(images, config, bbox_fn,
-                                                config.roi_candidates).numpy()
+      candidates = stage_one(images).numpy()
       boxes, labels, owners = [], [], []
       for i, sample in enumerate(chunk):
         b, l = example_boxes(sample["box"], candidates[i], shape[1], shape[0], rng)

@@ -172,11 +172,11 @@ def run(ctx: context.RunContext) -> None:
   trained, summaries = {}, {}
   for stage in data.STAGES:
     trained[stage], summaries[stage] = train.train_stage(
-        stage, config, shards_dir, paths, augmentation, _stage_budget(options, stage, start),
+        stage, config, shards_dir, paths, augmentation, _with_deadline(options, stage, start),
         ctx.strategy, writer)
   if config.roi_candidates > 1:  # last, so that it cannot slow or shorten either stage
     trained["verifier"], summaries["verifier"] = _train_verifier(
-        config, shards_dir, paths, trained["bbox"], ctx.seed)
+        config, shards_dir, paths, trained["bbox"], ctx.seed, start)
   train_seconds = time.time() - start
   train_cpu_seconds = _cpu_seconds()
 
@@ -210,8 +210,14 @@ def run(ctx: context.RunContext) -> None:
       "cpu_seconds_to_trained_models": report["cpu_seconds_to_trained_models"]}, indent=2))
 
 
-def _train_verifier(config, shards_dir, paths: train.RunPaths, bbox_model, seed: int):
-  deadline = time.time() + VERIFIER_SECONDS.value
+def _train_verifier(config, shards_dir, paths: train.RunPaths, bbox_model, seed: int,
+                    start: float):
+  """Trains the verifier by the end of --lm_train_minutes (or within --verifier_seconds without
+  it); it gets at least half of --verifier_seconds even when the stages ran late."""
+  seconds = VERIFIER_SECONDS.value
+  deadline = time.time() + seconds
+  if TRAIN_MINUTES.value:
+    deadline = max(start + 60.0 * TRAIN_MINUTES.value, time.time() + seconds / 2)
 
   def samples(split, limit):
     return evaluate.collect(shards_dir, split, config.num_landmarks, limit=limit)
@@ -222,16 +228,15 @@ def _train_verifier(config, shards_dir, paths: train.RunPaths, bbox_model, seed:
       paths.checkpoints, max(deadline - time.time(), 1.0), seed)
 
 
-def _stage_budget(options: train.TrainOptions, stage: str, start: float) -> train.TrainOptions:
-  """The options with this stage's share of --lm_train_minutes (stage 2: whatever is left but
-  the head verifier's --verifier_seconds)."""
+def _with_deadline(options: train.TrainOptions, stage: str, start: float) -> train.TrainOptions:
+  """The options with the end of this stage's share of --lm_train_minutes, counted from the
+  run's `start` (stage 2: up to the head verifier's --verifier_seconds before the end)."""
   total = 60.0 * TRAIN_MINUTES.value
   if not total:
     return options
   reserve = VERIFIER_SECONDS.value if ROI_CANDIDATES.value > 1 else 0.0
-  seconds = (total * BBOX_SHARE.value if stage == "bbox"
-             else total - reserve - (time.time() - start))
-  return dataclasses.replace(options, seconds=max(seconds, 1.0), anneal_at=ANNEAL_AT.value)
+  end = total * BBOX_SHARE.value if stage == "bbox" else total - reserve
+  return dataclasses.replace(options, deadline=start + end, anneal_at=ANNEAL_AT.value)
 
 
 def _cpu_seconds() -> float:
