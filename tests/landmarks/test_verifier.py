@@ -56,6 +56,18 @@ def test_select_takes_each_images_best_candidate():
   np.testing.assert_array_equal(got, values[[1, 3]])
 
 
+def test_candidate_scores_add_the_logits_and_charge_the_last_pass_drift():
+  rng = np.random.default_rng(5)
+  first, last = rng.normal(size=(2, 6)).astype(np.float32)
+  box = np.array([[10, 10, 30, 40]] * 6, np.float32) + rng.uniform(0, 5, (6, 4)).astype(np.float32)
+  previous = box + rng.normal(0, 3, (6, 4)).astype(np.float32)
+  previous[0] = box[0]  # a settled cascade costs nothing
+  got = predict.candidate_scores(*map(tf.constant, (first, last, previous, box))).numpy()
+  drift = np.abs(box - previous).sum(1) / (box[:, 2] - box[:, 0])
+  np.testing.assert_allclose(got, first + last - predict.DRIFT_WEIGHT * drift, rtol=1e-5)
+  assert got[0] == pytest.approx(first[0] + last[0])
+
+
 def test_example_boxes_are_labelled_by_overlap_with_the_head():
   truth = np.array([40, 30, 70, 60], np.float32)
   candidates = np.array([truth + 1,                 # the head: positive
