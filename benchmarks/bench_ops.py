@@ -3,6 +3,11 @@
 Prints (and optionally writes) JSON with, per op, shape, allocator setting and
 implementation: forward and forward+backward milliseconds (min and median of
 `--reps` timed calls after warm-up) and peak memory, plus ref/custom ratios.
+Each call is one `tf.function` call, so it includes TensorFlow's fixed cost of
+a call (about 0.3 ms here), which decides the ratio at small shapes; `chain_fwd_bwd`
+is therefore also measured: forward+backward per op inside one `tf.function` of
+CHAIN serial calls (each call's input gradient is the next call's input), as
+the ops run inside a training step.
 
 Implementations: `custom` (C++ op), `ref` (plain TF ops in a `tf.function`,
 the path `impl='auto'` would otherwise take) and `xla` (the reference path
@@ -53,6 +58,8 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STYLEGAN_SHAPES = ((8, 16, 16, 512), (8, 64, 64, 256), (8, 128, 128, 128))
+CHAIN = 10
+METRICS = ('fwd', 'fwd_bwd', 'chain_fwd_bwd')
 NOMMAP = {'MALLOC_MMAP_THRESHOLD_': '2147483647',
           'MALLOC_TRIM_THRESHOLD_': '68719476736'}
 ALLOCATORS = {
@@ -73,7 +80,8 @@ OTHER_ACTS = ('linear', 'linear+clamp', 'relu', 'tanh', 'sigmoid', 'elu',
 
 
 def _build_function(op: str, description: str, impl: str, shape):
-  """Returns (forward, forward+backward) functions and their input."""
+  """Returns (forward, forward+backward, CHAIN x forward+backward) functions
+  and their input."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tfpets.ops as tfops  # pylint: disable=g-import-not-at-top
 
@@ -102,9 +110,15 @@ def _build_function(op: str, description: str, impl: str, shape):
       y = run(x, b)
     return y, tape.gradient(y, [x, b], output_gradients=dy)
 
+  def chain(x, b):
+    for _ in range(CHAIN):
+      x = forward_backward(x, b)[1][0]  # a serial chain, as the layers of a net
+    return x
+
   jit = impl == 'xla'
   return (tf.function(run, jit_compile=jit, autograph=False),
           tf.function(forward_backward, jit_compile=jit, autograph=False),
+          tf.function(chain, jit_compile=jit, autograph=False),
           (x, b))
 
 
@@ -124,13 +138,15 @@ def worker(spec: dict) -> dict:
   if spec['impl'] == 'custom' and not tfops.library_loaded():
     return {**spec, 'error': 'custom op library not loaded'}
   rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  forward, forward_backward, args = _build_function(
+  *functions, args = _build_function(
       spec['op'], spec['description'], spec['impl'], tuple(spec['shape']))
   result = dict(spec)
   tf_peak = _reset_tf_peak()
-  for name, fn in (('fwd', forward), ('fwd_bwd', forward_backward)):
+  for name, fn in zip(METRICS, functions):
     _time_calls(fn, args, spec['warmup'])
     times = _time_calls(fn, args, spec['reps'])
+    if name.startswith('chain'):
+      times = [t / CHAIN for t in times]
     result[f'{name}_ms_min'] = round(min(times), 3)
     result[f'{name}_ms_median'] = round(statistics.median(times), 3)
   rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -198,7 +214,7 @@ def _ratios(results: list[dict]) -> list[dict]:
       base = index.get((description, shape, allocator, other))
       if base is None:
         continue
-      for metric in ('fwd', 'fwd_bwd'):
+      for metric in METRICS:
         for stat in ('min', 'median'):
           key = f'{metric}_ms_{stat}'
           row[f'{other}_over_custom_{metric}_{stat}'] = round(

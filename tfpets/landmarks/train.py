@@ -340,6 +340,8 @@ def train_stage(stage: str, config: model_lib.DetectorConfig, shards_dir: pathli
   model.fit(train_ds, epochs=options.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
             validation_data=val_ds, callbacks=callbacks, verbose=2)
   seconds = time.time() - start
+  logging.info("%s: fit returned after %.0f s; best weights, BatchNorm statistics, saving", stage,
+               seconds)
   if (directory / BEST_WEIGHTS).is_file():
     model.load_weights(str(directory / BEST_WEIGHTS))
   recompute_batch_norm(model, train_ds, options.batch_norm_batches)
@@ -350,6 +352,7 @@ def train_stage(stage: str, config: model_lib.DetectorConfig, shards_dir: pathli
   state.update(done=True, summary={
       "epochs_run": state.get("epoch", 0), "best_epoch": best.best_epoch + 1,
       f"best_{monitor}": best.best, "fit_seconds_this_run": round(seconds, 1),
+      "finish_seconds": round(time.time() - start - seconds, 1),
       "steps_per_epoch": steps, "usable_train_images": usable})
   write_state(directory, state)
   return model, state["summary"]
