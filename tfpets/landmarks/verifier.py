@@ -154,8 +154,8 @@ def train_verifier(config: model_lib.DetectorConfig, train_samples: Sequence[dic
   history = model.fit(_dataset(x, y, batch_size, seed, True), epochs=1000,
                       steps_per_epoch=steps_per_epoch, callbacks=[budget], verbose=2)
   fitted = time.time()
-  logging.info("verifier: fit returned after %.0f s; BatchNorm statistics, saving, validation",
-               fitted - start)
+  logging.info("verifier: fit returned %.0f s after its start; BatchNorm statistics, saving, "
+               "validation", fitted - start)
   train_lib.recompute_batch_norm(model, _dataset(x, y, batch_size, seed, True), 20)
   models_dir.mkdir(parents=True, exist_ok=True)
   model.save(model_path)

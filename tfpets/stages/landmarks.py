@@ -76,7 +76,8 @@ VERIFIER_SIZE = flags.DEFINE_integer("verifier_size", 32, "Side of the head veri
 VERIFIER_SECONDS = flags.DEFINE_float(
     "verifier_seconds", 60.0, "With --roi_candidates > 1: wall-clock seconds for reading the "
     "training images, building the verifier's examples and training it, after both stages (part "
-    "of --lm_train_minutes when that is set).", lower_bound=1.0)
+    "of --lm_train_minutes when that is set: it then ends by that deadline, but gets at least 3/4 "
+    "of these seconds).", lower_bound=1.0)
 VERIFIER_IMAGES = flags.DEFINE_integer(
     "verifier_images", 4000, "Training images the verifier's examples come from (each gives about "
     "six ROIs).", lower_bound=1)
