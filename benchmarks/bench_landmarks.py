@@ -122,7 +122,7 @@ def main() -> None:
       "image_side": args.image_side, "detector": args.detector or "random (perturbed) weights",
       "config": {k: getattr(config, k) for k in ("image_size", "roi_size", "num_landmarks", "head",
                                                  "width_multiplier", "roi_passes", "roi_flip",
-                                                 "roi_candidates")},
+                                                 "roi_candidates", "roi_candidate_scales")},
       "tflite_bytes": {s: os.path.getsize(export_dir / "tflite" / f"{s}.tflite")
                        for s in model_lib.stages_of(config)},
       "cpu_count": os.cpu_count(),

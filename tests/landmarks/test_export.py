@@ -22,8 +22,10 @@ HEAD, BLOBS = (40, 20, 79, 59), np.array([[50.0, 30.0], [70.0, 35.0], [60.0, 50.
 # differently, which a perturbed random network amplifies a little; its boxes can also be far
 # larger than the image, hence a relative tolerance beside the absolute one.
 PIPELINE_TOLERANCE_PX, PIPELINE_RTOL = 0.1, 1e-4
-# Two stage-1 candidates, so the verifier is exported and picks one of them in the pipeline.
-VERIFIED = dataclasses.replace(CONFIG, roi_candidates=2, verifier_size=16)
+# Three candidates (a heatmap peak and a rescaled box beside stage 1's), so the verifier is
+# exported and picks one of them in the pipeline.
+VERIFIED = dataclasses.replace(CONFIG, roi_candidates=2, roi_candidate_scales=(0.7,),
+                               verifier_size=16)
 
 
 def _perturbed(stage, seed):

@@ -76,13 +76,17 @@ def test_stage_models_outputs_and_save_round_trip(head, stride, tmp_path):
 
 
 def test_config_round_trip_and_refusals(tmp_path):
-  config = model_lib.DetectorConfig(image_size=96, roi_size=64, num_landmarks=5, roi_margin=0.2)
+  config = model_lib.DetectorConfig(image_size=96, roi_size=64, num_landmarks=5, roi_margin=0.2,
+                                    roi_candidate_scales=[0.7, 1.2])
+  assert config.roi_candidate_scales == (0.7, 1.2) and config.num_candidates == 3
   config.save(tmp_path)
   assert model_lib.DetectorConfig.load(tmp_path) == config
   with pytest.raises(UsageError, match="--num_landmarks=7"):
     model_lib.DetectorConfig(num_landmarks=7)
   with pytest.raises(UsageError, match="--heatmap_stride=2: one of 4, 8"):
     model_lib.DetectorConfig(heatmap_stride=2)
+  with pytest.raises(UsageError, match="--roi_candidate_scales=0.7,0.0: scales must be positive"):
+    model_lib.DetectorConfig(roi_candidate_scales=(0.7, 0))
   with pytest.raises(UsageError, match="--roi_size=72: .* multiple of 16"):
     model_lib.DetectorConfig(roi_size=72)
   with pytest.raises(UsageError, match="no such file"):

@@ -1,6 +1,7 @@
 """Stage-1 candidates and the head verifier: the candidates are the strongest local maxima of the
-centre heatmap, the verifier's examples are labelled by their overlap with the true head, the
-pipeline keeps the candidate the verifier prefers, and a trained verifier is saved and reloaded."""
+centre heatmap and stage 1's box rescaled, the verifier's examples are labelled with the quality of
+their overlap with the true head, the pipeline keeps the candidate the verifier prefers, and a
+trained verifier is saved and reloaded."""
 
 from __future__ import annotations
 
@@ -31,14 +32,16 @@ def _local_maxima_numpy(logits: np.ndarray, count: int):
   return [(r, c) for _, r, c in sorted(found, reverse=True)[:count]]
 
 
-def test_candidates_are_own_box_then_strongest_local_maxima():
+def test_candidates_are_own_box_then_strongest_local_maxima_then_rescaled_boxes():
   rng = np.random.default_rng(3)
   logits = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
   own = np.array([[10, 12, 30, 40], [0, 5, 16, 9]], np.float32)
-  count, frame = 4, 64
+  count, frame, scales = 4, 64, (0.7, 1.5)
+  config = model_lib.DetectorConfig(image_size=frame, roi_size=frame, roi_candidates=count,
+                                    roi_candidate_scales=scales)
   got = predict.candidate_boxes({"box": tf.constant(own), "centre_map": tf.constant(logits)},
-                                count, frame).numpy()
-  assert got.shape == (2, count, 4)
+                                config).numpy()
+  assert got.shape == (2, count + len(scales), 4)
   np.testing.assert_array_equal(got[:, 0], own)
   stride = frame / 8
   for n in range(2):
@@ -47,6 +50,11 @@ def test_candidates_are_own_box_then_strongest_local_maxima():
       centre = np.array([(c + 0.5) * stride - 0.5, (r + 0.5) * stride - 0.5])
       np.testing.assert_allclose(got[n, k + 1], np.concatenate([centre - half, centre + half]),
                                  atol=1e-5)
+    middle = (own[n, :2] + own[n, 2:]) / 2
+    for k, scale in enumerate(scales):
+      np.testing.assert_allclose(
+          got[n, count + k], np.concatenate([middle - scale * half, middle + scale * half]),
+          atol=1e-5)
 
 
 def test_select_takes_each_images_best_candidate():
@@ -56,34 +64,33 @@ def test_select_takes_each_images_best_candidate():
   np.testing.assert_array_equal(got, values[[1, 3]])
 
 
-def test_candidate_scores_add_the_logits_and_charge_the_last_pass_drift():
-  rng = np.random.default_rng(5)
-  first, last = rng.normal(size=(2, 6)).astype(np.float32)
-  box = np.array([[10, 10, 30, 40]] * 6, np.float32) + rng.uniform(0, 5, (6, 4)).astype(np.float32)
-  previous = box + rng.normal(0, 3, (6, 4)).astype(np.float32)
-  previous[0] = box[0]  # a settled cascade costs nothing
-  got = predict.candidate_scores(*map(tf.constant, (first, last, previous, box))).numpy()
-  drift = np.abs(box - previous).sum(1) / (box[:, 2] - box[:, 0])
-  np.testing.assert_allclose(got, first + last - predict.DRIFT_WEIGHT * drift, rtol=1e-5)
-  assert got[0] == pytest.approx(first[0] + last[0])
-
-
-def test_example_boxes_are_labelled_by_overlap_with_the_head():
+def test_example_boxes_are_labelled_with_the_quality_of_their_overlap():
   truth = np.array([40, 30, 70, 60], np.float32)
-  candidates = np.array([truth + 1,                 # the head: positive
-                         truth + [15, 0, 15, 0],    # IoU 1/3: ambiguous, left out
-                         [2, 2, 32, 32]],           # background: negative
+  candidates = np.array([truth + 1,                 # the head
+                         truth + [15, 0, 15, 0],    # IoU 1/3: barely above quality 0
+                         [2, 2, 32, 32]],           # background
                         np.float32)
   rng = np.random.default_rng(0)
+  jittered = verifier.JITTERED_BOXES
   for _ in range(20):
     boxes, labels = verifier.example_boxes(truth, candidates, 128, 128, rng)
-    iou = evaluate.box_iou(boxes, truth)
-    assert np.all(iou[labels == 1] >= verifier.POSITIVE_IOU)
-    assert np.all(iou[labels == 0] <= verifier.NEGATIVE_IOU)
-    # Two jittered heads, the first and last candidate, up to three more backgrounds.
-    assert labels[:3].tolist() == [1, 1, 1] and labels[3] == 0
-    np.testing.assert_array_equal(boxes[2:4], candidates[[0, 2]])
-    assert 4 <= len(labels) <= 7
+    assert jittered + 3 <= len(labels) <= jittered + 6
+    # Jittered heads: centre within JITTER_SHIFT sizes, side within exp(+-JITTER_SCALE).
+    shift = ((boxes[:jittered, :2] + boxes[:jittered, 2:]) / 2 - [55, 45]) / 30
+    assert np.all(np.abs(shift) <= verifier.JITTER_SHIFT + 1e-5)
+    ratio = (boxes[:jittered, 2:] - boxes[:jittered, :2]) / 30
+    assert np.all(np.abs(np.log(ratio)) <= verifier.JITTER_SCALE + 1e-5)
+    np.testing.assert_array_equal(boxes[jittered:jittered + 3], candidates)
+    # The label: IoU 0.3 -> 0, 0.9 -> 1, linear between (numpy IoU written out here).
+    low = np.maximum(boxes[:, :2], truth[:2])
+    high = np.minimum(boxes[:, 2:], truth[2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=1)
+    union = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1) + 900 - inter
+    np.testing.assert_allclose(labels, np.clip((inter / union - 0.3) / 0.6, 0, 1), atol=1e-5)
+    assert labels[jittered + 1] == pytest.approx((1 / 3 - 0.3) / 0.6, abs=1e-5)
+    # Boxes beside the head and elsewhere miss it.
+    assert np.all(inter[jittered + 3:] / union[jittered + 3:] <= verifier.NEGATIVE_IOU)
+    assert np.all(labels[jittered + 2:] == 0)
 
 
 def _bright_square_verifier(frames):
@@ -120,10 +127,13 @@ def test_pipeline_keeps_the_candidate_the_verifier_prefers():
   assert evaluate.box_iou(alone.box, np.array(head, np.float32)) < 0.1
 
 
-def test_candidates_without_a_verifier_are_refused():
-  config = model_lib.DetectorConfig(image_size=64, roi_size=64, roi_candidates=2)
+@pytest.mark.parametrize("candidates, scales", [(2, ()), (1, (0.7,))])
+def test_candidates_without_a_verifier_are_refused(candidates, scales):
+  config = model_lib.DetectorConfig(image_size=64, roi_size=64, roi_candidates=candidates,
+                                    roi_candidate_scales=scales)
+  assert model_lib.stages_of(config) == ("bbox", "landmarks", "verifier")
   detector = predict.Detector(config, _decoy_stage_one, _bright_square_verifier)
-  with pytest.raises(UsageError, match="roi_candidates=2 needs the head verifier"):
+  with pytest.raises(UsageError, match="2 candidates .* need the head verifier"):
     detector.detect(np.zeros((64, 64, 3), np.uint8))
 
 
@@ -141,9 +151,10 @@ def test_trained_verifier_is_saved_and_reloaded(tiny_shards, tmp_path):
   val = evaluate.collect(tiny_shards, "val", 9)
   args = (config, train, val, bbox_fn, tmp_path / "models", tmp_path / "checkpoints")
   model, summary = verifier.train_verifier(*args, seconds=3, batch_size=16, steps_per_epoch=2)
-  # Each training image gives two jittered heads and up to 3 + 3 more ROIs.
-  assert 2 * len(train) <= summary["training_rois"] <= 8 * len(train)
-  assert 0.0 <= summary["val_accuracy"] <= 1.0
+  # Each training image gives the jittered heads, its 3 candidates and up to 3 more ROIs.
+  per_image = verifier.JITTERED_BOXES + 3
+  assert per_image * len(train) <= summary["training_rois"] <= (per_image + 3) * len(train)
+  assert 0.0 <= summary["val_quality_mae"] <= 1.0
   assert (tmp_path / "models" / model_lib.MODEL_FILES["verifier"]).is_file()
 
   again, summary_again = verifier.train_verifier(*args, seconds=3)

@@ -5,7 +5,7 @@ Layout written by `export_detector(config, models, out_dir)`:
                                one image uint8 [H, W, 3] of any size and returns box, landmarks,
                                head_score, stage1_box and roi in its pixels.
   out_dir/stages/{bbox,landmarks[,verifier]}/   SavedModel of each model (`serve`: frames ->
-                               outputs); the head verifier only with roi_candidates > 1.
+                               outputs); the head verifier only with more than one candidate.
   out_dir/tflite/{bbox,landmarks[,verifier]}.tflite   the same as TFLite (input `image` float32
                                [N, S, S, 3] in 0..255, outputs by name).
   out_dir/detector.json        the configuration a phone app needs for the geometry around the two

@@ -68,6 +68,7 @@ class DetectorConfig:
   head_threshold: float = 0.5    # head presence probability below which no head is reported
   roi_flip: bool = False         # stage 2 averages each ROI with its mirror image
   roi_candidates: int = 1        # stage-1 boxes that get stage-2 passes; > 1: the verifier picks
+  roi_candidate_scales: Tuple[float, ...] = ()  # more candidates: stage 1's box scaled by these
   verifier_size: int = 32        # the head verifier's frame
   heatmap_stride: int = 8        # heatmap head: frame pixels per heatmap cell (4 or 8)
 
@@ -82,6 +83,10 @@ class DetectorConfig:
       raise UsageError(f"--roi_passes={self.roi_passes}: at least 1")
     if self.roi_candidates < 1:
       raise UsageError(f"--roi_candidates={self.roi_candidates}: at least 1")
+    self.roi_candidate_scales = tuple(float(s) for s in self.roi_candidate_scales)  # JSON: a list
+    if any(s <= 0 for s in self.roi_candidate_scales):
+      raise UsageError(f"--roi_candidate_scales={','.join(map(str, self.roi_candidate_scales))}: "
+                       "scales must be positive")
     if self.roi_candidates > 1 and self.head != "heatmap":
       raise UsageError("--roi_candidates > 1 takes its candidates from stage 1's centre heatmap: "
                        "it needs --lm_head=heatmap")
@@ -96,6 +101,11 @@ class DetectorConfig:
       if size < 32 or (self.head == "heatmap" and size % 16):
         raise UsageError(f"{flag}={size}: the detector needs at least 32 pixels, and a multiple "
                          "of 16 with --lm_head=heatmap")
+
+  @property
+  def num_candidates(self) -> int:
+    """Candidate boxes per image that get stage-2 passes; above 1 the verifier picks one."""
+    return self.roi_candidates + len(self.roi_candidate_scales)
 
   @property
   def point_names(self) -> Tuple[str, ...]:
@@ -289,7 +299,7 @@ def _heatmap_head(backbone, x, size: int, stage: str, config: DetectorConfig):
 
 def stages_of(config: DetectorConfig) -> Tuple[str, ...]:
   """The models a detector with this configuration is made of, in pipeline order."""
-  return ("bbox", "landmarks", "verifier") if config.roi_candidates > 1 else ("bbox", "landmarks")
+  return ("bbox", "landmarks", "verifier") if config.num_candidates > 1 else ("bbox", "landmarks")
 
 
 def _verifier(size: int) -> keras.Model:

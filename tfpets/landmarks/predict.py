@@ -11,9 +11,11 @@
    widens the first ROI, so that a stage-1 box that is off still has the head inside it.
    With `roi_flip`, each stage-2 pass averages its estimates on the ROI and on its mirror image
    (test-time augmentation: the two errors are partly independent, so box IoU gains about 0.015).
-3. With `roi_candidates` > 1, stage 2 runs from stage 1's box and from boxes on the next peaks of
-   its centre heatmap, and the head verifier (verifier.py) keeps the most head-like result: a
-   stage-1 box on background clutter no longer decides the whole detection.
+3. With more than one candidate (`roi_candidates` > 1 or `roi_candidate_scales`), stage 2 runs
+   from stage 1's box, from boxes on the next peaks of its centre heatmap and from stage 1's box
+   rescaled, and the head verifier (verifier.py), which scores how well a box fits a head, keeps
+   the candidate whose final box it scores highest: a stage-1 box on background clutter, or one
+   too big for a small head, no longer decides the whole detection.
 All coordinates returned are centre coordinates of the original (EXIF-oriented) image.
 
 The pipeline is written once (`run_pipeline`) over stage functions, so the same code runs the
@@ -43,11 +45,6 @@ from tfpets.landmarks import model as model_lib
 StageFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 # The verifier sees a box with this margin around it, like the stage-2 ROIs.
 VERIFIER_MARGIN = 0.3
-# Verifier logits a candidate loses per head width that the last stage-2 pass moved its box
-# (`candidate_scores`). Chosen on the synthetic pets' validation split, where 5 lowered the RMSE of
-# all four trained detectors tried (by 0.003-0.025 px); on their test splits it cut it by 1.3 and
-# 0.5 px on two, left one unchanged and raised one by 0.5 px: one or two picks decide these.
-DRIFT_WEIGHT = 5.0
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -90,22 +87,28 @@ def flip_averaged(landmarks_fn: StageFn, config: model_lib.DetectorConfig) -> St
   return stage
 
 
-def candidate_boxes(first: Dict[str, tf.Tensor], count: int, frame_size: int) -> tf.Tensor:
-  """Stage-1 head boxes [N, count, 4] in its frame: its own box, then boxes of the same size
-  centred on the strongest local maxima (3 x 3) of its centre heatmap, strongest first."""
+def candidate_boxes(first: Dict[str, tf.Tensor], config: model_lib.DetectorConfig) -> tf.Tensor:
+  """Stage-1 head boxes [N, num_candidates, 4] in its frame: its own box, boxes of the same size
+  centred on the strongest local maxima (3 x 3) of its centre heatmap, strongest first, then its
+  own box scaled about its centre by each of `roi_candidate_scales`."""
   box = tf.cast(first["box"], tf.float32)
-  if count == 1:
-    return box[:, None]
-  logits = tf.cast(first["centre_map"], tf.float32)
-  local_max = tf.nn.max_pool2d(logits, 3, 1, "SAME")
-  peaks = tf.where(logits >= local_max, logits, tf.fill(tf.shape(logits), -np.inf))
-  grid = tf.shape(logits)[2]
-  _, index = tf.math.top_k(tf.reshape(peaks, [tf.shape(logits)[0], -1]), k=count - 1)
-  cell = tf.cast(tf.stack([index % grid, index // grid], -1), tf.float32)
-  stride = frame_size / tf.cast(grid, tf.float32)
-  centre = (cell + 0.5) * stride - 0.5  # cell centres, as the heatmap head's soft-argmax
-  half = (box[:, None, 2:] - box[:, None, :2]) / 2
-  return tf.concat([box[:, None], tf.concat([centre - half, centre + half], -1)], axis=1)
+  candidates = [box[:, None]]
+  if config.roi_candidates > 1:
+    logits = tf.cast(first["centre_map"], tf.float32)
+    local_max = tf.nn.max_pool2d(logits, 3, 1, "SAME")
+    peaks = tf.where(logits >= local_max, logits, tf.fill(tf.shape(logits), -np.inf))
+    grid = tf.shape(logits)[2]
+    _, index = tf.math.top_k(tf.reshape(peaks, [tf.shape(logits)[0], -1]),
+                             k=config.roi_candidates - 1)
+    cell = tf.cast(tf.stack([index % grid, index // grid], -1), tf.float32)
+    stride = config.image_size / tf.cast(grid, tf.float32)
+    centre = (cell + 0.5) * stride - 0.5  # cell centres, as the heatmap head's soft-argmax
+    half = (box[:, None, 2:] - box[:, None, :2]) / 2
+    candidates.append(tf.concat([centre - half, centre + half], -1))
+  centre, half = (box[:, 2:] + box[:, :2]) / 2, (box[:, 2:] - box[:, :2]) / 2
+  for scale in config.roi_candidate_scales:
+    candidates.append(tf.concat([centre - scale * half, centre + scale * half], -1)[:, None])
+  return tf.concat(candidates, axis=1)
 
 
 def verifier_frames(images: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
@@ -120,27 +123,17 @@ def select(outputs: Dict[str, tf.Tensor], scores: tf.Tensor, count: int) -> Dict
   return {name: tf.gather(value, rows) for name, value in outputs.items()}
 
 
-def candidate_scores(first_logits: tf.Tensor, last_logits: tf.Tensor, previous_box: tf.Tensor,
-                     box: tf.Tensor) -> tf.Tensor:
-  """Scores [M] of candidates: the verifier's logits on their first and last ROI, less
-  DRIFT_WEIGHT x how far the last stage-2 pass moved the box (previous_box -> box, [M, 4]), in
-  widths of the box. On a head the cascade settles; on background it keeps wandering."""
-  width = tf.maximum(box[:, 2] - box[:, 0], 1.0)
-  drift = tf.reduce_sum(tf.abs(box - previous_box), axis=-1) / width
-  return first_logits + last_logits - DRIFT_WEIGHT * drift
-
-
-def stage_one_candidates(images: tf.Tensor, config: model_lib.DetectorConfig, bbox_fn: StageFn,
-                         count: int) -> tf.Tensor:
-  """Stage 1 on images [N, H, W, 3] -> candidate head boxes [N, count, 4] in their pixels."""
+def stage_one_candidates(images: tf.Tensor, config: model_lib.DetectorConfig,
+                         bbox_fn: StageFn) -> tf.Tensor:
+  """Stage 1 on images [N, H, W, 3] -> candidate head boxes [N, num_candidates, 4] in their
+  pixels."""
   frames, matrices = stage_one(images, config)
-  return _candidates_in_image(bbox_fn(frames), matrices, config, count)
+  return _candidates_in_image(bbox_fn(frames), matrices, config)
 
 
-def _candidates_in_image(first, matrices, config: model_lib.DetectorConfig, count: int):
-  candidates = candidate_boxes(first, count, config.image_size)
-  back = tf.repeat(tf.linalg.inv(matrices)[:, None], count, axis=1)
-  return geometry.transform_box(back, candidates)
+def _candidates_in_image(first, matrices, config: model_lib.DetectorConfig):
+  back = tf.repeat(tf.linalg.inv(matrices)[:, None], config.num_candidates, axis=1)
+  return geometry.transform_box(back, candidate_boxes(first, config))
 
 
 def run_pipeline(images, config: model_lib.DetectorConfig, bbox_fn: StageFn,
@@ -148,18 +141,17 @@ def run_pipeline(images, config: model_lib.DetectorConfig, bbox_fn: StageFn,
                  ) -> Dict[str, tf.Tensor]:
   """Both stages on a batch of same-size images [N, H, W, 3] (any numeric dtype, 0..255).
 
-  With `roi_candidates` > 1, every candidate box of stage 1 gets its own stage-2 passes, and per
-  image the candidate whose first and last ROI the verifier finds most head-like and whose cascade
-  settles wins (`candidate_scores`).
+  With more than one candidate, every candidate box of stage 1 gets its own stage-2 passes, and
+  per image the one whose final box the verifier scores highest wins.
   """
-  count = config.roi_candidates
+  count = config.num_candidates
   if count > 1 and verifier_fn is None:
-    raise UsageError(f"roi_candidates={count} needs the head verifier model "
-                     f"({model_lib.MODEL_FILES['verifier']})")
+    raise UsageError(f"{count} candidates (--roi_candidates, --roi_candidate_scales) need the "
+                     f"head verifier model ({model_lib.MODEL_FILES['verifier']})")
   images = tf.cast(images, tf.float32)
   frames, matrices = stage_one(images, config)
   first = bbox_fn(frames)
-  stage1_box = tf.reshape(_candidates_in_image(first, matrices, config, count), [-1, 4])
+  stage1_box = tf.reshape(_candidates_in_image(first, matrices, config), [-1, 4])
   if count > 1:
     images = tf.repeat(images, count, axis=0)
   if config.roi_flip:
@@ -170,7 +162,7 @@ def run_pipeline(images, config: model_lib.DetectorConfig, bbox_fn: StageFn,
     frames, matrices, rois = stage_two(images, box, config, margin)
     second = landmarks_fn(frames)
     back = tf.linalg.inv(matrices)
-    previous_box, box = box, geometry.transform_box(back, second["box"])
+    box = geometry.transform_box(back, second["box"])
   outputs = {
       "box": box,
       "landmarks": geometry.transform_points(back, second["landmarks"]),
@@ -178,11 +170,8 @@ def run_pipeline(images, config: model_lib.DetectorConfig, bbox_fn: StageFn,
       "roi": rois,
   }
   if count > 1:
-    logits = [tf.cast(verifier_fn(verifier_frames(images, b, config.verifier_size))["head"],
-                      tf.float32)[:, 0] for b in (stage1_box, box)]
-    if config.roi_passes == 1:
-      previous_box = box  # no cascade to judge: stage 2's first move corrects stage 1's box
-    outputs = select(outputs, candidate_scores(*logits, previous_box, box), count)
+    scores = verifier_fn(verifier_frames(images, box, config.verifier_size))["head"]
+    outputs = select(outputs, tf.cast(scores, tf.float32)[:, 0], count)
   outputs["head_score"] = tf.sigmoid(tf.cast(first["head"], tf.float32)[:, 0])
   return outputs
 

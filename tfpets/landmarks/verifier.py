@@ -1,16 +1,19 @@
-"""The head verifier: a small CNN that tells a head ROI from background (beyond the seed paper).
+"""The head verifier: a small CNN that scores how well a box fits a head (beyond the seed paper).
 
 Stage 1 puts the head at the soft-argmax of its centre heatmap. On a few percent of images (small
-heads beside head-like clutter) that lands on background, and those few images carry most of the
-landmark error; the true head is then nearly always at one of the next peaks of the same heatmap.
-With `roi_candidates` > 1 the detector runs stage 2 from every candidate
-(`predict.candidate_boxes`) and keeps the one this model scores highest (`predict.run_pipeline`).
+heads beside head-like clutter) that lands on background, or on a box far too big for a small
+head, and those few images carry most of the landmark error; the true head is then usually
+at one of the next peaks of the same heatmap, or inside a smaller box. With more than one
+candidate the detector runs stage 2 from every candidate (`predict.candidate_boxes`) and keeps the
+one whose final box this model scores highest (`predict.run_pipeline`).
 
-It trains after the two stages, on square ROIs (`predict.VERIFIER_MARGIN`) of the training split:
-positives are the true head box with scale and shift jitter and the stage-1 candidates that overlap
-it (IoU >= 0.4); negatives are the stage-1 candidates away from the head (IoU <= 0.1: the very
-confusions it must catch; without them it does much worse), a head-sized box beside the head (body
-and tail) and random ones elsewhere. Candidates in between are left out.
+Its target is a box's quality, its IoU with the true head mapped linearly from QUALITY_IOU to
+0..1 (sigmoid cross-entropy against that soft label), not head-or-not: among candidates that all
+found the head it then also prefers the best-fitting box (box IoU +0.01 on the synthetic pets,
+against a verifier trained on hard labels). It trains after stage 1, on square ROIs
+(`predict.VERIFIER_MARGIN`) of the training split: the true head box with scale and shift jitter,
+every stage-1 candidate (the very confusions it must catch: without them it does much worse), a
+head-sized box beside the head (body and tail) and random ones elsewhere.
 """
 
 from __future__ import annotations
@@ -30,35 +33,36 @@ from tfpets.landmarks import model as model_lib
 from tfpets.landmarks import predict
 from tfpets.landmarks import train as train_lib
 
-POSITIVE_IOU = 0.4         # a candidate this close to the true box counts as the head
-NEGATIVE_IOU = 0.1         # and one this far from it as background
-JITTER_SHIFT = 0.15        # positives: centre moved by up to this x the box size
-JITTER_SCALE = 0.25        # and the size scaled by exp(U[-s, s])
+QUALITY_IOU = (0.3, 0.9)   # IoUs whose quality is 0 and 1; linear in between
+NEGATIVE_IOU = 0.1         # background boxes overlap the head at most this much
+JITTERED_BOXES = 4         # jittered true boxes per image,
+JITTER_SHIFT = 0.25        # their centre moved by up to this x the box size
+JITTER_SCALE = 0.4         # and their size scaled by exp(U[-s, s])
 # Negatives next to the head, in head sizes: the body and tail, which look most like it.
 NEAR_MISS_DISTANCE = (1.0, 2.0)
 STATE_DIR = "verifier"
 FINISH_SECONDS = 6.0       # kept for BatchNorm statistics, validation and saving (3 s measured)
 
 
+def box_quality(iou: np.ndarray) -> np.ndarray:
+  """The verifier's target for boxes of these IoUs with the head."""
+  low, high = QUALITY_IOU
+  return np.clip((np.asarray(iou, np.float32) - low) / (high - low), 0.0, 1.0)
+
+
 def example_boxes(truth: np.ndarray, candidates: np.ndarray, width: float, height: float,
                   rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-  """Boxes [M, 4] and labels [M] (1 head, 0 background) for one image with head box `truth`
-  and stage-1 candidates [K, 4]: two jittered true boxes, the candidates that are clearly head
-  or clearly background, then a head-sized box beside the head and two anywhere, those of them
-  that miss it."""
+  """Boxes [M, 4] and their quality labels [M] for one image with head box `truth` and stage-1
+  candidates [K, 4]: JITTERED_BOXES jittered true boxes, the candidates, then a head-sized box
+  beside the head and two anywhere, those of them that miss it (quality 0)."""
   size = truth[2:] - truth[:2]
   centre = (truth[:2] + truth[2:]) / 2
-  boxes, labels = [], []
-  for _ in range(2):
+  boxes = []
+  for _ in range(JITTERED_BOXES):
     side = size * np.exp(rng.uniform(-JITTER_SCALE, JITTER_SCALE))
     middle = centre + rng.uniform(-JITTER_SHIFT, JITTER_SHIFT, 2) * size
     boxes.append(np.concatenate([middle - side / 2, middle + side / 2]))
-    labels.append(1.0)
-  overlap = evaluate.box_iou(candidates, truth)
-  for box, iou in zip(candidates, overlap):
-    if iou >= POSITIVE_IOU or iou <= NEGATIVE_IOU:
-      boxes.append(box)
-      labels.append(float(iou >= POSITIVE_IOU))
+  boxes.extend(candidates)
   angle = rng.uniform(0, 2 * np.pi)
   near = centre + rng.uniform(*NEAR_MISS_DISTANCE) * size * np.array([np.cos(angle),
                                                                       np.sin(angle)])
@@ -68,8 +72,8 @@ def example_boxes(truth: np.ndarray, candidates: np.ndarray, width: float, heigh
     box = np.concatenate([middle - side / 2, middle + side / 2])
     if evaluate.box_iou(box, truth) <= NEGATIVE_IOU:
       boxes.append(box)
-      labels.append(0.0)
-  return np.asarray(boxes, np.float32), np.asarray(labels, np.float32)
+  boxes = np.asarray(boxes, np.float32)
+  return boxes, box_quality(evaluate.box_iou(boxes, truth))
 
 
 def training_examples(samples: Sequence[dict], config: model_lib.DetectorConfig, bbox_fn,
@@ -82,8 +86,8 @@ def training_examples(samples: Sequence[dict], config: model_lib.DetectorConfig,
     if sample["box"] is not None:
       by_shape.setdefault(sample["image"].shape, []).append(sample)
   # Compiled: eager calls of stage 1 take several times longer.
-  stage_one = tf.function(lambda images: predict.stage_one_candidates(
-      images, config, bbox_fn, config.roi_candidates), reduce_retracing=True)
+  stage_one = tf.function(lambda images: predict.stage_one_candidates(images, config, bbox_fn),
+                          reduce_retracing=True)
   all_frames, all_labels = [], []
   for shape, group in by_shape.items():
     for start in range(0, len(group), batch_size):
@@ -140,15 +144,14 @@ def train_verifier(config: model_lib.DetectorConfig, train_samples: Sequence[dic
   x, y = training_examples(train_samples, config, bbox_fn, rng)
   val_x, val_y = training_examples(val_samples, config, bbox_fn, rng)
   if len(y) == 0 or y.min() == y.max():
-    raise UsageError("--roi_candidates > 1: the head verifier needs training images with head "
+    raise UsageError("more than one candidate: the head verifier needs training images with head "
                      f"boxes and background around them; the training split gave {len(y)} "
-                     f"examples, {int(y.sum())} of them heads")
-  logging.info("verifier: %d training ROIs (%.0f %% heads), %d validation ROIs, built in %.0f s",
-               len(y), 100 * y.mean(), len(val_y), time.time() - start)
+                     f"examples, {int(np.sum(y > 0))} of them on a head")
+  logging.info("verifier: %d training ROIs (mean quality %.2f), %d validation ROIs, built in "
+               "%.0f s", len(y), y.mean(), len(val_y), time.time() - start)
   model = model_lib.build_model("verifier", config)
   model.compile(keras.optimizers.Adam(2e-3),
-                loss={"head": keras.losses.BinaryCrossentropy(from_logits=True)},
-                metrics={"head": [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]})
+                loss={"head": keras.losses.BinaryCrossentropy(from_logits=True)})
   # Validated once at the end: within seconds, every step is worth more than a curve.
   budget = train_lib.TimeBudget(max(seconds - (time.time() - start) - FINISH_SECONDS, 1.0))
   history = model.fit(_dataset(x, y, batch_size, seed, True), epochs=1000,
@@ -159,12 +162,12 @@ def train_verifier(config: model_lib.DetectorConfig, train_samples: Sequence[dic
   train_lib.recompute_batch_norm(model, _dataset(x, y, batch_size, seed, True), 20)
   models_dir.mkdir(parents=True, exist_ok=True)
   model.save(model_path)
-  summary = {"training_rois": int(len(y)), "head_fraction": round(float(y.mean()), 3),
+  summary = {"training_rois": int(len(y)), "mean_quality": round(float(y.mean()), 3),
              "epochs_run": len(history.epoch), "seconds": round(time.time() - start, 1)}
   if len(val_y):
-    validation = _dataset(val_x, val_y, batch_size, seed, False)
-    summary["val_accuracy"] = round(float(model.evaluate(validation, verbose=0,
-                                                         return_dict=True)["accuracy"]), 4)
+    logits = model.predict(_dataset(val_x, val_y, batch_size, seed, False), verbose=0)["head"]
+    quality = 1 / (1 + np.exp(-logits[:, 0].astype(np.float64)))
+    summary["val_quality_mae"] = round(float(np.mean(np.abs(quality - val_y))), 4)
   summary["finish_seconds"] = round(time.time() - fitted, 1)
   train_lib.write_state(directory, {"done": True, "summary": summary})
   return model, summary

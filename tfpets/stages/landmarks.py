@@ -13,6 +13,7 @@ from absl import flags
 from absl import logging
 
 from tfpets.data import decode
+from tfpets.errors import UsageError
 from tfpets.landmarks import augment
 from tfpets.landmarks import data
 from tfpets.landmarks import draw
@@ -68,19 +69,23 @@ ROI_FLIP = flags.DEFINE_boolean(
     "the two estimates (twice the stage-2 work; box IoU about +0.015 on the synthetic pets).")
 ROI_CANDIDATES = flags.DEFINE_integer(
     "roi_candidates", 1, "Stage-1 boxes that get stage-2 passes at prediction: its own box and "
-    "boxes on the next peaks of its centre heatmap. > 1 also trains the head verifier, a small "
-    "CNN that picks the most head-like candidate (a stage-1 box on background clutter is then "
-    "caught). 1: stage 1's box only.", lower_bound=1)
+    "boxes on the next peaks of its centre heatmap. More than one candidate in all (with "
+    "--roi_candidate_scales) also trains the head verifier, a small CNN that scores how well a "
+    "box fits a head and keeps the candidate whose final box it scores highest (a stage-1 box on "
+    "background clutter is then caught). 1: stage 1's box only.", lower_bound=1)
+ROI_CANDIDATE_SCALES = flags.DEFINE_list(
+    "roi_candidate_scales", [], "More candidates: stage 1's box scaled about its centre by each of "
+    "these factors, e.g. 0.7 (stage 1 makes small heads' boxes about 1.5x too big, and stage 2 "
+    "shrinks them only slowly).")
 VERIFIER_SIZE = flags.DEFINE_integer("verifier_size", 32, "Side of the head verifier's frame.",
                                      lower_bound=16)
 VERIFIER_SECONDS = flags.DEFINE_float(
-    "verifier_seconds", 60.0, "With --roi_candidates > 1: wall-clock seconds for reading the "
-    "training images, building the verifier's examples and training it, after both stages (part "
-    "of --lm_train_minutes when that is set: it then ends by that deadline, but gets at least 3/4 "
-    "of these seconds).", lower_bound=1.0)
+    "verifier_seconds", 60.0, "With more than one candidate: wall-clock seconds for reading the "
+    "training images, building the verifier's examples and training it, between the two stages "
+    "(stage 2 then gets what is left of --lm_train_minutes).", lower_bound=1.0)
 VERIFIER_IMAGES = flags.DEFINE_integer(
     "verifier_images", 4000, "Training images the verifier's examples come from (each gives about "
-    "six ROIs).", lower_bound=1)
+    "ten ROIs).", lower_bound=1)
 ROI_JITTER = flags.DEFINE_float("roi_jitter", 0.1, "Training ROIs vary each side's margin by "
                                 "U[-jitter, jitter] x the longer box side.", lower_bound=0.0)
 EPOCHS = flags.DEFINE_integer("lm_epochs", 300, "Maximum epochs per stage.", lower_bound=1)
@@ -90,8 +95,7 @@ TRAIN_MINUTES = flags.DEFINE_float(
     "share.", lower_bound=0.0)
 BBOX_SHARE = flags.DEFINE_float(
     "lm_bbox_share", 0.6, "Share of --lm_train_minutes for stage 1 (head box); stage 2 gets what "
-    "stage 1 leaves, but --verifier_seconds with --roi_candidates > 1.", lower_bound=0.05,
-    upper_bound=0.95)
+    "stage 1 and the head verifier leave.", lower_bound=0.05, upper_bound=0.95)
 ANNEAL_AT = flags.DEFINE_float(
     "lm_anneal_at", 0.0, "With --lm_train_minutes: fraction of a stage's share after which its "
     "learning rate drops 10x, once (0: never).", lower_bound=0.0, upper_bound=1.0)
@@ -141,7 +145,16 @@ def detector_config(ctx: context.RunContext) -> model_lib.DetectorConfig:
       roi_margin=ROI_MARGIN.value, roi_passes=ROI_PASSES.value,
       roi_first_margin=ROI_FIRST_MARGIN.value, head_threshold=HEAD_THRESHOLD.value,
       roi_flip=ROI_FLIP.value, roi_candidates=ROI_CANDIDATES.value,
+      roi_candidate_scales=_candidate_scales(),
       verifier_size=VERIFIER_SIZE.value, heatmap_stride=int(HEATMAP_STRIDE.value))
+
+
+def _candidate_scales() -> tuple:
+  try:
+    return tuple(float(scale) for scale in ROI_CANDIDATE_SCALES.value)
+  except ValueError:
+    raise UsageError(f"--roi_candidate_scales={','.join(ROI_CANDIDATE_SCALES.value)}: a "
+                     "comma-separated list of numbers, e.g. 0.7") from None
 
 
 def augment_options() -> augment.AugmentOptions:
@@ -175,9 +188,11 @@ def run(ctx: context.RunContext) -> None:
     trained[stage], summaries[stage] = train.train_stage(
         stage, config, shards_dir, paths, augmentation, _with_deadline(options, stage, start),
         ctx.strategy, writer)
-  if config.roi_candidates > 1:  # last, so that it cannot slow or shorten either stage
-    trained["verifier"], summaries["verifier"] = _train_verifier(
-        config, shards_dir, paths, trained["bbox"], ctx.seed, start)
+    if stage == "bbox" and config.num_candidates > 1:
+      # The verifier needs stage 1 only. Trained before stage 2, it gets its seconds whatever
+      # happens later, and stage 2, which ends by the deadline, absorbs any overrun.
+      trained["verifier"], summaries["verifier"] = _train_verifier(
+          config, shards_dir, paths, trained["bbox"], ctx.seed)
   train_seconds = time.time() - start
   train_cpu_seconds = _cpu_seconds()
 
@@ -211,34 +226,25 @@ def run(ctx: context.RunContext) -> None:
       "cpu_seconds_to_trained_models": report["cpu_seconds_to_trained_models"]}, indent=2))
 
 
-def _train_verifier(config, shards_dir, paths: train.RunPaths, bbox_model, seed: int,
-                    start: float):
-  """Trains the verifier by the end of --lm_train_minutes (or within --verifier_seconds without
-  it). It gets at least 3/4 of --verifier_seconds even when the stages ran late: reading the images
-  and building its examples take about 20 s of them, and a verifier trained for seconds picks badly
-  (V9 in the README: 8 s of training, test RMSE 5.7 px)."""
-  seconds = VERIFIER_SECONDS.value
-  deadline = time.time() + seconds
-  if TRAIN_MINUTES.value:
-    deadline = max(start + 60.0 * TRAIN_MINUTES.value, time.time() + 0.75 * seconds)
-
+def _train_verifier(config, shards_dir, paths: train.RunPaths, bbox_model, seed: int):
+  """Trains the verifier within --verifier_seconds (reading the images and building its examples
+  take about 20 s of them)."""
   def samples(split, limit):
     return evaluate.collect(shards_dir, split, config.num_landmarks, limit=limit)
 
   train_samples, val_samples = samples("train", VERIFIER_IMAGES.value), samples("val", 200)
   return verifier.train_verifier(
       config, train_samples, val_samples, predict.keras_stage(bbox_model), paths.models,
-      paths.checkpoints, max(deadline - time.time(), 1.0), seed)
+      paths.checkpoints, VERIFIER_SECONDS.value, seed)
 
 
 def _with_deadline(options: train.TrainOptions, stage: str, start: float) -> train.TrainOptions:
   """The options with the end of this stage's share of --lm_train_minutes, counted from the
-  run's `start` (stage 2: up to the head verifier's --verifier_seconds before the end)."""
+  run's `start`: stage 1 its --lm_bbox_share, stage 2 the rest (after the head verifier)."""
   total = 60.0 * TRAIN_MINUTES.value
   if not total:
     return options
-  reserve = VERIFIER_SECONDS.value if ROI_CANDIDATES.value > 1 else 0.0
-  end = total * BBOX_SHARE.value if stage == "bbox" else total - reserve
+  end = total * BBOX_SHARE.value if stage == "bbox" else total
   return dataclasses.replace(options, deadline=start + end, anneal_at=ANNEAL_AT.value)
 
 
