@@ -14,6 +14,7 @@ from tfpets.landmarks import augment
 from tfpets.landmarks import data
 from tfpets.landmarks import model as model_lib
 from tfpets.landmarks import train
+from tfpets.landmarks import verifier
 
 CONFIG = model_lib.DetectorConfig(image_size=32, roi_size=32, units=16)
 
@@ -71,6 +72,17 @@ class _Record(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
+def test_training_datasets_have_no_autotune_thread(tiny_shards):
+  """Destroying an iterator waits for tf.data's autotuning thread to wake (up to a minute), which
+  delayed the end of Keras `fit`; the stages' and the verifier's datasets run without it."""
+  spec = data.FrameSpec("landmarks", 32, 9)
+  for training in (True, False):
+    ds = data.frames(tiny_shards, "train", spec, batch_size=4, training=training)
+    assert ds.options().autotune.enabled is False
+  x, y = np.zeros((6, 16, 16, 3), np.uint8), np.linspace(0, 1, 6).astype(np.float32)
+  assert verifier._dataset(x, y, 2, 0, True).options().autotune.enabled is False
+
+
 def test_killed_stage_resumes_from_its_last_epoch(tiny_shards, tmp_path):
   paths = train.RunPaths(tmp_path / "checkpoints", tmp_path / "models", tmp_path / "logs")
   options = train.TrainOptions(epochs=3, steps_per_epoch=1, batch_size=4, plateau_patience=1,

@@ -129,4 +129,14 @@ def frames(shards_dir: pathlib.Path, split: str, spec: FrameSpec, *, batch_size:
   ds = ds.map(lambda i, ex: to_frame(ex, tf.stack([tf.cast(seed, tf.int64), i]), spec, options),
               num_parallel_calls=AUTOTUNE, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=training)
-  return ds.prefetch(AUTOTUNE)
+  return without_autotune_thread(ds.prefetch(AUTOTUNE))
+
+
+def without_autotune_thread(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """The dataset without tf.data's autotuning thread. An iterator's destructor waits for that
+  thread to wake, and its sleeps grow to a minute, so Keras `fit` returned 15-40 s after its last
+  epoch now and then (seen with py-spy, in stage 2 and the head verifier); parallel maps then use
+  every core, which is as fast here (120 batches timed either way)."""
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return ds.with_options(options)

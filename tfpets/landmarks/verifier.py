@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfpets.errors import UsageError
+from tfpets.landmarks import data
 from tfpets.landmarks import evaluate
 from tfpets.landmarks import model as model_lib
 from tfpets.landmarks import predict
@@ -123,7 +124,7 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, training:
   ds = tf.data.Dataset.from_tensor_slices((x, y))
   if training:
     ds = ds.shuffle(4096, seed=seed).repeat().map(flip)
-  return ds.map(to_model).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  return data.without_autotune_thread(ds.map(to_model).batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def train_verifier(config: model_lib.DetectorConfig, train_samples: Sequence[dict],
