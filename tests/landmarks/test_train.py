@@ -71,7 +71,6 @@ class _Record(keras.callbacks.Callback):
     self.epochs.append(epoch)
 
 
-@pytest.mark.slow
 def test_training_datasets_have_no_autotune_thread(tiny_shards):
   """Destroying an iterator waits for tf.data's autotuning thread to wake (up to a minute), which
   delayed the end of Keras `fit`; the stages' and the verifier's datasets run without it."""
@@ -83,6 +82,7 @@ def test_training_datasets_have_no_autotune_thread(tiny_shards):
   assert verifier._dataset(x, y, 2, 0, True).options().autotune.enabled is False
 
 
+@pytest.mark.slow
 def test_killed_stage_resumes_from_its_last_epoch(tiny_shards, tmp_path):
   paths = train.RunPaths(tmp_path / "checkpoints", tmp_path / "models", tmp_path / "logs")
   options = train.TrainOptions(epochs=3, steps_per_epoch=1, batch_size=4, plateau_patience=1,
