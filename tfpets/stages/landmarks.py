@@ -13,7 +13,6 @@ from absl import flags
 from absl import logging
 
 from tfpets.data import decode
-from tfpets.errors import UsageError
 from tfpets.landmarks import augment
 from tfpets.landmarks import data
 from tfpets.landmarks import draw
@@ -80,9 +79,9 @@ ROI_CANDIDATE_SCALES = flags.DEFINE_list(
 VERIFIER_SIZE = flags.DEFINE_integer("verifier_size", 32, "Side of the head verifier's frame.",
                                      lower_bound=16)
 VERIFIER_SECONDS = flags.DEFINE_float(
-    "verifier_seconds", 60.0, "With more than one candidate: wall-clock seconds for reading the "
-    "training images, building the verifier's examples and training it, between the two stages "
-    "(stage 2 then gets what is left of --lm_train_minutes).", lower_bound=1.0)
+    "verifier_seconds", 60.0, "With more than one candidate: wall-clock seconds for building the "
+    "verifier's examples and training it, between the two stages (stage 2 then gets what is left "
+    "of --lm_train_minutes).", lower_bound=1.0)
 VERIFIER_IMAGES = flags.DEFINE_integer(
     "verifier_images", 4000, "Training images the verifier's examples come from (each gives about "
     "ten ROIs).", lower_bound=1)
@@ -145,16 +144,8 @@ def detector_config(ctx: context.RunContext) -> model_lib.DetectorConfig:
       roi_margin=ROI_MARGIN.value, roi_passes=ROI_PASSES.value,
       roi_first_margin=ROI_FIRST_MARGIN.value, head_threshold=HEAD_THRESHOLD.value,
       roi_flip=ROI_FLIP.value, roi_candidates=ROI_CANDIDATES.value,
-      roi_candidate_scales=_candidate_scales(),
+      roi_candidate_scales=ROI_CANDIDATE_SCALES.value,
       verifier_size=VERIFIER_SIZE.value, heatmap_stride=int(HEATMAP_STRIDE.value))
-
-
-def _candidate_scales() -> tuple:
-  try:
-    return tuple(float(scale) for scale in ROI_CANDIDATE_SCALES.value)
-  except ValueError:
-    raise UsageError(f"--roi_candidate_scales={','.join(ROI_CANDIDATE_SCALES.value)}: a "
-                     "comma-separated list of numbers, e.g. 0.7") from None
 
 
 def augment_options() -> augment.AugmentOptions:
@@ -227,8 +218,8 @@ def run(ctx: context.RunContext) -> None:
 
 
 def _train_verifier(config, shards_dir, paths: train.RunPaths, bbox_model, seed: int):
-  """Trains the verifier within --verifier_seconds (reading the images and building its examples
-  take about 20 s of them)."""
+  """Trains the verifier within --verifier_seconds (building its examples takes about 20 s of
+  them)."""
   def samples(split, limit):
     return evaluate.collect(shards_dir, split, config.num_landmarks, limit=limit)
 
