@@ -83,14 +83,14 @@ class DetectorConfig:
       raise UsageError(f"--roi_passes={self.roi_passes}: at least 1")
     if self.roi_candidates < 1:
       raise UsageError(f"--roi_candidates={self.roi_candidates}: at least 1")
-    scales = ",".join(map(str, self.roi_candidate_scales))
     try:  # a flag's strings, or a list from detector.json
       self.roi_candidate_scales = tuple(float(s) for s in self.roi_candidate_scales)
     except ValueError:
-      raise UsageError(f"--roi_candidate_scales={scales}: a comma-separated list of numbers, "
-                       "e.g. 0.7") from None
+      raise UsageError(f"--roi_candidate_scales={','.join(map(str, self.roi_candidate_scales))}: "
+                       "a comma-separated list of numbers, e.g. 0.7") from None
     if any(s <= 0 for s in self.roi_candidate_scales):
-      raise UsageError(f"--roi_candidate_scales={scales}: scales must be positive")
+      raise UsageError(f"--roi_candidate_scales={','.join(map(str, self.roi_candidate_scales))}: "
+                       "scales must be positive")
     if self.roi_candidates > 1 and self.head != "heatmap":
       raise UsageError("--roi_candidates > 1 takes its candidates from stage 1's centre heatmap: "
                        "it needs --lm_head=heatmap")
