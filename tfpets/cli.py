@@ -61,6 +61,8 @@ def run_stage(stage: str) -> None:
   import keras  # deferred: --helpfull and flag errors should not wait for TensorFlow
   from tfpets.runtime import context
   from tfpets.runtime import precision
+  from tfpets.runtime import strategy
+  strategy.set_op_threads(FLAGS.intra_op_threads, FLAGS.inter_op_threads)
   ctx = context.RunContext(stage, workdir, FLAGS)
   if getattr(module, "NEEDS_STRATEGY", True):
     ctx.strategy  # pylint: disable=pointless-statement  # before any op, so CPUs can be split

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import keras
@@ -107,6 +108,50 @@ def test_killed_stage_resumes_from_its_last_epoch(tiny_shards, tmp_path):
   again = _Record()
   model, _ = run([again])                     # done: the saved model is loaded, nothing trains
   assert again.epochs == [] and model.name == "landmarks_detector"
+
+
+class _SignalAtEpochEnd(keras.callbacks.Callback):
+  def __init__(self, event: threading.Event):
+    super().__init__()
+    self.event = event
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.event.set()
+
+
+def _stage_job(stage, tiny_shards, paths, epochs, more_callbacks=()):
+  options = train.TrainOptions(epochs=epochs, steps_per_epoch=1, batch_size=4, plateau_patience=1,
+                               learning_rate=0.01, batch_norm_batches=1)
+  return lambda callbacks: train.train_stage(stage, CONFIG, tiny_shards, paths, augment.EVAL,
+                                             options, extra_callbacks=[*callbacks, *more_callbacks])
+
+
+def test_stages_trained_concurrently_each_finish_and_save(tiny_shards, tmp_path):
+  paths = train.RunPaths(tmp_path / "checkpoints", tmp_path / "models", tmp_path / "logs")
+  (bbox, bbox_summary), (landmarks, landmarks_summary) = train.train_concurrently(
+      _stage_job("bbox", tiny_shards, paths, 2), _stage_job("landmarks", tiny_shards, paths, 2))
+  assert (bbox.name, landmarks.name) == ("bbox_detector", "landmarks_detector")
+  assert bbox_summary["epochs_run"] == landmarks_summary["epochs_run"] == 2
+  for stage in ("bbox", "landmarks"):
+    assert train.read_state(paths.checkpoints / stage)["done"]
+    assert (paths.models / f"{stage}.keras").is_file()
+
+
+def test_a_failed_stage_cancels_the_concurrent_one_which_stays_resumable(tiny_shards, tmp_path):
+  paths = train.RunPaths(tmp_path / "checkpoints", tmp_path / "models", tmp_path / "logs")
+  first_epoch_saved = threading.Event()
+
+  def broken_stage(callbacks):
+    assert first_epoch_saved.wait(timeout=300)
+    raise ValueError("broken records")
+
+  landmarks = _stage_job("landmarks", tiny_shards, paths, 1000,
+                         [_SignalAtEpochEnd(first_epoch_saved)])
+  with pytest.raises(ValueError, match="broken records"):
+    train.train_concurrently(broken_stage, landmarks)
+  state = train.read_state(paths.checkpoints / "landmarks")
+  assert 1 <= state["epoch"] < 1000 and not state.get("done")
+  assert not (paths.models / "landmarks.keras").exists()
 
 
 def test_recomputed_batch_norm_statistics_are_the_batches_statistics():

@@ -92,3 +92,24 @@ def test_bad_strategy_and_missing_tf_config_are_usage_errors(monkeypatch):
     strategy_lib.make_strategy("multiworker")
   with pytest.raises(UsageError, match="needs --tpu"):
     strategy_lib.make_strategy("tpu")
+
+
+def test_op_threads_are_set_before_tensorflow_starts():
+  code = ("import tensorflow as tf; from tfpets.runtime import strategy; "
+          "strategy.set_op_threads(1, 2); print(float(tf.reduce_sum(tf.ones([4, 4]) @ "
+          "tf.ones([4, 4]))), tf.config.threading.get_intra_op_parallelism_threads(), "
+          "tf.config.threading.get_inter_op_parallelism_threads())")
+  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300, check=True).stdout
+  assert out.split() == ["64.0", "1", "2"]
+
+
+def test_op_threads_after_tensorflow_started_are_a_usage_error():
+  import tensorflow as tf
+  float(tf.constant(1.0) + 1.0)  # TensorFlow is running from here on
+  current = tf.config.threading.get_intra_op_parallelism_threads()
+  strategy_lib.set_op_threads(current, 0)  # what is set already is no change
+  with pytest.raises(UsageError, match=f"--intra_op_threads={current + 3}: cannot change "
+                     "TensorFlow's thread pools after it initialised"):
+    strategy_lib.set_op_threads(current + 3, 0)

@@ -19,8 +19,10 @@ import json
 import math
 import os
 import pathlib
+import threading
 import time
-from typing import Dict, Optional, Sequence
+from concurrent import futures
+from typing import Callable, Dict, Optional, Sequence
 
 import keras
 import numpy as np
@@ -60,6 +62,41 @@ class TrainOptions:
   deadline: float = 0.0          # time.time() by which the stage returns, finishing included
   anneal_at: float = 0.0         # with `deadline`: fraction of the time to it after which the
                                  # learning rate drops 10x
+
+
+class StageCancelled(Exception):
+  """A stage stopped because another one trained beside it failed or the run was interrupted."""
+
+
+class CancelOnEvent(keras.callbacks.Callback):
+  """Raises `StageCancelled` at the next batch once `event` is set. Raising, rather than stopping
+  `fit`, keeps the stage from saving itself as done: a rerun resumes it from its last epoch."""
+
+  def __init__(self, event: threading.Event):
+    super().__init__()
+    self.event = event
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self.event.is_set():
+      raise StageCancelled("a stage trained beside this one failed, or the run was interrupted")
+
+
+def train_concurrently(*jobs: Callable[[Sequence], object]) -> list:
+  """Runs `jobs` side by side in threads, each called with extra callbacks for its `fit` calls,
+  and returns their results in order. The first failure, or an interrupt, cancels the others at
+  their next batch and is raised."""
+  cancel = threading.Event()
+  with futures.ThreadPoolExecutor(len(jobs), thread_name_prefix="landmarks-stage") as pool:
+    running = [pool.submit(job, [CancelOnEvent(cancel)]) for job in jobs]
+    try:
+      futures.wait(running, return_when=futures.FIRST_EXCEPTION)
+      for job in running:
+        if job.done() and job.exception() is not None:
+          raise job.exception()
+    except BaseException:
+      cancel.set()
+      raise
+    return [job.result() for job in running]
 
 
 @dataclasses.dataclass
@@ -261,7 +298,9 @@ def _overlay_batch(shards_dir, spec, options: augment.AugmentOptions, count: int
   return frames.numpy(), {k: v.numpy() for k, v in targets.items()}
 
 
-def _compile(model, optimizer, spec: data.FrameSpec, loss_fn: str, heatmap_weight: float) -> None:
+def compile_stage(model, optimizer, spec: data.FrameSpec, loss_fn: str,
+                  heatmap_weight: float) -> None:
+  """Compiles a stage model with its losses (`loss_fn` for the stage-1 box) and metrics."""
   found, weights = losses.stage_losses(spec.stage, loss_fn, spec.size, spec.heatmaps,
                                        heatmap_weight)
   model.compile(optimizer, loss=found, loss_weights=weights,
@@ -271,7 +310,7 @@ def _compile(model, optimizer, spec: data.FrameSpec, loss_fn: str, heatmap_weigh
 def _warm_up(model, train_ds, spec: data.FrameSpec, steps: int, heatmap_weight: float) -> None:
   """landmarks.md §5: one epoch of `steps` steps with Adam() and MSE before the IoU loss."""
   logging.info("%s: %d MSE warm-up steps before the IoU loss", spec.stage, steps)
-  _compile(model, keras.optimizers.Adam(), spec, "mse", heatmap_weight)
+  compile_stage(model, keras.optimizers.Adam(), spec, "mse", heatmap_weight)
   model.fit(train_ds, epochs=1, steps_per_epoch=steps, verbose=2)
 
 
@@ -314,7 +353,7 @@ def train_stage(stage: str, config: model_lib.DetectorConfig, shards_dir: pathli
   with scope():
     if initial_epoch == 0 and stage == "bbox" and options.loss_fn == "iou":
       _warm_up(model, train_ds, spec, options.warmup_steps, options.heatmap_weight)
-    _compile(model, optimizer, spec, options.loss_fn, options.heatmap_weight)
+    compile_stage(model, optimizer, spec, options.loss_fn, options.heatmap_weight)
 
   monitor, mode = losses.monitor(stage)
   plateau = keras.callbacks.ReduceLROnPlateau(monitor, factor=options.plateau_factor,

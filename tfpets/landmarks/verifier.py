@@ -130,8 +130,8 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, training:
 def train_verifier(config: model_lib.DetectorConfig, train_samples: Sequence[dict],
                    val_samples: Sequence[dict], bbox_fn, models_dir: pathlib.Path,
                    checkpoints_dir: pathlib.Path, seconds: float, seed: int = 0,
-                   batch_size: int = 64, steps_per_epoch: int = 50
-                   ) -> Tuple[keras.Model, dict]:
+                   batch_size: int = 64, steps_per_epoch: int = 50,
+                   extra_callbacks: Sequence = ()) -> Tuple[keras.Model, dict]:
   """Trains the verifier within about `seconds` from now (or loads it when a previous run
   finished it); returns (model, summary). It takes a minute, so a killed run trains it again."""
   directory = checkpoints_dir / STATE_DIR
@@ -156,7 +156,8 @@ def train_verifier(config: model_lib.DetectorConfig, train_samples: Sequence[dic
   # Validated once at the end: within seconds, every step is worth more than a curve.
   budget = train_lib.TimeBudget(max(seconds - (time.time() - start) - FINISH_SECONDS, 1.0))
   history = model.fit(_dataset(x, y, batch_size, seed, True), epochs=1000,
-                      steps_per_epoch=steps_per_epoch, callbacks=[budget], verbose=2)
+                      steps_per_epoch=steps_per_epoch,
+                      callbacks=[budget, *extra_callbacks], verbose=2)
   fitted = time.time()
   logging.info("verifier: fit returned %.0f s after its start; BatchNorm statistics, saving, "
                "validation", fitted - start)

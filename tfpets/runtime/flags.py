@@ -27,6 +27,12 @@ TPU = flags.DEFINE_string("tpu", "", "TPU name or grpc:// address ('local' for a
 NUM_CPU_REPLICAS = flags.DEFINE_integer(
     "num_cpu_replicas", 2, "Logical CPU devices for --strategy=mirrored on a host without GPUs.",
     lower_bound=1)
+INTRA_OP_THREADS = flags.DEFINE_integer(
+    "intra_op_threads", 0, "Threads one TensorFlow op may use (0: one per core). 1 suits small "
+    "models on a CPU, whose ops are too short to split.", lower_bound=0)
+INTER_OP_THREADS = flags.DEFINE_integer(
+    "inter_op_threads", 0, "Threads that run independent TensorFlow ops at once (0: one per core).",
+    lower_bound=0)
 PRECISION = flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy.")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Global batch size (all replicas).",
                                   lower_bound=1)

@@ -30,6 +30,25 @@ def split_cpu(num_replicas: int) -> list:
   return [d.name for d in tf.config.list_logical_devices("CPU")][:num_replicas]
 
 
+def set_op_threads(intra_op: int = 0, inter_op: int = 0) -> None:
+  """Sets TensorFlow's thread pools (0 keeps its default, one thread per core).
+
+  Must run before TensorFlow initialises, like `split_cpu`. Small models gain from one thread per
+  op: their ops are too short to split, and two stages trained at once then share the cores.
+  """
+  for name, value, getter, setter in (
+      ("--intra_op_threads", intra_op, tf.config.threading.get_intra_op_parallelism_threads,
+       tf.config.threading.set_intra_op_parallelism_threads),
+      ("--inter_op_threads", inter_op, tf.config.threading.get_inter_op_parallelism_threads,
+       tf.config.threading.set_inter_op_parallelism_threads)):
+    if value and value != getter():
+      try:
+        setter(value)
+      except RuntimeError as e:
+        raise UsageError(f"{name}={value}: cannot change TensorFlow's thread pools after it "
+                         f"initialised ({e}); set them before running any op") from None
+
+
 def make_strategy(kind: str = "auto", tpu: str = "",
                   num_cpu_replicas: int = 2) -> tf.distribute.Strategy:
   """Returns the strategy for `kind`.
