@@ -16,11 +16,14 @@ Side by side: with `--official-repo` (a checkout of NVlabs/stylegan2-ada-pytorch
 `--official-python` (a Python with PyTorch), the same figures are measured for the official networks
 in the same run (official_pytorch_networks.py; under `tf_bfc` PyTorch gets the no-mmap malloc, its
 best), and every figure gets `ratio_to_official_measured`. `G_plus_D_fwd_bwd` is one G plus one D
-forward+backward: batch / (G step seconds + D step seconds).
+forward+backward: batch / (G step seconds + D step seconds). The speed of this 2-core machine
+drifts by 10-30 % over minutes, so `--rounds N` measures both sides N times, alternating which
+goes first, and reports the median of each figure over the rounds plus every round's own ratio
+(`ratio_to_official_measured_rounds`).
 
   python benchmarks/bench_gan_networks.py [--resolutions 32,64,128] [--repeats 5] [--xla]
       [--allocators default_malloc,no_mmap_malloc,tf_bfc]
-      [--official-repo PATH --official-python PYTHON]
+      [--official-repo PATH --official-python PYTHON [--rounds N]]
 
 Prints one JSON object.
 """
@@ -146,6 +149,28 @@ def _with_g_plus_d(figures: dict[str, dict[str, float]]) -> dict[str, dict[str, 
   return {**figures, "G_plus_D_fwd_bwd": combined}
 
 
+def _measure_rounds(args: argparse.Namespace, label: str) -> tuple[list[dict], list[dict]]:
+  """`args.rounds` measurements of tfpets and (with --official-repo) the official code, the
+  order alternating each round so that a drift of the machine's speed hits both sides alike."""
+  ours, official = [], []
+  for round_index in range(args.rounds):
+    sides = [lambda: ours.append(_spawn(args, ALLOCATOR_ENVS[label]))]
+    if args.official_repo:
+      sides.append(lambda: official.append(_spawn_official(args, label)))
+    for measure_side in sides[::-1] if round_index % 2 else sides:
+      measure_side()
+  return ours, official
+
+
+def _median_over_rounds(rounds: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+  """Per resolution and figure, the median over rounds of each value (resolution keys only)."""
+  resolutions = [key for key in rounds[0] if key.isdigit()]
+  return {res: {name: {key: statistics.median(r[res][name][key] for r in rounds)
+                       for key in rounds[0][res][name]}
+                for name in rounds[0][res]}
+          for res in resolutions}
+
+
 def _figure(value: dict[str, float], spec: float, official: dict[str, float] | None) -> dict:
   figure = {"img_per_s": round(value["img_per_s"], 3),
             "img_per_s_from_cpu": round(value["img_per_s_from_cpu"], 3),
@@ -172,8 +197,12 @@ def main() -> None:
                       "measure the official networks side by side")
   parser.add_argument("--official-python", default=sys.executable,
                       help="Python with PyTorch for --official-repo")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="measure each side this many times, alternating; report medians")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.rounds < 1:
+    parser.error(f"--rounds must be at least 1, got {args.rounds}")
   if args.child:
     _child(args)
     return
@@ -182,8 +211,9 @@ def main() -> None:
                                   "the official code in this run",
             "load_average_before": os.getloadavg(), "runs": {}}
   for label in args.allocators:
-    measured = _spawn(args, ALLOCATOR_ENVS[label])
-    official = _spawn_official(args, label) if args.official_repo else None
+    ours_rounds, official_rounds = _measure_rounds(args, label)
+    measured = _median_over_rounds(ours_rounds)
+    official = _median_over_rounds(official_rounds) if official_rounds else None
     run = {}
     for res, figures in measured.items():
       spec = dict(OFFICIAL[int(res)])
@@ -191,10 +221,15 @@ def main() -> None:
       theirs = _with_g_plus_d(official[res]) if official else {}
       run[res] = {name: _figure(value, spec[name], theirs.get(name))
                   for name, value in _with_g_plus_d(figures).items()}
+      for ours, theirs_round in zip(ours_rounds, official_rounds):
+        ours_res, theirs_res = _with_g_plus_d(ours[res]), _with_g_plus_d(theirs_round[res])
+        for name, figure in run[res].items():
+          figure.setdefault("ratio_to_official_measured_rounds", []).append(
+              round(ours_res[name]["img_per_s"] / theirs_res[name]["img_per_s"], 3))
     report["runs"][label] = run
-    if official:
-      report.setdefault("official_params", official["params"])
-      report["official_torch"] = official["torch"]
+    if official_rounds:
+      report.setdefault("official_params", official_rounds[0]["params"])
+      report["official_torch"] = official_rounds[0]["torch"]
   report["load_average_after"] = os.getloadavg()
   print(json.dumps(report, indent=2))
 

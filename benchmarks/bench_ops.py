@@ -6,8 +6,9 @@ implementation: forward and forward+backward milliseconds (min and median of
 Each call is one `tf.function` call, so it includes TensorFlow's fixed cost of
 a call (about 0.3 ms here), which decides the ratio at small shapes; `chain_fwd_bwd`
 is therefore also measured: forward+backward per op inside one `tf.function` of
-CHAIN serial calls (each call's input gradient is the next call's input), as
-the ops run inside a training step.
+CHAIN serial calls (each call's input gradient is the next call's input, and
+every output is returned so that no part of the work is pruned), as the ops
+run inside a training step.
 
 Implementations: `custom` (C++ op), `ref` (plain TF ops in a `tf.function`,
 the path `impl='auto'` would otherwise take) and `xla` (the reference path
@@ -111,9 +112,14 @@ def _build_function(op: str, description: str, impl: str, shape):
     return y, tape.gradient(y, [x, b], output_gradients=dy)
 
   def chain(x, b):
+    # Every call's output and bias gradient is returned: graph pruning
+    # would otherwise drop the reference's forward pass and bias gradient,
+    # which the next call does not consume, and time only part of its work.
+    outputs = []
     for _ in range(CHAIN):
-      x = forward_backward(x, b)[1][0]  # a serial chain, as the layers of a net
-    return x
+      y, (x, db) = forward_backward(x, b)  # a serial chain, as in a net
+      outputs += [y, db]
+    return x, outputs
 
   jit = impl == 'xla'
   return (tf.function(run, jit_compile=jit, autograph=False),

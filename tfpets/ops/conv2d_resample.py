@@ -54,8 +54,13 @@ def _padding_arg(pads: tuple[int, int, int, int]) -> Any:
 
 def _rotated(w: tf.Tensor) -> tf.Tensor:
   """w turned by 180 degrees, in/out axes swapped: correlating with it runs
-  a correlation with w backwards (transposed convolution, input gradient)."""
-  return tf.transpose(w[::-1, ::-1], [0, 1, 3, 2])
+  a correlation with w backwards (transposed convolution, input gradient).
+
+  tf.reverse rather than w[::-1, ::-1]: TensorFlow's CPU kernel for
+  negative-stride slices took 16 ms on a 3x3x512x512 kernel here, against
+  under 1 ms for ReverseV2, and G and D rotate every 3x3 kernel once per
+  step."""
+  return tf.transpose(tf.reverse(w, [0, 1]), [0, 1, 3, 2])
 
 
 def _stride1_conv(x: tf.Tensor, w: tf.Tensor,
