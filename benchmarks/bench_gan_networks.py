@@ -154,11 +154,12 @@ def _measure_rounds(args: argparse.Namespace, label: str) -> tuple[list[dict], l
   order alternating each round so that a drift of the machine's speed hits both sides alike."""
   ours, official = [], []
   for round_index in range(args.rounds):
-    sides = [lambda: ours.append(_spawn(args, ALLOCATOR_ENVS[label]))]
-    if args.official_repo:
-      sides.append(lambda: official.append(_spawn_official(args, label)))
-    for measure_side in sides[::-1] if round_index % 2 else sides:
-      measure_side()
+    official_first = round_index % 2 == 1
+    if args.official_repo and official_first:
+      official.append(_spawn_official(args, label))
+    ours.append(_spawn(args, ALLOCATOR_ENVS[label]))
+    if args.official_repo and not official_first:
+      official.append(_spawn_official(args, label))
   return ours, official
 
 
