@@ -6,9 +6,9 @@ implementation: forward and forward+backward milliseconds (min and median of
 Each call is one `tf.function` call, so it includes TensorFlow's fixed cost of
 a call (about 0.3 ms here), which decides the ratio at small shapes; `chain_fwd_bwd`
 is therefore also measured: forward+backward per op inside one `tf.function` of
-CHAIN serial calls (each call's input gradient is the next call's input, and
-every output is returned so that no part of the work is pruned), as the ops
-run inside a training step.
+CHAIN serial calls (each call's input gradient is the next call's input, each
+call has its own upstream gradient, and every output is returned so that no
+part of the work is pruned), as the ops run inside a training step.
 
 Implementations: `custom` (C++ op), `ref` (plain TF ops in a `tf.function`,
 the path `impl='auto'` would otherwise take) and `xla` (the reference path
@@ -18,8 +18,8 @@ there).
 Every (op, shape, impl, allocator) case runs in its own subprocess, so the
 peak memory is that process's `ru_maxrss`: reported as the total and as the
 growth caused by the case (`peak_rss_delta_mb`: high-water mark after the
-runs minus before creating the inputs, so it includes x, b and dy, which are
-the same for every implementation). `tf.config.experimental.
+runs minus before creating the inputs, so it includes x, b and the CHAIN
+upstream gradients, which are the same for every implementation). `tf.config.experimental.
 get_memory_info('CPU:0')` is not available with TF's default CPU allocator.
 
 Allocator settings: `default` (glibc defaults), `nommap`
@@ -103,9 +103,9 @@ def _build_function(op: str, description: str, impl: str, shape):
     run = lambda x, b: tfops.upfirdn2d(x, f, pad=2, impl=op_impl)
   out_shape = tf.function(run, autograph=False).get_concrete_function(
       x, b).structured_outputs.shape
-  dy = tf.random.normal(out_shape, seed=3)
+  dys = [tf.random.normal(out_shape, seed=3 + k) for k in range(CHAIN)]
 
-  def forward_backward(x, b):
+  def forward_backward(x, b, dy=dys[0]):
     with tf.GradientTape() as tape:
       tape.watch([x, b])
       y = run(x, b)
@@ -115,9 +115,12 @@ def _build_function(op: str, description: str, impl: str, shape):
     # Every call's output and bias gradient is returned: graph pruning
     # would otherwise drop the reference's forward pass and bias gradient,
     # which the next call does not consume, and time only part of its work.
+    # Every call has its own upstream gradient, as every layer of a net
+    # does: with one shared dy, Grappler computes the reference's
+    # `dy * gain` once for the whole chain.
     outputs = []
-    for _ in range(CHAIN):
-      y, (x, db) = forward_backward(x, b)  # a serial chain, as in a net
+    for dy in dys:
+      y, (x, db) = forward_backward(x, b, dy)  # a serial chain, as in a net
       outputs += [y, db]
     return x, outputs
 

@@ -143,7 +143,7 @@ def numpy_lrelu_bias(x: np.ndarray, b: np.ndarray) -> np.ndarray:
   return np.where(s > 0, s, 0.2 * s) * np.sqrt(2.0)
 
 
-@pytest.mark.slow  # Compiles the CPU kernels: about 45 s on 2 cores.
+@pytest.mark.slow  # Compiles the CPU kernels: about 95 s on 2 cores.
 def test_built_library_loads_and_matches_reference(distribution, tmp_path,
                                                    monkeypatch):
   monkeypatch.setenv('TFPETS_BUILD_CUDA', '0')

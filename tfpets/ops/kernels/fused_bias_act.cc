@@ -303,6 +303,25 @@ void BiasActDispatch(const BiasActParams<T>& p, int64_t begin, int64_t end,
   }
 }
 
+#if TFPETS_HAS_AVX2_CLONES
+template <typename T>
+TFPETS_AVX2_CLONE void BiasActDispatchAvx2(const BiasActParams<T>& p,
+                                           int64_t begin, int64_t end,
+                                           float* partial) {
+  BiasActDispatch<T>(p, begin, end, partial);
+}
+#endif
+
+// Elements [begin, end) on this CPU's best instruction set.
+template <typename T>
+void RunBiasActRange(const BiasActParams<T>& p, int64_t begin, int64_t end,
+                     float* partial = nullptr) {
+#if TFPETS_HAS_AVX2_CLONES
+  if (UseAvx2Clones()) return BiasActDispatchAvx2<T>(p, begin, end, partial);
+#endif
+  BiasActDispatch<T>(p, begin, end, partial);
+}
+
 struct CpuDeviceTag {};
 struct GpuDeviceTag {};
 
@@ -317,7 +336,7 @@ struct BiasActLauncher<CpuDeviceTag, T> {
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     if (db == nullptr) {
       workers->ParallelFor(p.size, cost, [&p](int64 begin, int64 end) {
-        BiasActDispatch<T>(p, begin, end);
+        RunBiasActRange<T>(p, begin, end);
       });
       return;
     }
@@ -335,16 +354,17 @@ struct BiasActLauncher<CpuDeviceTag, T> {
           for (int64_t block = first_block; block < end_block; ++block) {
             const int64_t begin = block * runs_per_block * run;
             const int64_t end = std::min(p.size, begin + runs_per_block * run);
-            BiasActDispatch<T>(p, begin, end, &partials[block * p.channels]);
+            RunBiasActRange<T>(p, begin, end, &partials[block * p.channels]);
           }
         });
-    for (int64_t c = 0; c < p.channels; ++c) {
-      float total = 0.0f;
-      for (int64_t block = 0; block < blocks; ++block) {
-        total += partials[block * p.channels + c];
-      }
-      db[c] = static_cast<T>(total);
+    // Block by block over contiguous channels (it vectorises); each channel
+    // still adds its partial sums in block order.
+    float* totals = partials.data();
+    for (int64_t block = 1; block < blocks; ++block) {
+      const float* row = &partials[block * p.channels];
+      for (int64_t c = 0; c < p.channels; ++c) totals[c] += row[c];
     }
+    for (int64_t c = 0; c < p.channels; ++c) db[c] = static_cast<T>(totals[c]);
   }
 };
 

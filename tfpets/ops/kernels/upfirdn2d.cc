@@ -269,6 +269,31 @@ void UpFirDnRows(const T* x, T* y, const UpFirDnShape& s,
   }
 }
 
+#if TFPETS_HAS_AVX2_CLONES
+template <typename T>
+TFPETS_AVX2_CLONE void UpFirDnRowsAvx2(const T* x, T* y, const UpFirDnShape& s,
+                                       const std::vector<float>& weights,
+                                       const AxisTaps& rows,
+                                       const AxisTaps& cols, int64_t row_begin,
+                                       int64_t row_end) {
+  UpFirDnRows<T>(x, y, s, weights, rows, cols, row_begin, row_end);
+}
+#endif
+
+// Output rows [row_begin, row_end) on this CPU's best instruction set.
+template <typename T>
+void RunUpFirDnRows(const T* x, T* y, const UpFirDnShape& s,
+                    const std::vector<float>& weights, const AxisTaps& rows,
+                    const AxisTaps& cols, int64_t row_begin, int64_t row_end) {
+#if TFPETS_HAS_AVX2_CLONES
+  if (UseAvx2Clones()) {
+    return UpFirDnRowsAvx2<T>(x, y, s, weights, rows, cols, row_begin,
+                              row_end);
+  }
+#endif
+  UpFirDnRows<T>(x, y, s, weights, rows, cols, row_begin, row_end);
+}
+
 struct CpuDeviceTag {};
 struct GpuDeviceTag {};
 
@@ -291,7 +316,7 @@ struct UpFirDnLauncher<CpuDeviceTag, T> {
     workers->ParallelFor(
         s.n * s.out_h, cost,
         [&](::tensorflow::int64 begin, ::tensorflow::int64 end) {
-          UpFirDnRows<T>(x, y, s, weights, rows, cols, begin, end);
+          RunUpFirDnRows<T>(x, y, s, weights, rows, cols, begin, end);
         });
   }
 };
