@@ -9,7 +9,9 @@ Which library is loaded: `$TFPETS_OPS_LIBRARY` if set (a path to a `.so`),
 otherwise the one recorded in `tfpets/ops/_lib/tfpets_ops.json` by
 `python -m tfpets.ops.build` (ignored when it was built for another
 TensorFlow version or from other kernel sources). `TFPETS_OPS_DISABLE=1`
-skips loading altogether.
+skips loading altogether. On x86-64 the library's CPU loops use AVX2 where
+the CPU has it; `TFPETS_OPS_ISA=baseline` makes them use the plain x86-64
+build instead (read once, when the first kernel runs).
 
 `impl='auto'` picks `custom` only when all of these hold:
 

@@ -19,7 +19,7 @@ struct GpuDevice;
 namespace tfpets {
 
 // The CPU element loops are bound by instruction count, not memory, once
-// their data is in cache (a 4 MB lrelu pass ran about 2x faster built for
+// their data is in cache (a 4 MB lrelu pass ran 1.5-2.5x faster built for
 // AVX2). The library is built for plain x86-64 so that it loads on any such
 // CPU; each kernel's per-range function is compiled a second time for AVX2
 // (TFPETS_AVX2_CLONE: everything it calls is inlined into it, so the whole
