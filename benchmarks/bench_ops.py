@@ -37,11 +37,13 @@ does not support). `--allocators` picks a subset.
 `--write-table` stores in `tfpets/ops/auto_table.json`, per op and case,
 'custom' only if, under every allocator setting, custom's forward+backward
 time summed over the measured shapes (min of the reps) is below ref's, else
-'ref'; `impl='auto'` consults it. `--table-from REPORT.json` redoes only
+'ref'; `impl='auto'` consults it. `--ops` measures only the named ops, and
+then the table keeps its entries for the others. `--table-from REPORT.json` redoes only
 that from a saved report.
 
 Usage: python benchmarks/bench_ops.py [--out FILE] [--write-table]
          [--reps 7] [--quick] [--allocators default,nommap,tf_bfc]
+         [--ops fused_bias_act,upfirdn2d]
        python benchmarks/bench_ops.py --table-from REPORT.json
 """
 
@@ -76,6 +78,7 @@ MAIN_CASES = (
     ('upfirdn2d', 'down', 'downsample2d [1,3,3,1] /2'),
     ('upfirdn2d', 'filter', 'filter [1,3,3,1], pads 2 (conv2d_resample down)'),
 )
+OPS = ('fused_bias_act', 'upfirdn2d')
 OTHER_ACTS = ('linear', 'linear+clamp', 'relu', 'tanh', 'sigmoid', 'elu',
               'selu', 'softplus', 'swish')
 
@@ -192,11 +195,13 @@ def _case_specs(args) -> list[dict]:
   shapes = STYLEGAN_SHAPES[:1] if args.quick else STYLEGAN_SHAPES
   specs = []
   for op, case, description in MAIN_CASES:
+    if op not in args.ops:
+      continue
     for shape in shapes:
       for impl in ('custom', 'ref', 'xla'):
         specs.append({'op': op, 'case': case, 'description': description,
                       'shape': list(shape), 'impl': impl})
-  for case in OTHER_ACTS:
+  for case in OTHER_ACTS if 'fused_bias_act' in args.ops else ():
     act, clamped = case.split('+')[0], '+' in case
     for impl in ('custom', 'ref'):
       specs.append({'op': 'fused_bias_act', 'case': case,
@@ -257,8 +262,11 @@ def _auto_table(results: list[dict]) -> dict:
 
 
 def _write_table(table: dict) -> None:
+  """Replaces the entries of the ops in `table`, keeps the others."""
   path = REPO / 'tfpets' / 'ops' / 'auto_table.json'
-  path.write_text(json.dumps(table, indent=2, sort_keys=True) + '\n')
+  merged = json.loads(path.read_text()) if path.exists() else {'cpu': {}}
+  merged['cpu'].update(table['cpu'])
+  path.write_text(json.dumps(merged, indent=2, sort_keys=True) + '\n')
 
 
 def main() -> int:
@@ -275,7 +283,13 @@ def main() -> int:
                       help='only the smallest shape')
   parser.add_argument('--allocators', default=','.join(ALLOCATORS),
                       help='comma-separated subset of ' + ','.join(ALLOCATORS))
+  parser.add_argument('--ops', default=','.join(OPS),
+                      help='comma-separated subset of ' + ','.join(OPS))
   args = parser.parse_args()
+  args.ops = args.ops.split(',')
+  unknown = sorted(set(args.ops) - set(OPS))
+  if unknown:
+    parser.error(f'--ops: unknown op(s) {unknown}; choose from {OPS}')
   if args.worker:
     print(json.dumps(worker(json.loads(args.worker))))
     return 0
