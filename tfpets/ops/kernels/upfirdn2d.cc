@@ -253,6 +253,30 @@ void AccumulateTaps(float* __restrict acc, const T* const* src,
   }
 }
 
+// acc[c] = sum over t < count of w[t] * src[t][c], four taps per pass.
+template <typename S>
+void SumTaps(float* acc, const S* const* src, const float* w, int count,
+             int64_t channels) {
+  if (count == 0) std::fill(acc, acc + channels, 0.0f);
+  for (int t = 0; t < count; t += 4) {
+    AccumulateTaps<S>(acc, src + t, w + t, std::min(4, count - t), channels,
+                      t == 0);
+  }
+}
+
+// One output pixel: SumTaps straight into `out` for float, else into
+// `acc_buffer` and converted.
+template <typename T, typename S>
+void WritePixel(T* out, const S* const* src, const float* w, int count,
+                int64_t channels, float* acc_buffer) {
+  float* acc = std::is_same<T, float>::value ? reinterpret_cast<float*>(out)
+                                             : acc_buffer;
+  SumTaps<S>(acc, src, w, count, channels);
+  if (!std::is_same<T, float>::value) {
+    for (int64_t c = 0; c < channels; ++c) out[c] = static_cast<T>(acc[c]);
+  }
+}
+
 // Computes output rows [row_begin, row_end) of the flattened [N * outH]
 // row index. Every output pixel gathers its non-zero taps and sums them
 // over the contiguous channel vector, so each output element is written
@@ -286,18 +310,8 @@ void UpFirDnRows(const T* x, T* y, const UpFirDnShape& s,
           ++count;
         }
       }
-      T* out = out_row + ox * c_count;
-      float* acc = std::is_same<T, float>::value
-                       ? reinterpret_cast<float*>(out)
-                       : acc_buffer.data();
-      if (count == 0) std::fill(acc, acc + c_count, 0.0f);
-      for (int t = 0; t < count; t += 4) {
-        AccumulateTaps<T>(acc, &src[t], &w[t], std::min(4, count - t),
-                          c_count, t == 0);
-      }
-      if (!std::is_same<T, float>::value) {
-        for (int64_t c = 0; c < c_count; ++c) out[c] = static_cast<T>(acc[c]);
-      }
+      WritePixel<T, T>(out_row + ox * c_count, src.data(), w.data(), count,
+                       c_count, acc_buffer.data());
     }
   }
 }
@@ -330,11 +344,7 @@ void UpFirDnRowsSeparable(const T* x, T* y, const UpFirDnShape& s,
       row_src[count] = image + rows.taps[ty].src * row_size;
       w[count++] = weight;
     }
-    if (count == 0) std::fill(column_sums.begin(), column_sums.end(), 0.0f);
-    for (int t = 0; t < count; t += 4) {
-      AccumulateTaps<T>(column_sums.data(), &row_src[t], &w[t],
-                        std::min(4, count - t), row_size, t == 0);
-    }
+    SumTaps<T>(column_sums.data(), row_src.data(), w.data(), count, row_size);
     T* out_row = y + row * s.out_w * c_count;
     for (int64_t ox = 0; ox < s.out_w; ++ox) {
       count = 0;
@@ -344,18 +354,8 @@ void UpFirDnRowsSeparable(const T* x, T* y, const UpFirDnShape& s,
         col_src[count] = column_sums.data() + cols.taps[tx].src * c_count;
         w[count++] = weight;
       }
-      T* out = out_row + ox * c_count;
-      float* acc = std::is_same<T, float>::value
-                       ? reinterpret_cast<float*>(out)
-                       : acc_buffer.data();
-      if (count == 0) std::fill(acc, acc + c_count, 0.0f);
-      for (int t = 0; t < count; t += 4) {
-        AccumulateTaps<float>(acc, &col_src[t], &w[t], std::min(4, count - t),
-                              c_count, t == 0);
-      }
-      if (!std::is_same<T, float>::value) {
-        for (int64_t c = 0; c < c_count; ++c) out[c] = static_cast<T>(acc[c]);
-      }
+      WritePixel<T, float>(out_row + ox * c_count, col_src.data(), w.data(),
+                           count, c_count, acc_buffer.data());
     }
   }
 }
