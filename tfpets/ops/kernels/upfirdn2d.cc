@@ -428,20 +428,18 @@ struct UpFirDnLauncher<CpuDeviceTag, T> {
         std::max<int64_t>(1, (s.kw + s.upx - 1) / s.upx);
     const int64_t cost = s.out_w * s.channels * (2 * taps_per_pixel + 2);
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    SeparableWeights separable;
-    if (s.kh * s.kw > 1 && Separate(weights, s.kh, s.kw, &separable)) {
-      workers->ParallelFor(
-          s.n * s.out_h, cost,
-          [&](::tensorflow::int64 begin, ::tensorflow::int64 end) {
-            RunUpFirDnRowsSeparable<T>(x, y, s, separable, rows, cols, begin,
-                                       end);
-          });
-      return;
-    }
+    SeparableWeights separable_weights;
+    const bool separable = s.kh * s.kw > 1 &&
+                           Separate(weights, s.kh, s.kw, &separable_weights);
     workers->ParallelFor(
         s.n * s.out_h, cost,
         [&](::tensorflow::int64 begin, ::tensorflow::int64 end) {
-          RunUpFirDnRows<T>(x, y, s, weights, rows, cols, begin, end);
+          if (separable) {
+            RunUpFirDnRowsSeparable<T>(x, y, s, separable_weights, rows, cols,
+                                       begin, end);
+          } else {
+            RunUpFirDnRows<T>(x, y, s, weights, rows, cols, begin, end);
+          }
         });
   }
 };
