@@ -70,6 +70,7 @@ struct UpFirDnShape {
   int upx, upy, downx, downy;
   int padx0, pady0;
   int kh, kw;
+  bool stream;  // Non-temporal stores of y (CPU only).
 };
 
 #if GOOGLE_CUDA

@@ -1,11 +1,18 @@
-"""The custom ops give the same numbers on either instruction set.
+"""The custom ops give the same numbers on every variant of their CPU loops.
 
-The CPU kernels carry an AVX2 build of their loops beside the plain x86-64
-one and pick at run time (`kernels/tfpets_ops.h`). This runs the same ops
-with `TFPETS_OPS_ISA=baseline` in a second process, on the same library,
-and compares every output and gradient with this process's (the AVX2 clones
-on a CPU that has AVX2). Both builds add the same terms in the same order,
-so the results must be identical, not merely close.
+The CPU kernels pick between variants at run time:
+
+* an AVX2 build of their loops beside the plain x86-64 one
+  (`kernels/tfpets_ops.h`); `TFPETS_OPS_ISA=baseline` forces the plain one;
+* for outputs above a size threshold, `UpFirDn2D` stages its output in a
+  small buffer and writes it with non-temporal stores
+  (`kernels/upfirdn2d.cc`); `TFPETS_OPS_STREAM_MIN_BYTES=0` forces that
+  path for the small tensors here, which this process writes in place.
+
+Each test runs the same ops in a second process with one variant forced, on
+the same library, and compares every output and gradient with this
+process's. The variants add the same terms in the same order, so the
+results must be identical, not merely close.
 """
 
 from __future__ import annotations
@@ -82,23 +89,37 @@ def compute_outputs(ops) -> dict[str, np.ndarray]:
   return outputs
 
 
-@pytest.mark.skipif(not _cpu_has_avx2(), reason='this CPU has no AVX2')
-def test_baseline_and_avx2_builds_give_identical_results(custom_ops,
-                                                         tmp_path):
-  ours = compute_outputs(custom_ops)
-  out_path = tmp_path / 'baseline.npz'
-  env = dict(os.environ, TFPETS_OPS_ISA='baseline',
-             TFPETS_OPS_LIBRARY=custom_ops.library_path(),
-             PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='3')
+def _outputs_in_subprocess(custom_ops, out_path: pathlib.Path,
+                           **env_extra: str) -> dict[str, np.ndarray]:
+  env = dict(os.environ, TFPETS_OPS_LIBRARY=custom_ops.library_path(),
+             PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='3', **env_extra)
   env.pop('TFPETS_OPS_DISABLE', None)
   result = subprocess.run([sys.executable, __file__, str(out_path)],
                           capture_output=True, text=True, check=False,
                           env=env, cwd=REPO, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  baseline = dict(np.load(out_path))
-  assert sorted(baseline) == sorted(ours)
+  return dict(np.load(out_path))
+
+
+def _assert_identical(ours: dict[str, np.ndarray],
+                      theirs: dict[str, np.ndarray]) -> None:
+  assert sorted(theirs) == sorted(ours)
   for key, value in ours.items():
-    np.testing.assert_array_equal(value, baseline[key], err_msg=key)
+    np.testing.assert_array_equal(value, theirs[key], err_msg=key)
+
+
+@pytest.mark.skipif(not _cpu_has_avx2(), reason='this CPU has no AVX2')
+def test_baseline_and_avx2_builds_give_identical_results(custom_ops,
+                                                         tmp_path):
+  baseline = _outputs_in_subprocess(custom_ops, tmp_path / 'baseline.npz',
+                                    TFPETS_OPS_ISA='baseline')
+  _assert_identical(compute_outputs(custom_ops), baseline)
+
+
+def test_streamed_and_in_place_outputs_are_identical(custom_ops, tmp_path):
+  streamed = _outputs_in_subprocess(custom_ops, tmp_path / 'streamed.npz',
+                                    TFPETS_OPS_STREAM_MIN_BYTES='0')
+  _assert_identical(compute_outputs(custom_ops), streamed)
 
 
 if __name__ == '__main__':
