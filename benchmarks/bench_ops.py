@@ -34,6 +34,12 @@ records TensorFlow's own peak (`tf_peak_mb`, from
 `tf.config.experimental.get_memory_info`, which the default CPU allocator
 does not support). `--allocators` picks a subset.
 
+`--rounds N` measures every case N times, reversing the order of the
+implementations every other round, since these machines' speed drifts by
+10-30 % over minutes: each figure is then the median over the rounds
+(`*_rounds` lists every round's), and each ratio comes with every round's
+own ratio (`ref_over_custom_*_min_rounds`).
+
 `--write-table` stores in `tfpets/ops/auto_table.json`, per op and case,
 'custom' only if, under every allocator setting, custom's forward+backward
 time summed over the measured shapes (min of the reps) is below ref's, else
@@ -43,7 +49,7 @@ that from a saved report.
 
 Usage: python benchmarks/bench_ops.py [--out FILE] [--write-table]
          [--reps 7] [--quick] [--allocators default,nommap,tf_bfc]
-         [--ops fused_bias_act,upfirdn2d]
+         [--ops fused_bias_act,upfirdn2d] [--rounds 1]
        python benchmarks/bench_ops.py --table-from REPORT.json
 """
 
@@ -213,10 +219,48 @@ def _case_specs(args) -> list[dict]:
   return specs
 
 
+def _case_key(result: dict) -> tuple:
+  return (result['description'], tuple(result['shape']), result['allocator'],
+          result['impl'])
+
+
+def _merge_rounds(results: list[dict]) -> list[dict]:
+  """One result per case: every measured figure is the median over the
+  rounds, and `<figure>_rounds` lists the rounds' values."""
+  by_case: dict[tuple, list[dict]] = {}
+  for r in results:
+    if 'error' not in r:
+      by_case.setdefault(_case_key(r), []).append(r)
+  merged = [r for r in results if 'error' in r]
+  for rounds in by_case.values():
+    case = {k: v for k, v in rounds[0].items() if k != 'round'}
+    case['rounds'] = len(rounds)
+    for key, value in rounds[0].items():
+      if key.endswith(('_ms_min', '_ms_median', '_mb')) and isinstance(
+          value, (int, float)):
+        values = [r[key] for r in rounds]
+        case[key] = round(statistics.median(values), 3)
+        if len(rounds) > 1:
+          case[f'{key}_rounds'] = values
+    merged.append(case)
+  return merged
+
+
+def _impl_groups(specs: list[dict]) -> list[list[dict]]:
+  """Consecutive specs that differ only in `impl`."""
+  groups: list[list[dict]] = []
+  for spec in specs:
+    if groups and all(spec[k] == groups[-1][0][k]
+                      for k in ('description', 'shape')):
+      groups[-1].append(spec)
+    else:
+      groups.append([spec])
+  return groups
+
+
 def _ratios(results: list[dict]) -> list[dict]:
   """ref/custom and xla/custom time ratios (> 1: custom is faster)."""
-  index = {(r['description'], tuple(r['shape']), r['allocator'], r['impl']): r
-           for r in results if 'error' not in r}
+  index = {_case_key(r): r for r in results if 'error' not in r}
   ratios = []
   for (description, shape, allocator, impl), custom in sorted(index.items()):
     if impl != 'custom':
@@ -233,6 +277,10 @@ def _ratios(results: list[dict]) -> list[dict]:
           key = f'{metric}_ms_{stat}'
           row[f'{other}_over_custom_{metric}_{stat}'] = round(
               base[key] / custom[key], 2)
+          if stat == 'min' and f'{key}_rounds' in custom:
+            row[f'{other}_over_custom_{metric}_{stat}_rounds'] = [
+                round(b / c, 2) for b, c in zip(base[f'{key}_rounds'],
+                                                custom[f'{key}_rounds'])]
       row[f'{other}_over_custom_peak_rss_delta'] = round(
           base['peak_rss_delta_mb'] / max(custom['peak_rss_delta_mb'], 1.0),
           2)
@@ -279,6 +327,9 @@ def main() -> int:
                       help='only rewrite auto_table.json from this report')
   parser.add_argument('--reps', type=int, default=7)
   parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--rounds', type=int, default=1,
+                      help='measure every case this many times, alternating '
+                      'the order of the implementations; report medians')
   parser.add_argument('--quick', action='store_true',
                       help='only the smallest shape')
   parser.add_argument('--allocators', default=','.join(ALLOCATORS),
@@ -302,13 +353,20 @@ def main() -> int:
                 for name in args.allocators.split(',')}
   started = time.time()
   load_before = os.getloadavg()
+  if args.rounds < 1:
+    parser.error(f'--rounds must be at least 1, got {args.rounds}')
   results = []
-  for allocator, env_extra in allocators.items():
-    for spec in _case_specs(args):
-      result = _run_case(spec, env_extra)
-      result['allocator'] = allocator
-      results.append(result)
-      print(json.dumps(result), file=sys.stderr, flush=True)
+  for round_index in range(args.rounds):
+    specs = _case_specs(args)
+    if round_index % 2:  # Within each shape, the other order of the impls.
+      specs = [spec for group in _impl_groups(specs) for spec in group[::-1]]
+    for allocator, env_extra in allocators.items():
+      for spec in specs:
+        result = _run_case(spec, env_extra)
+        result.update(allocator=allocator, round=round_index)
+        results.append(result)
+        print(json.dumps(result), file=sys.stderr, flush=True)
+  results = _merge_rounds(results)
   ratios = _ratios(results)
   report = {
       'host': {'cpus': os.cpu_count(), 'loadavg_before': load_before,
