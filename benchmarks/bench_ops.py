@@ -341,6 +341,8 @@ def main() -> int:
   unknown = sorted(set(args.ops) - set(OPS))
   if unknown:
     parser.error(f'--ops: unknown op(s) {unknown}; choose from {OPS}')
+  if args.rounds < 1:
+    parser.error(f'--rounds must be at least 1, got {args.rounds}')
   if args.worker:
     print(json.dumps(worker(json.loads(args.worker))))
     return 0
@@ -353,8 +355,6 @@ def main() -> int:
                 for name in args.allocators.split(',')}
   started = time.time()
   load_before = os.getloadavg()
-  if args.rounds < 1:
-    parser.error(f'--rounds must be at least 1, got {args.rounds}')
   results = []
   for round_index in range(args.rounds):
     specs = _case_specs(args)
