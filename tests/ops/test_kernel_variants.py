@@ -4,10 +4,11 @@ The CPU kernels pick between variants at run time:
 
 * an AVX2 build of their loops beside the plain x86-64 one
   (`kernels/tfpets_ops.h`); `TFPETS_OPS_ISA=baseline` forces the plain one;
-* for outputs above a size threshold, `UpFirDn2D` stages its output in a
-  small buffer and writes it with non-temporal stores
-  (`kernels/upfirdn2d.cc`); `TFPETS_OPS_STREAM_MIN_BYTES=0` forces that
-  path for the small tensors here, which this process writes in place.
+* for outputs above a size threshold, non-temporal stores
+  (`kernels/cpu_stream.h`): `UpFirDn2D` stages its output in a small
+  buffer and copies it out, `FusedBiasAct`'s piecewise-linear rows store
+  from AVX2 registers; `TFPETS_OPS_STREAM_MIN_BYTES=0` forces those paths
+  for the small tensors here, which this process writes in place.
 
 Each test runs the same ops in a second process with one variant forced, on
 the same library, and compares every output and gradient with this

@@ -12,8 +12,10 @@ TensorFlow version or from other kernel sources). `TFPETS_OPS_DISABLE=1`
 skips loading altogether. On x86-64 the library's CPU loops use AVX2 where
 the CPU has it; `TFPETS_OPS_ISA=baseline` makes them use the plain x86-64
 build instead (read once, when the first kernel runs). `UpFirDn2D` writes
-outputs of 16 MiB or more with non-temporal stores;
-`TFPETS_OPS_STREAM_MIN_BYTES` sets that threshold in bytes (also read once).
+outputs of 16 MiB or more with non-temporal stores, and so does
+`FusedBiasAct` for float linear, relu and lrelu (forward and first
+derivative, on AVX2 CPUs); `TFPETS_OPS_STREAM_MIN_BYTES` sets that
+threshold in bytes (also read once).
 
 `impl='auto'` picks `custom` only when all of these hold:
 

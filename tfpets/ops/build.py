@@ -48,7 +48,7 @@ DEFAULT_OUT_DIR = PACKAGE_DIR / '_lib'
 MANIFEST_NAME = 'tfpets_ops.json'
 CPU_SOURCES = ('fused_bias_act.cc', 'upfirdn2d.cc')
 GPU_SOURCES = ('fused_bias_act.cu.cc', 'upfirdn2d.cu.cc')
-HEADERS = ('bias_act_math.h', 'tfpets_ops.h')
+HEADERS = ('bias_act_math.h', 'cpu_stream.h', 'tfpets_ops.h')
 BASE_CXXFLAGS = ('-std=c++17', '-shared', '-fPIC', '-O3', '-fno-trapping-math',
                  '-fno-math-errno',
                  '-Wno-deprecated-declarations', '-Wno-interference-size')

@@ -13,11 +13,16 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include "Eigen/Core"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "cpu_stream.h"
 #include "tfpets_ops.h"
 
 namespace tfpets {
@@ -187,28 +192,141 @@ void PiecewiseLinearGradRow(const float* dy, const float* __restrict yref,
   }
 }
 
+// Streamed rows: the piecewise-linear forward and first-derivative rows
+// with AVX2 non-temporal stores straight from registers (cpu_stream.h says
+// why). They compute exactly what BiasActSpan and PiecewiseLinearGradRow
+// compute, which also run their unaligned ends.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define TFPETS_HAS_STREAM_ROWS 1
+#define TFPETS_STREAM_ROW __attribute__((target("avx2")))
+
+// Whether this CPU runs the streamed rows (TFPETS_OPS_ISA=baseline: no).
+inline bool CanStreamRows() {
+#if TFPETS_HAS_AVX2_CLONES
+  return UseAvx2Clones();
+#else
+  return __builtin_cpu_supports("avx2") != 0;
+#endif
+}
+
+// Elements of `out` before its first 32-byte boundary (at most n).
+inline int64_t UnalignedHead(const float* out, int64_t n) {
+  const int64_t misaligned = reinterpret_cast<uintptr_t>(out) % 32 / 4;
+  return std::min(n, (8 - misaligned) % 8);
+}
+
+// y = clamp(act(x + b) * gain): ActForward's ternaries as blends, so NaN
+// and signed zeros come out as in the scalar loop.
+template <int A, bool kClamped>
+TFPETS_STREAM_ROW void StreamForwardRow(const float* x, const float* b,
+                                        float* y, int64_t n,
+                                        BiasActScalars s) {
+  const int64_t head = UnalignedHead(y, n);
+  BiasActSpan<float, A, 0, true>(x, b, nullptr, nullptr, nullptr, y, head, s);
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 alpha = _mm256_set1_ps(s.alpha);
+  const __m256 gain = _mm256_set1_ps(s.gain);
+  const __m256 high = _mm256_set1_ps(s.clamp);
+  const __m256 low = _mm256_set1_ps(-s.clamp);
+  int64_t k = head;
+  for (; k + 8 <= n; k += 8) {
+    const __m256 v =
+        _mm256_add_ps(_mm256_loadu_ps(x + k), _mm256_loadu_ps(b + k));
+    __m256 t = v;
+    if (A != kLinear) {
+      const __m256 negative = A == kRelu ? zero : _mm256_mul_ps(v, alpha);
+      t = _mm256_blendv_ps(negative, v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
+    }
+    t = _mm256_mul_ps(t, gain);
+    if (kClamped) {
+      t = _mm256_blendv_ps(t, high, _mm256_cmp_ps(t, high, _CMP_GT_OQ));
+      t = _mm256_blendv_ps(t, low, _mm256_cmp_ps(t, low, _CMP_LT_OQ));
+    }
+    _mm256_stream_ps(y + k, t);
+  }
+  BiasActSpan<float, A, 0, true>(x + k, b + k, nullptr, nullptr, nullptr,
+                                 y + k, n - k, s);
+}
+
+// PiecewiseLinearGradRow with streamed dx.
+template <int A, bool kClamped, bool kReduce>
+TFPETS_STREAM_ROW void StreamGradRow(const float* dy,
+                                     const float* __restrict yref, float* dx,
+                                     float* __restrict partial, int64_t n,
+                                     BiasActScalars s) {
+  const int64_t head = UnalignedHead(dx, n);
+  PiecewiseLinearGradRow<A, kClamped, kReduce>(dy, yref, dx, partial, head, s);
+  const float negative_slope =
+      A == kLinear ? s.gain : A == kLrelu ? s.alpha * s.gain : 0.0f;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 positive = _mm256_set1_ps(s.gain);
+  const __m256 negative = _mm256_set1_ps(negative_slope);
+  const __m256 high = _mm256_set1_ps(s.clamp);
+  const __m256 low = _mm256_set1_ps(-s.clamp);
+  int64_t k = head;
+  for (; k + 8 <= n; k += 8) {
+    const __m256 r = _mm256_loadu_ps(yref + k);
+    const __m256 slope = _mm256_blendv_ps(
+        negative, positive, _mm256_cmp_ps(r, zero, _CMP_GT_OQ));
+    __m256 g = _mm256_mul_ps(_mm256_loadu_ps(dy + k), slope);
+    if (kClamped) {
+      const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(r, low, _CMP_GT_OQ),
+                                          _mm256_cmp_ps(r, high, _CMP_LT_OQ));
+      g = _mm256_and_ps(g, inside);
+    }
+    _mm256_stream_ps(dx + k, g);
+    if (kReduce) {
+      _mm256_storeu_ps(partial + k,
+                       _mm256_add_ps(_mm256_loadu_ps(partial + k), g));
+    }
+  }
+  PiecewiseLinearGradRow<A, kClamped, kReduce>(
+      dy + k, yref + k, dx + k, kReduce ? partial + k : partial, n - k, s);
+}
+#else
+#define TFPETS_HAS_STREAM_ROWS 0
+inline bool CanStreamRows() { return false; }
+#endif  // x86-64 GCC/Clang
+
+template <int A, bool kClamped, bool kReduce>
+void GradRow(const float* dy, const float* yref, float* dx, float* partial,
+             int64_t n, BiasActScalars s, bool stream) {
+#if TFPETS_HAS_STREAM_ROWS
+  if (stream) {
+    return StreamGradRow<A, kClamped, kReduce>(dy, yref, dx, partial, n, s);
+  }
+#endif
+  PiecewiseLinearGradRow<A, kClamped, kReduce>(dy, yref, dx, partial, n, s);
+}
+
 // Picks the row loop for the clamp and the bias gradient once per row, so
 // that neither test stays inside the loop (about 10 % faster at 8x64x64x256).
 template <int A>
 void PiecewiseLinearGradRowFor(const float* dy, const float* yref, float* dx,
-                               float* partial, int64_t n, BiasActScalars s) {
+                               float* partial, int64_t n, BiasActScalars s,
+                               bool stream) {
   const bool clamped = s.clamp >= 0.0f;
   if (partial == nullptr && clamped) {
-    return PiecewiseLinearGradRow<A, true, false>(dy, yref, dx, partial, n, s);
+    return GradRow<A, true, false>(dy, yref, dx, partial, n, s, stream);
   }
   if (partial == nullptr) {
-    return PiecewiseLinearGradRow<A, false, false>(dy, yref, dx, partial, n, s);
+    return GradRow<A, false, false>(dy, yref, dx, partial, n, s, stream);
   }
   if (clamped) {
-    return PiecewiseLinearGradRow<A, true, true>(dy, yref, dx, partial, n, s);
+    return GradRow<A, true, true>(dy, yref, dx, partial, n, s, stream);
   }
-  return PiecewiseLinearGradRow<A, false, true>(dy, yref, dx, partial, n, s);
+  return GradRow<A, false, true>(dy, yref, dx, partial, n, s, stream);
+}
+
+template <typename T, int A>
+constexpr bool IsPiecewiseLinear() {
+  return std::is_same<T, float>::value &&
+         (A == kLinear || A == kRelu || A == kLrelu);
 }
 
 template <typename T, int A, int G>
 constexpr bool UsesPiecewiseLinearGradRow() {
-  return std::is_same<T, float>::value && G == 1 &&
-         (A == kLinear || A == kRelu || A == kLrelu);
+  return IsPiecewiseLinear<T, A>() && G == 1;
 }
 
 // Adds the n outputs just written (still in L1) to the bias-gradient
@@ -246,11 +364,26 @@ void BiasActRange(const BiasActParams<T>& p, int64_t begin, int64_t end,
       if (channels_last && p.scalars.gain > 0.0f) {
         PiecewiseLinearGradRowFor<A>(p.x + i, yref, p.y + i,
                                      partial ? partial + channel : nullptr, n,
-                                     p.scalars);
+                                     p.scalars, p.stream);
         i += n;
         continue;
       }
     }
+#if TFPETS_HAS_STREAM_ROWS
+    if constexpr (IsPiecewiseLinear<T, A>() && G == 0) {
+      if (channels_last && p.stream) {
+        if (p.scalars.clamp >= 0.0f) {
+          StreamForwardRow<A, true>(p.x + i, p.b + channel, p.y + i, n,
+                                    p.scalars);
+        } else {
+          StreamForwardRow<A, false>(p.x + i, p.b + channel, p.y + i, n,
+                                     p.scalars);
+        }
+        i += n;
+        continue;
+      }
+    }
+#endif
     if (channels_last) {
       Span<T, A, G, true>(p.x + i, p.b + channel, xref, yref, dy, p.y + i, n,
                           p.scalars);
@@ -317,9 +450,15 @@ template <typename T>
 void RunBiasActRange(const BiasActParams<T>& p, int64_t begin, int64_t end,
                      float* partial = nullptr) {
 #if TFPETS_HAS_AVX2_CLONES
-  if (UseAvx2Clones()) return BiasActDispatchAvx2<T>(p, begin, end, partial);
-#endif
+  if (UseAvx2Clones()) {
+    BiasActDispatchAvx2<T>(p, begin, end, partial);
+  } else {
+    BiasActDispatch<T>(p, begin, end, partial);
+  }
+#else
   BiasActDispatch<T>(p, begin, end, partial);
+#endif
+  if (p.stream) StreamFence();
 }
 
 struct CpuDeviceTag {};
@@ -475,6 +614,10 @@ class FusedBiasActOp : public OpKernel {
     p.act = act_;
     p.grad = grad_;
     p.scalars = scalars_;
+    // Only the piecewise-linear float rows stream (see StreamForwardRow).
+    p.stream = kOnCpu && std::is_same<T, float>::value &&
+               act_ <= kLrelu && grad_ <= 1 && CanStreamRows() &&
+               StreamOutput(p.size * static_cast<int64_t>(sizeof(T)));
     BiasActLauncher<Tag, T>::Run(ctx, p,
                                  reduce_b_ ? db->flat<T>().data() : nullptr);
   }

@@ -57,6 +57,7 @@ struct BiasActParams {
   int act;
   int grad;
   BiasActScalars scalars;
+  bool stream;  // Non-temporal stores of y (CPU only).
 };
 
 // The largest filter the CUDA kernel accepts (weights travel by value).

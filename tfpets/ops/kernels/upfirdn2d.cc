@@ -12,19 +12,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 #include <vector>
-
-#if defined(__x86_64__)
-#include <emmintrin.h>
-#endif
 
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "cpu_stream.h"
 #include "tfpets_ops.h"
 
 namespace tfpets {
@@ -281,49 +276,6 @@ void WritePixel(T* out, const S* const* src, const float* w, int count,
   if (!std::is_same<T, float>::value) {
     for (int64_t c = 0; c < channels; ++c) out[c] = static_cast<T>(acc[c]);
   }
-}
-
-// An output larger than half the last-level cache (32 MB per core complex
-// on current server CPUs) is no longer cached when the next op reads it,
-// and a plain store first reads each output line from memory
-// (write-allocate). Non-temporal stores skip that read: forward + backward
-// of up, down and filter at 8x64x64x256 and 8x128x128x128 ran 6-11 %
-// faster with them on 2 Zen 4 cores. (FusedBiasAct gained nothing from
-// them.) TFPETS_OPS_STREAM_MIN_BYTES overrides the threshold; tests set 0
-// to compare the two paths.
-bool StreamOutput(int64_t bytes) {
-  static const int64_t min_bytes = [] {
-    const char* value = std::getenv("TFPETS_OPS_STREAM_MIN_BYTES");
-    return value != nullptr ? std::atoll(value) : int64_t{16} << 20;
-  }();
-  return bytes >= min_bytes;
-}
-
-// Copies with non-temporal stores where dst is 16-byte aligned, plain
-// stores at the unaligned ends; StreamFence must follow before another
-// thread reads dst.
-void StreamCopy(void* dst, const void* src, int64_t bytes) {
-#if defined(__x86_64__)
-  auto* out = static_cast<char*>(dst);
-  const auto* in = static_cast<const char*>(src);
-  const int64_t misalignment = reinterpret_cast<uintptr_t>(out) % 16;
-  const int64_t head = std::min<int64_t>(bytes, (16 - misalignment) % 16);
-  std::memcpy(out, in, head);
-  int64_t k = head;
-  for (; k + 16 <= bytes; k += 16) {
-    _mm_stream_si128(reinterpret_cast<__m128i*>(out + k),
-                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + k)));
-  }
-  std::memcpy(out + k, in + k, bytes - k);
-#else
-  std::memcpy(dst, src, bytes);
-#endif
-}
-
-void StreamFence() {
-#if defined(__x86_64__)
-  _mm_sfence();
-#endif
 }
 
 // Hands out the places for a worker's consecutive output elements: in

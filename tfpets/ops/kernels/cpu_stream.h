@@ -1,0 +1,66 @@
+// Non-temporal (streaming) stores for the CPU kernels' large outputs.
+//
+// An output larger than half the last-level cache (32 MB per core complex
+// on current server CPUs) is no longer cached when the next op reads it,
+// and a plain store first reads each output line from memory
+// (write-allocate). Non-temporal stores skip that read. On 2 Zen 4 cores,
+// forward + backward at 8x64x64x256 and 8x128x128x128 ran 6-11 % faster
+// for UpFirDn2D (outputs staged in L1, then copied out) and 1.1-1.3x
+// faster for FusedBiasAct's piecewise-linear rows (stored straight from
+// registers: staged copies gained nothing there).
+
+#ifndef TFPETS_OPS_KERNELS_CPU_STREAM_H_
+#define TFPETS_OPS_KERNELS_CPU_STREAM_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
+namespace tfpets {
+
+// Whether an output of `bytes` is streamed. TFPETS_OPS_STREAM_MIN_BYTES
+// overrides the 16 MiB threshold; tests set 0 to compare the two paths.
+inline bool StreamOutput(int64_t bytes) {
+  static const int64_t min_bytes = [] {
+    const char* value = std::getenv("TFPETS_OPS_STREAM_MIN_BYTES");
+    return value != nullptr ? std::atoll(value) : int64_t{16} << 20;
+  }();
+  return bytes >= min_bytes;
+}
+
+// Copies with non-temporal stores where dst is 16-byte aligned, plain
+// stores at the unaligned ends; StreamFence must follow before another
+// thread reads dst.
+inline void StreamCopy(void* dst, const void* src, int64_t bytes) {
+#if defined(__x86_64__)
+  auto* out = static_cast<char*>(dst);
+  const auto* in = static_cast<const char*>(src);
+  const int64_t misalignment = reinterpret_cast<uintptr_t>(out) % 16;
+  const int64_t head = std::min<int64_t>(bytes, (16 - misalignment) % 16);
+  std::memcpy(out, in, head);
+  int64_t k = head;
+  for (; k + 16 <= bytes; k += 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(out + k),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + k)));
+  }
+  std::memcpy(out + k, in + k, bytes - k);
+#else
+  std::memcpy(dst, src, bytes);
+#endif
+}
+
+// Orders a worker's non-temporal stores before the op completes.
+inline void StreamFence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
+
+}  // namespace tfpets
+
+#endif  // TFPETS_OPS_KERNELS_CPU_STREAM_H_
