@@ -2,7 +2,10 @@
 
 Prints (and optionally writes) JSON with, per op, shape, allocator setting and
 implementation: forward and forward+backward milliseconds (min and median of
-`--reps` timed calls after warm-up) and peak memory, plus ref/custom ratios.
+the timed calls after warm-up) and peak memory, plus ref/custom ratios. Each
+figure times at least `--reps` calls and at least `--min-seconds` of them, as
+`timeit`'s autorange does: 7 calls of a 1 ms case are over in 10 ms, within
+one of this machine's swings, while its 128 px cases take 20-90 ms a call.
 Each call is one `tf.function` call, so it includes TensorFlow's fixed cost of
 a call (about 0.3 ms here), which decides the ratio at small shapes; `chain_fwd_bwd`
 is therefore also measured: forward+backward per op inside one `tf.function` of
@@ -48,7 +51,7 @@ then the table keeps its entries for the others. `--table-from REPORT.json` redo
 that from a saved report.
 
 Usage: python benchmarks/bench_ops.py [--out FILE] [--write-table]
-         [--reps 7] [--quick] [--allocators default,nommap,tf_bfc]
+         [--reps 7] [--min-seconds 0.5] [--quick] [--allocators default,nommap,tf_bfc]
          [--ops fused_bias_act,upfirdn2d] [--rounds 1]
        python benchmarks/bench_ops.py --table-from REPORT.json
 """
@@ -140,9 +143,10 @@ def _build_function(op: str, description: str, impl: str, shape):
           (x, b))
 
 
-def _time_calls(fn, args, reps: int) -> list[float]:
+def _time_calls(fn, args, reps: int, min_seconds: float = 0.0) -> list[float]:
+  """Milliseconds of at least `reps` calls lasting at least `min_seconds`."""
   times = []
-  for _ in range(reps):
+  while len(times) < reps or sum(times) < min_seconds * 1000:
     start = time.perf_counter()
     fn(*args)  # Eager calls of a tf.function on CPU return when done.
     times.append((time.perf_counter() - start) * 1000)
@@ -162,7 +166,8 @@ def worker(spec: dict) -> dict:
   tf_peak = _reset_tf_peak()
   for name, fn in zip(METRICS, functions):
     _time_calls(fn, args, spec['warmup'])
-    times = _time_calls(fn, args, spec['reps'])
+    times = _time_calls(fn, args, spec['reps'], spec['min_seconds'])
+    result[f'{name}_calls'] = len(times)
     if name.startswith('chain'):
       times = [t / CHAIN for t in times]
     result[f'{name}_ms_min'] = round(min(times), 3)
@@ -215,7 +220,8 @@ def _case_specs(args) -> list[dict]:
                         ', clamp 256' if clamped else ''),
                     'shape': list(STYLEGAN_SHAPES[1]), 'impl': impl})
   for spec in specs:
-    spec.update(reps=args.reps, warmup=args.warmup)
+    spec.update(reps=args.reps, warmup=args.warmup,
+                min_seconds=args.min_seconds)
   return specs
 
 
@@ -326,6 +332,8 @@ def main() -> int:
   parser.add_argument('--table-from',
                       help='only rewrite auto_table.json from this report')
   parser.add_argument('--reps', type=int, default=7)
+  parser.add_argument('--min-seconds', type=float, default=0.5,
+                      help='time each figure over at least this long')
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--rounds', type=int, default=1,
                       help='measure every case this many times, alternating '
@@ -343,6 +351,8 @@ def main() -> int:
     parser.error(f'--ops: unknown op(s) {unknown}; choose from {OPS}')
   if args.rounds < 1:
     parser.error(f'--rounds must be at least 1, got {args.rounds}')
+  if args.reps < 1 or args.min_seconds < 0:
+    parser.error('--reps must be at least 1 and --min-seconds at least 0')
   if args.worker:
     print(json.dumps(worker(json.loads(args.worker))))
     return 0
