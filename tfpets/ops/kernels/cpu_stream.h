@@ -1,4 +1,5 @@
-// Non-temporal (streaming) stores for the CPU kernels' large outputs.
+// Non-temporal (streaming) stores for the CPU kernels' large outputs, and
+// the size past which a tensor is taken to live in memory, not in cache.
 //
 // An output larger than half the last-level cache (32 MB per core complex
 // on current server CPUs) is no longer cached when the next op reads it,
@@ -23,9 +24,10 @@
 
 namespace tfpets {
 
-// Whether an output of `bytes` is streamed. TFPETS_OPS_STREAM_MIN_BYTES
+// Whether a tensor of `bytes` is too large to stay cached between ops: such
+// outputs are streamed and such inputs prefetched. TFPETS_OPS_STREAM_MIN_BYTES
 // overrides the 16 MiB threshold; tests set 0 to compare the two paths.
-inline bool StreamOutput(int64_t bytes) {
+inline bool BeyondCache(int64_t bytes) {
   static const int64_t min_bytes = [] {
     const char* value = std::getenv("TFPETS_OPS_STREAM_MIN_BYTES");
     return value != nullptr ? std::atoll(value) : int64_t{16} << 20;

