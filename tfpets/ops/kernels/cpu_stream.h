@@ -1,5 +1,5 @@
 // Non-temporal (streaming) stores for the CPU kernels' large outputs, and
-// the size past which a tensor is taken to live in memory, not in cache.
+// the sizes past which a tensor is taken to live beyond a cache.
 //
 // An output larger than half the last-level cache (32 MB per core complex
 // on current server CPUs) is no longer cached when the next op reads it,
@@ -24,15 +24,23 @@
 
 namespace tfpets {
 
-// Whether a tensor of `bytes` is too large to stay cached between ops: such
-// outputs are streamed and such inputs prefetched. TFPETS_OPS_STREAM_MIN_BYTES
-// overrides the 16 MiB threshold; tests set 0 to compare the two paths.
-inline bool BeyondCache(int64_t bytes) {
+// Whether an output of `bytes` is too large to stay cached between ops,
+// and so is streamed. TFPETS_OPS_STREAM_MIN_BYTES overrides the 16 MiB
+// threshold; tests set 0 to compare the two paths.
+inline bool StreamOutput(int64_t bytes) {
   static const int64_t min_bytes = [] {
     const char* value = std::getenv("TFPETS_OPS_STREAM_MIN_BYTES");
     return value != nullptr ? std::atoll(value) : int64_t{16} << 20;
   }();
   return bytes >= min_bytes;
+}
+
+// Whether an input of `bytes` is larger than a core's L2 cache (1 MiB on
+// current server CPUs), so that its reads wait on L3 or memory and are
+// worth prefetching. A lower TFPETS_OPS_STREAM_MIN_BYTES lowers this
+// threshold too, so that tests force both paths with one variable.
+inline bool BeyondL2(int64_t bytes) {
+  return bytes >= (int64_t{1} << 20) || StreamOutput(bytes);
 }
 
 // Copies with non-temporal stores where dst is 16-byte aligned, plain

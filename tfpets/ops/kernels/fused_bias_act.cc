@@ -617,7 +617,7 @@ class FusedBiasActOp : public OpKernel {
     // Only the piecewise-linear float rows stream (see StreamForwardRow).
     p.stream = kOnCpu && std::is_same<T, float>::value &&
                act_ <= kLrelu && grad_ <= 1 && CanStreamRows() &&
-               BeyondCache(p.size * static_cast<int64_t>(sizeof(T)));
+               StreamOutput(p.size * static_cast<int64_t>(sizeof(T)));
     BiasActLauncher<Tag, T>::Run(ctx, p,
                                  reduce_b_ ? db->flat<T>().data() : nullptr);
   }

@@ -410,10 +410,10 @@ std::pair<int64_t, int64_t> SourceRowSpan(const AxisTaps& rows,
 
 // The input rows that the flattened output row `row + 1` reads and `row`
 // does not, spread over the `row`'s output pixels. Going down an image the
-// other rows were read for earlier output rows and are still cached; in a
-// tensor beyond the cache the new ones come from memory, and without this
-// the vertical pass waits on them while the horizontal pass, working from
-// cache, leaves memory idle.
+// other rows were read for earlier output rows and are still in L2; in a
+// tensor larger than L2 the new ones come from L3 or memory, and without
+// this the vertical pass waits on them while the horizontal pass, working
+// from L1 and L2, leaves memory idle.
 template <typename T>
 SpreadPrefetch NextRowsPrefetch(const T* x, const UpFirDnShape& s,
                                 const SeparableWeights& weights,
@@ -441,9 +441,11 @@ SpreadPrefetch NextRowsPrefetch(const T* x, const UpFirDnShape& s,
 // `s.prefetch` the horizontal pass prefetches the next row's new input
 // rows: on 2 Zen 4 cores, forward + backward at 8x64x64x256 and
 // 8x128x128x128 ran 1.3-1.6x faster for the filter pass, 1.2x for up and
-// 1.04-1.26x for down. For the filter, prefetching within the vertical
-// pass instead, 4 KB ahead, gained only 1.07-1.11x; prefetching here into
-// L1 instead of L2 was 1.1-1.2x slower.
+// 1.04-1.26x for down, and at 8x16x16x512 (4 MB, which fits in L3)
+// 1.25-1.32x for the filter, 1.07-1.09x for up and the same for down.
+// For the filter, prefetching within the vertical pass instead, 4 KB
+// ahead, gained only 1.07-1.11x; prefetching here into L1 instead of L2
+// was 1.1-1.2x slower.
 template <typename T>
 void UpFirDnRowsSeparable(const T* x, T* y, const UpFirDnShape& s,
                           const SeparableWeights& weights,
@@ -631,10 +633,10 @@ class UpFirDn2DOp : public OpKernel {
                     x.shape().DebugString(),
                     " and filter ", k.shape().DebugString())));
     constexpr bool kOnCpu = std::is_same<Tag, CpuDeviceTag>::value;
-    s.stream = kOnCpu && BeyondCache(s.n * s.out_h * s.out_w * s.channels *
-                                     static_cast<int64_t>(sizeof(T)));
-    s.prefetch = kOnCpu && BeyondCache(x.NumElements() *
-                                       static_cast<int64_t>(sizeof(T)));
+    s.stream = kOnCpu && StreamOutput(s.n * s.out_h * s.out_w * s.channels *
+                                      static_cast<int64_t>(sizeof(T)));
+    s.prefetch = kOnCpu && BeyondL2(x.NumElements() *
+                                    static_cast<int64_t>(sizeof(T)));
     OP_REQUIRES(ctx, kOnCpu || k.NumElements() <= kMaxGpuTaps,
                 absl::InvalidArgumentError(absl::StrCat(
                     "UpFirDn2D: the GPU kernel takes at most ", kMaxGpuTaps,
