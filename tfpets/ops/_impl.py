@@ -15,7 +15,9 @@ build instead (read once, when the first kernel runs). `UpFirDn2D` writes
 outputs of 16 MiB or more with non-temporal stores, and so does
 `FusedBiasAct` for float linear, relu and lrelu (forward and first
 derivative, on AVX2 CPUs); `TFPETS_OPS_STREAM_MIN_BYTES` sets that
-threshold in bytes (also read once).
+threshold in bytes (also read once). `UpFirDn2D` also prefetches the input
+rows of its next output row when its input is 1 MiB or more (or at least
+`TFPETS_OPS_STREAM_MIN_BYTES`, if that is lower).
 
 `impl='auto'` picks `custom` only when all of these hold:
 
