@@ -441,8 +441,9 @@ SpreadPrefetch NextRowsPrefetch(const T* x, const UpFirDnShape& s,
 // `s.prefetch` the horizontal pass prefetches the next row's new input
 // rows: on 2 Zen 4 cores, forward + backward at 8x64x64x256 and
 // 8x128x128x128 ran 1.3-1.6x faster for the filter pass, 1.2x for up and
-// 1.04-1.26x for down, and at 8x16x16x512 (4 MB, which fits in L3)
-// 1.25-1.32x for the filter, 1.07-1.09x for up and the same for down.
+// 1.04-1.26x for down; at 8x16x16x512 (4 MB, which fits in L3), starting
+// at 1 MiB instead of 16 MiB made the filter pass 1.25-1.32x faster, up
+// 1.07-1.09x and left down unchanged.
 // For the filter, prefetching within the vertical pass instead, 4 KB
 // ahead, gained only 1.07-1.11x; prefetching here into L1 instead of L2
 // was 1.1-1.2x slower.
