@@ -62,6 +62,7 @@ def test_fused_bias_act_matches_reference(library, act, alpha, gain, clamp):
   b = rng.normal(size=(5,)).astype(np.float32)
   empty = tf.zeros([0], tf.float32)
   outputs = library.fused_bias_act(x=x, b=b, xref=empty, yref=empty, dy=empty,
+                                   yref_positive=tf.zeros([0], tf.uint8),
                                    grad=0, axis=-1, act=act, alpha=alpha,
                                    gain=gain, clamp=clamp)
   expected = _bias_act_reference(x, b, act, alpha, gain, clamp)

@@ -264,6 +264,119 @@ def test_custom_shape_function_with_unknown_dims(custom_ops):
   assert fn(tf.ones([2, 5, 3, 8])).shape == (2, 5, 3, 8)
 
 
+def _cpu_has_avx2() -> bool:
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      return ' avx2' in f.read()
+  except OSError:
+    return False
+
+
+def _raw_bias_act(x, b, act, grad=0, yref=None, yref_positive=None,
+                  **attrs):
+  """The FusedBiasAct op itself, with lrelu's defaults and empty extras."""
+  library = _impl.require_library()
+  empty = tf.zeros([0], tf.float32)
+  bits = tf.zeros([0], tf.uint8) if yref_positive is None else yref_positive
+  kwargs = dict(axis=-1, act=ops.ACTIVATIONS[act].index, alpha=0.2,
+                gain=float(SQRT2), clamp=-1.0)
+  kwargs.update(attrs)
+  return library.fused_bias_act(x, b, empty,
+                                empty if yref is None else yref, empty, bits,
+                                grad=grad, **kwargs)
+
+
+# 3885 and 2048 elements: rows of 37 and 512 channels, vector bodies, scalar
+# ends and (3885) a last byte with unused bits.
+SIGN_BIT_SHAPES = ((3, 5, 7, 37), (1, 2, 2, 512))
+
+
+@pytest.mark.parametrize('shape', SIGN_BIT_SHAPES)
+@pytest.mark.parametrize('act', ['relu', 'lrelu'])
+def test_custom_forward_packs_the_sign_of_y(custom_ops, act, shape):
+  del custom_ops
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=shape).astype(np.float32)
+  b = rng.normal(size=shape[-1:]).astype(np.float32)
+  out = _raw_bias_act(x, b, act, emit_positive=True)
+  if not _cpu_has_avx2():
+    assert out.y_positive.shape == (0,)
+    return
+  positive = (x.astype(np.float64) + b) > 0
+  want = np.packbits(positive.reshape(-1), bitorder='little')
+  np.testing.assert_array_equal(out.y_positive.numpy(), want)
+
+
+@pytest.mark.parametrize('case', [
+    dict(act='lrelu', clamp=1.0),  # The gradient needs |y| < clamp too.
+    dict(act='tanh'),
+    dict(act='lrelu', axis=1),
+    dict(act='lrelu', gain=-1.0),
+    dict(act='lrelu', emit_positive=False),
+])
+def test_custom_forward_emits_no_sign_bits_where_unused(custom_ops, case):
+  del custom_ops
+  case = dict(case)
+  x = tf.random.normal([2, 3, 3, 16], seed=1)
+  axis = case.get('axis', -1)
+  b = tf.random.normal([x.shape[axis]], seed=2)
+  out = _raw_bias_act(x, b, case.pop('act'),
+                      **{'emit_positive': True, **case})
+  assert out.y_positive.shape == (0,)
+
+
+@pytest.mark.parametrize('shape', SIGN_BIT_SHAPES)
+@pytest.mark.parametrize('act', ['relu', 'lrelu'])
+def test_custom_gradient_from_sign_bits_equals_numpy(custom_ops, act, shape):
+  del custom_ops
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=shape).astype(np.float32)
+  b = rng.normal(size=shape[-1:]).astype(np.float32)
+  dy = rng.normal(size=shape).astype(np.float32)
+  forward = _raw_bias_act(x, b, act, emit_positive=True)
+  from_bits = _raw_bias_act(dy, b, act, grad=1, yref=forward.y,
+                            yref_positive=forward.y_positive, reduce_b=True)
+  from_yref = _raw_bias_act(dy, b, act, grad=1, yref=forward.y,
+                            reduce_b=True)
+  negative_slope = 0.2 if act == 'lrelu' else 0.0
+  s = x.astype(np.float64) + b
+  want_dx = dy * np.where(s > 0, 1.0, negative_slope) * SQRT2
+  np.testing.assert_allclose(from_bits.y.numpy(), want_dx, rtol=1e-6,
+                             atol=1e-6)
+  np.testing.assert_allclose(from_bits.db.numpy(),
+                             want_dx.reshape(-1, shape[-1]).sum(0),
+                             rtol=1e-4, atol=1e-4)
+  # Same slopes, same order of the bias-gradient sums: identical results.
+  np.testing.assert_array_equal(from_bits.y.numpy(), from_yref.y.numpy())
+  np.testing.assert_array_equal(from_bits.db.numpy(), from_yref.db.numpy())
+
+
+def test_custom_gradient_refuses_sign_bits_of_the_wrong_size(custom_ops):
+  del custom_ops
+  x = tf.ones([2, 9])  # 18 elements: 3 bytes of bits.
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match='yref_positive has 2 bytes, expected 0 or 3'):
+    _raw_bias_act(x, tf.zeros([9]), 'lrelu', grad=1, yref=x,
+                  yref_positive=tf.zeros([2], tf.uint8))
+
+
+def test_custom_gradient_reads_the_forward_sign_bits(custom_ops):
+  x = tf.random.normal([2, 4, 4, 8], seed=3)
+  b = tf.zeros([8])
+
+  @tf.function
+  def forward_backward(x, b):
+    with tf.GradientTape() as tape:
+      tape.watch([x, b])
+      y = custom_ops.fused_bias_act(x, b, act='lrelu', impl='custom')
+    return tape.gradient(y, [x, b])
+
+  graph = forward_backward.get_concrete_function(x, b).graph
+  by_grad = {op.get_attr('grad'): op for op in graph.get_operations()
+             if op.type == 'FusedBiasAct'}
+  assert by_grad[1].inputs[5] is by_grad[0].outputs[2]
+
+
 # ---------------------------------------------------------------------------
 # Choice of implementation.
 # ---------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 The CPU kernels pick between variants at run time:
 
 * an AVX2 build of their loops beside the plain x86-64 one
-  (`kernels/tfpets_ops.h`); `TFPETS_OPS_ISA=baseline` forces the plain one;
+  (`kernels/tfpets_ops.h`); `TFPETS_OPS_ISA=baseline` forces the plain one,
+  which also makes `FusedBiasAct`'s relu and lrelu gradients read the sign
+  of y from y itself instead of from the bits the AVX2 forward pass packs;
 * for tensors above a size threshold (`kernels/cpu_stream.h`),
   non-temporal stores of the output: `UpFirDn2D` stages its output in a
   small buffer and copies it out, `FusedBiasAct`'s piecewise-linear rows

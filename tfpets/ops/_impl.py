@@ -17,7 +17,10 @@ outputs of 16 MiB or more with non-temporal stores, and so does
 derivative, on AVX2 CPUs); `TFPETS_OPS_STREAM_MIN_BYTES` sets that
 threshold in bytes (also read once). `UpFirDn2D` also prefetches the input
 rows of its next output row when its input is 1 MiB or more (or at least
-`TFPETS_OPS_STREAM_MIN_BYTES`, if that is lower).
+`TFPETS_OPS_STREAM_MIN_BYTES`, if that is lower). On AVX2 CPUs the float
+relu and lrelu forward pass of `FusedBiasAct` (no clamp, bias on the last
+axis) also packs the sign of its output into one bit per element, which its
+gradient reads instead of the output: 1/32 of the bytes.
 
 `impl='auto'` picks `custom` only when all of these hold:
 

@@ -115,6 +115,11 @@ def _empty(dtype: tf.DType) -> tf.Tensor:
   return tf.zeros([0], dtype)
 
 
+def _no_bits() -> tf.Tensor:
+  """An empty `yref_positive`: the gradient reads yref's sign."""
+  return tf.zeros([0], tf.uint8)
+
+
 def _reduce_to_axis(t: tf.Tensor, axis: int) -> tf.Tensor:
   """Sums over every axis except `axis` (the bias gradient).
 
@@ -138,10 +143,12 @@ def _bias_act_custom(x: tf.Tensor, b: tf.Tensor | None, axis: int, act: str,
   module = _impl.require_library()
   b = _empty(x.dtype) if b is None else tf.cast(b, x.dtype)
   empty = _empty(x.dtype)
+  # The kernel emits y's sign bits only where its gradient can read them in
+  # place of y (the op's doc says where), and an empty tensor elsewhere.
   return module.fused_bias_act(
-      x, b, empty, empty, empty, grad=0, axis=axis, act=spec.index,
-      alpha=float(alpha), gain=float(gain),
-      clamp=-1.0 if clamp is None else float(clamp)).y
+      x, b, empty, empty, empty, _no_bits(), grad=0, axis=axis,
+      act=spec.index, alpha=float(alpha), gain=float(gain),
+      clamp=-1.0 if clamp is None else float(clamp), emit_positive=True).y
 
 
 def fused_bias_act(x: Any,
@@ -201,14 +208,15 @@ def fused_bias_act(x: Any,
 
 
 # ---------------------------------------------------------------------------
-# Gradients of the custom op. The op has inputs (x, b, xref, yref, dy),
-# outputs (y, db) and the attribute `grad`:
+# Gradients of the custom op. The op has inputs (x, b, xref, yref, dy,
+# yref_positive), outputs (y, db, y_positive) and the attribute `grad`:
 #   grad 0: y = clamp(gain * f(x + b))
 #   grad 1: y = gain * f'(xref + b) * x, masked where |yref| >= clamp
 #   grad 2: d/dxref of grad 1 = gain * f''(xref + b) * x * dy, masked
 # With `reduce_b` (grad 1, 2) it also returns db = sum of y over all axes but
 # `axis`, computed in the same pass. All of them are diagonal in x, so each
-# gradient is again this op.
+# gradient is again this op. y_positive (the sign bits of y, where the
+# forward op emitted them) is passed on as yref_positive; it has no gradient.
 # ---------------------------------------------------------------------------
 
 
@@ -226,7 +234,7 @@ def _has_bias(b: tf.Tensor) -> bool:
 
 
 def _first_order(op: tf.Operation, dy: tf.Tensor) -> list[Any]:
-  """Gradient of the forward op: returns (dx, db, None, None, None)."""
+  """Gradient of the forward op: returns (dx, db, None, None, None, None)."""
   module = _impl.require_library()
   attrs = _attrs(op)
   spec = _spec_by_index(attrs['act'])
@@ -235,12 +243,13 @@ def _first_order(op: tf.Operation, dy: tf.Tensor) -> list[Any]:
     # The derivative is the constant gain: no kernel pass needed.
     dx = dy if attrs['gain'] == 1 else dy * tf.cast(attrs['gain'], dy.dtype)
     db = _reduce_to_axis(dx, attrs['axis']) if _has_bias(b) else None
-    return [dx, db, None, None, None]
+    return [dx, db, None, None, None, None]
   needs_xref = spec.uses_xref or spec.has_2nd_grad
   xref = x if needs_xref else _empty(x.dtype)
-  dx, db = module.fused_bias_act(dy, b, xref, op.outputs[0], _empty(x.dtype),
-                                 grad=1, reduce_b=_has_bias(b), **attrs)
-  return [dx, db if _has_bias(b) else None, None, None, None]
+  dx, db, _ = module.fused_bias_act(dy, b, xref, op.outputs[0],
+                                    _empty(x.dtype), op.outputs[2], grad=1,
+                                    reduce_b=_has_bias(b), **attrs)
+  return [dx, db if _has_bias(b) else None, None, None, None, None]
 
 
 def _broadcast_add(t: tf.Tensor, v: tf.Tensor, axis: int) -> tf.Tensor:
@@ -252,7 +261,7 @@ def _broadcast_add(t: tf.Tensor, v: tf.Tensor, axis: int) -> tf.Tensor:
 
 def _second_order(op: tf.Operation, d_dx: tf.Tensor,
                   d_db: tf.Tensor | None) -> list[Any]:
-  """Gradient of the grad-1 op with respect to (dy, b, xref, yref, -).
+  """Gradient of the grad-1 op with respect to (dy, b, xref, yref, -, -).
 
   Its db output is the sum of its dx output, so db's cotangent joins dx's,
   broadcast. The whole second derivative is attributed to `xref` (and `b`,
@@ -262,21 +271,24 @@ def _second_order(op: tf.Operation, d_dx: tf.Tensor,
   module = _impl.require_library()
   attrs = _attrs(op)
   spec = _spec_by_index(attrs['act'])
-  dy, b, xref, yref = op.inputs[0], op.inputs[1], op.inputs[2], op.inputs[3]
+  dy, b, xref, yref, positive = (op.inputs[0], op.inputs[1], op.inputs[2],
+                                 op.inputs[3], op.inputs[5])
   if op.get_attr('reduce_b') and d_db is not None:
     d_dx = _broadcast_add(d_dx, d_db, attrs['axis'])
   d_dy = module.fused_bias_act(d_dx, b, xref, yref, _empty(dy.dtype),
-                               grad=1, **attrs).y
+                               positive, grad=1, **attrs).y
   if not spec.has_2nd_grad:
-    return [d_dy, None, None, None, None]
-  d_xref, d_b = module.fused_bias_act(d_dx, b, xref, yref, dy, grad=2,
-                                      reduce_b=_has_bias(b), **attrs)
-  return [d_dy, d_b if _has_bias(b) else None, d_xref, None, None]
+    return [d_dy, None, None, None, None, None]
+  d_xref, d_b, _ = module.fused_bias_act(d_dx, b, xref, yref, dy, _no_bits(),
+                                         grad=2, reduce_b=_has_bias(b),
+                                         **attrs)
+  return [d_dy, d_b if _has_bias(b) else None, d_xref, None, None, None]
 
 
 @tf.RegisterGradient('FusedBiasAct')
 def _fused_bias_act_grad(op: tf.Operation, grad_y: tf.Tensor,
-                         grad_db: tf.Tensor | None) -> list[Any]:
+                         grad_db: tf.Tensor | None,
+                         unused_grad_y_positive: Any = None) -> list[Any]:
   order = op.get_attr('grad')
   if order == 0:
     return _first_order(op, grad_y)

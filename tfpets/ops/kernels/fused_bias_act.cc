@@ -37,6 +37,9 @@ namespace {
 absl::Status BiasActShapeFn(
     ::tensorflow::shape_inference::InferenceContext* c) {
   c->set_output(0, c->input(0));
+  bool emit_positive = false;
+  TF_RETURN_IF_ERROR(c->GetAttr("emit_positive", &emit_positive));
+  c->set_output(2, emit_positive ? c->Vector(c->UnknownDim()) : c->Vector(0));
   bool reduce_b = false;
   TF_RETURN_IF_ERROR(c->GetAttr("reduce_b", &reduce_b));
   if (!reduce_b) {
@@ -67,8 +70,10 @@ REGISTER_OP("FusedBiasAct")
     .Input("xref: T")
     .Input("yref: T")
     .Input("dy: T")
+    .Input("yref_positive: uint8")
     .Output("y: T")
     .Output("db: T")
+    .Output("y_positive: uint8")
     .Attr("T: {float, half, bfloat16}")
     .Attr("grad: int = 0")
     .Attr("reduce_b: bool = false")
@@ -77,6 +82,7 @@ REGISTER_OP("FusedBiasAct")
     .Attr("alpha: float = 0.0")
     .Attr("gain: float = 1.0")
     .Attr("clamp: float = -1.0")
+    .Attr("emit_positive: bool = false")
     .SetShapeFn(BiasActShapeFn)
     .Doc(R"doc(
 Fused bias + activation + gain + clamp (StyleGAN2-ADA).
@@ -87,6 +93,14 @@ grad=1: x is an incoming gradient; y = gain * act'(xref + b) * x, zero where
 b, xref, yref and dy may be empty ([0]) where unused. With reduce_b (grad
 1 or 2 only), db = sum of y over every axis but `axis` (the bias gradient,
 accumulated in float, in a fixed order); otherwise db is empty.
+
+y_positive: with emit_positive, on CPU, for float32 relu and lrelu with a
+positive gain, no clamp and the bias along the last axis (on AVX2 CPUs, for
+a 32-byte aligned y, as TensorFlow allocates it), y > 0 packed one bit per
+element (bit k % 8 of byte k / 8, unused bits zero); otherwise empty. A grad=1 op given it as yref_positive reads it in place of
+yref's sign: the gradient then reads 1/32 of the bytes of yref, and it is
+bound by memory bandwidth. yref is still required (it serves every other
+case); an empty yref_positive is ignored.
 )doc");
 
 namespace {
@@ -96,6 +110,29 @@ using ::tensorflow::int64;
 template <typename T>
 inline float ToFloat(T v) {
   return static_cast<float>(v);
+}
+
+// y_positive's layout: element k is bit k % 8 of byte k / 8. The AVX2
+// rows' vector bodies, which start where the output is 32-byte aligned,
+// read and write whole bytes; the op uses the bits only for aligned
+// outputs, where those starts are multiples of 8 elements. Workers own
+// whole bytes (the forward pass splits its work at multiples of 8
+// elements), so StoreBit's read-modify-write never races.
+inline void StoreBit(uint8_t* bits, int64_t position, bool value) {
+  const int shift = static_cast<int>(position & 7);
+  uint8_t& byte = bits[position >> 3];
+  byte = static_cast<uint8_t>((byte & ~(1u << shift)) |
+                              (unsigned{value} << shift));
+}
+
+inline bool LoadBit(const uint8_t* bits, int64_t position) {
+  return (bits[position >> 3] >> (position & 7)) & 1;
+}
+
+// Whether the AVX2 rows of an output at `data` start their vector bodies
+// at multiples of 8 elements.
+inline bool AlignedForBits(const void* data) {
+  return reinterpret_cast<uintptr_t>(data) % 32 == 0;
 }
 
 // n consecutive elements. kPerElementBias: the bias advances with the
@@ -192,10 +229,26 @@ void PiecewiseLinearGradRow(const float* dy, const float* __restrict yref,
   }
 }
 
-// Streamed rows: the piecewise-linear forward and first-derivative rows
-// with AVX2 non-temporal stores straight from registers (cpu_stream.h says
-// why). They compute exactly what BiasActSpan and PiecewiseLinearGradRow
-// compute, which also run their unaligned ends.
+// PiecewiseLinearGradRow, unclamped, with the slope picked by the
+// y_positive bits from `first` on instead of by yref.
+template <int A, bool kReduce>
+void PositiveBitsGradRow(const float* dy, const uint8_t* positive,
+                         int64_t first, float* dx, float* __restrict partial,
+                         int64_t n, BiasActScalars s) {
+  const float negative = A == kLrelu ? s.alpha * s.gain : 0.0f;
+  for (int64_t k = 0; k < n; ++k) {
+    const float g = dy[k] * (LoadBit(positive, first + k) ? s.gain : negative);
+    dx[k] = g;
+    if (kReduce) partial[k] += g;
+  }
+}
+
+// The piecewise-linear forward and first-derivative rows in AVX2, for two
+// jobs: non-temporal stores straight from registers (kStream; cpu_stream.h
+// says why), and the y_positive bits (one movemask per 8 outputs), which
+// the gradient reads in place of yref. They compute exactly what
+// BiasActSpan and PiecewiseLinearGradRow compute, which also run their
+// unaligned ends.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define TFPETS_HAS_STREAM_ROWS 1
 #define TFPETS_STREAM_ROW __attribute__((target("avx2")))
@@ -215,14 +268,22 @@ inline int64_t UnalignedHead(const float* out, int64_t n) {
   return std::min(n, (8 - misaligned) % 8);
 }
 
+// Sets the y_positive bits of y[0, n), element `first` onwards.
+inline void StorePositiveBits(const float* y, int64_t n, uint8_t* positive,
+                              int64_t first) {
+  for (int64_t k = 0; k < n; ++k) StoreBit(positive, first + k, y[k] > 0.0f);
+}
+
 // y = clamp(act(x + b) * gain): ActForward's ternaries as blends, so NaN
-// and signed zeros come out as in the scalar loop.
-template <int A, bool kClamped>
-TFPETS_STREAM_ROW void StreamForwardRow(const float* x, const float* b,
-                                        float* y, int64_t n,
-                                        BiasActScalars s) {
+// and signed zeros come out as in the scalar loop. With a non-null
+// `positive`, also sets its bits from `first` on (unclamped rows only).
+template <int A, bool kClamped, bool kStream>
+TFPETS_STREAM_ROW void ForwardRowAvx2(const float* x, const float* b,
+                                      float* y, int64_t n, BiasActScalars s,
+                                      uint8_t* positive, int64_t first) {
   const int64_t head = UnalignedHead(y, n);
   BiasActSpan<float, A, 0, true>(x, b, nullptr, nullptr, nullptr, y, head, s);
+  if (positive != nullptr) StorePositiveBits(y, head, positive, first);
   const __m256 zero = _mm256_setzero_ps();
   const __m256 alpha = _mm256_set1_ps(s.alpha);
   const __m256 gain = _mm256_set1_ps(s.gain);
@@ -242,58 +303,125 @@ TFPETS_STREAM_ROW void StreamForwardRow(const float* x, const float* b,
       t = _mm256_blendv_ps(t, high, _mm256_cmp_ps(t, high, _CMP_GT_OQ));
       t = _mm256_blendv_ps(t, low, _mm256_cmp_ps(t, low, _CMP_LT_OQ));
     }
-    _mm256_stream_ps(y + k, t);
+    if (kStream) {
+      _mm256_stream_ps(y + k, t);
+    } else {
+      _mm256_store_ps(y + k, t);
+    }
+    if (positive != nullptr) {
+      positive[(first + k) >> 3] = static_cast<uint8_t>(
+          _mm256_movemask_ps(_mm256_cmp_ps(t, zero, _CMP_GT_OQ)));
+    }
   }
   BiasActSpan<float, A, 0, true>(x + k, b + k, nullptr, nullptr, nullptr,
                                  y + k, n - k, s);
+  if (positive != nullptr) {
+    StorePositiveBits(y + k, n - k, positive, first + k);
+  }
 }
 
-// PiecewiseLinearGradRow with streamed dx.
-template <int A, bool kClamped, bool kReduce>
-TFPETS_STREAM_ROW void StreamGradRow(const float* dy,
-                                     const float* __restrict yref, float* dx,
-                                     float* __restrict partial, int64_t n,
-                                     BiasActScalars s) {
+// PiecewiseLinearGradRow with streamed dx (kStream) and/or the slope
+// picked by the y_positive bits from `first` on (kFromBits, unclamped).
+template <int A, bool kClamped, bool kReduce, bool kStream, bool kFromBits>
+TFPETS_STREAM_ROW void GradRowAvx2(const float* dy,
+                                   const float* __restrict yref,
+                                   const uint8_t* positive, int64_t first,
+                                   float* dx, float* __restrict partial,
+                                   int64_t n, BiasActScalars s) {
+  static_assert(!(kClamped && kFromBits), "the bits exist only unclamped");
+  auto scalar_span = [&](int64_t start, int64_t count) {
+    float* sums = kReduce ? partial + start : partial;
+    if (kFromBits) {
+      PositiveBitsGradRow<A, kReduce>(dy + start, positive, first + start,
+                                      dx + start, sums, count, s);
+    } else {
+      PiecewiseLinearGradRow<A, kClamped, kReduce>(
+          dy + start, yref + start, dx + start, sums, count, s);
+    }
+  };
   const int64_t head = UnalignedHead(dx, n);
-  PiecewiseLinearGradRow<A, kClamped, kReduce>(dy, yref, dx, partial, head, s);
+  scalar_span(0, head);
   const float negative_slope =
       A == kLinear ? s.gain : A == kLrelu ? s.alpha * s.gain : 0.0f;
   const __m256 zero = _mm256_setzero_ps();
-  const __m256 positive = _mm256_set1_ps(s.gain);
-  const __m256 negative = _mm256_set1_ps(negative_slope);
+  const __m256 positive_slope_v = _mm256_set1_ps(s.gain);
+  const __m256 negative_slope_v = _mm256_set1_ps(negative_slope);
   const __m256 high = _mm256_set1_ps(s.clamp);
   const __m256 low = _mm256_set1_ps(-s.clamp);
+  const __m256i lanes = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   int64_t k = head;
   for (; k + 8 <= n; k += 8) {
-    const __m256 r = _mm256_loadu_ps(yref + k);
-    const __m256 slope = _mm256_blendv_ps(
-        negative, positive, _mm256_cmp_ps(r, zero, _CMP_GT_OQ));
-    __m256 g = _mm256_mul_ps(_mm256_loadu_ps(dy + k), slope);
-    if (kClamped) {
-      const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(r, low, _CMP_GT_OQ),
-                                          _mm256_cmp_ps(r, high, _CMP_LT_OQ));
-      g = _mm256_and_ps(g, inside);
+    __m256 is_positive;
+    __m256 inside;
+    if (kFromBits) {
+      const __m256i bits = _mm256_set1_epi32(positive[(first + k) >> 3]);
+      is_positive = _mm256_castsi256_ps(
+          _mm256_cmpeq_epi32(_mm256_and_si256(bits, lanes), lanes));
+    } else {
+      const __m256 r = _mm256_loadu_ps(yref + k);
+      is_positive = _mm256_cmp_ps(r, zero, _CMP_GT_OQ);
+      if (kClamped) {
+        inside = _mm256_and_ps(_mm256_cmp_ps(r, low, _CMP_GT_OQ),
+                               _mm256_cmp_ps(r, high, _CMP_LT_OQ));
+      }
     }
-    _mm256_stream_ps(dx + k, g);
+    const __m256 slope =
+        _mm256_blendv_ps(negative_slope_v, positive_slope_v, is_positive);
+    __m256 g = _mm256_mul_ps(_mm256_loadu_ps(dy + k), slope);
+    if (kClamped) g = _mm256_and_ps(g, inside);
+    if (kStream) {
+      _mm256_stream_ps(dx + k, g);
+    } else {
+      _mm256_store_ps(dx + k, g);
+    }
     if (kReduce) {
       _mm256_storeu_ps(partial + k,
                        _mm256_add_ps(_mm256_loadu_ps(partial + k), g));
     }
   }
-  PiecewiseLinearGradRow<A, kClamped, kReduce>(
-      dy + k, yref + k, dx + k, kReduce ? partial + k : partial, n - k, s);
+  scalar_span(k, n - k);
 }
 #else
 #define TFPETS_HAS_STREAM_ROWS 0
 inline bool CanStreamRows() { return false; }
 #endif  // x86-64 GCC/Clang
 
-template <int A, bool kClamped, bool kReduce>
-void GradRow(const float* dy, const float* yref, float* dx, float* partial,
-             int64_t n, BiasActScalars s, bool stream) {
 #if TFPETS_HAS_STREAM_ROWS
+// Picks ForwardRowAvx2's variant once per row. The y_positive bits exist
+// only unclamped.
+template <int A>
+void ForwardRowAvx2For(const float* x, const float* b, float* y, int64_t n,
+                       BiasActScalars s, bool stream, uint8_t* positive,
+                       int64_t first) {
+  if (s.clamp >= 0.0f) {  // Then only to stream.
+    return ForwardRowAvx2<A, true, true>(x, b, y, n, s, nullptr, first);
+  }
   if (stream) {
-    return StreamGradRow<A, kClamped, kReduce>(dy, yref, dx, partial, n, s);
+    return ForwardRowAvx2<A, false, true>(x, b, y, n, s, positive, first);
+  }
+  ForwardRowAvx2<A, false, false>(x, b, y, n, s, positive, first);
+}
+#endif
+
+// `positive`: the y_positive bits (element `first` onwards) or null.
+template <int A, bool kClamped, bool kReduce>
+void GradRow(const float* dy, const float* yref, const uint8_t* positive,
+             int64_t first, float* dx, float* partial, int64_t n,
+             BiasActScalars s, bool stream) {
+#if TFPETS_HAS_STREAM_ROWS
+  if constexpr (!kClamped && A != kLinear) {
+    if (positive != nullptr && stream) {
+      return GradRowAvx2<A, false, kReduce, true, true>(
+          dy, yref, positive, first, dx, partial, n, s);
+    }
+    if (positive != nullptr) {
+      return GradRowAvx2<A, false, kReduce, false, true>(
+          dy, yref, positive, first, dx, partial, n, s);
+    }
+  }
+  if (stream) {
+    return GradRowAvx2<A, kClamped, kReduce, true, false>(
+        dy, yref, nullptr, first, dx, partial, n, s);
   }
 #endif
   PiecewiseLinearGradRow<A, kClamped, kReduce>(dy, yref, dx, partial, n, s);
@@ -302,20 +430,25 @@ void GradRow(const float* dy, const float* yref, float* dx, float* partial,
 // Picks the row loop for the clamp and the bias gradient once per row, so
 // that neither test stays inside the loop (about 10 % faster at 8x64x64x256).
 template <int A>
-void PiecewiseLinearGradRowFor(const float* dy, const float* yref, float* dx,
-                               float* partial, int64_t n, BiasActScalars s,
-                               bool stream) {
+void PiecewiseLinearGradRowFor(const float* dy, const float* yref,
+                               const uint8_t* positive, int64_t first,
+                               float* dx, float* partial, int64_t n,
+                               BiasActScalars s, bool stream) {
   const bool clamped = s.clamp >= 0.0f;
   if (partial == nullptr && clamped) {
-    return GradRow<A, true, false>(dy, yref, dx, partial, n, s, stream);
+    return GradRow<A, true, false>(dy, yref, positive, first, dx, partial, n,
+                                   s, stream);
   }
   if (partial == nullptr) {
-    return GradRow<A, false, false>(dy, yref, dx, partial, n, s, stream);
+    return GradRow<A, false, false>(dy, yref, positive, first, dx, partial,
+                                    n, s, stream);
   }
   if (clamped) {
-    return GradRow<A, true, true>(dy, yref, dx, partial, n, s, stream);
+    return GradRow<A, true, true>(dy, yref, positive, first, dx, partial, n,
+                                  s, stream);
   }
-  return GradRow<A, false, true>(dy, yref, dx, partial, n, s, stream);
+  return GradRow<A, false, true>(dy, yref, positive, first, dx, partial, n, s,
+                                 stream);
 }
 
 template <typename T, int A>
@@ -362,7 +495,8 @@ void BiasActRange(const BiasActParams<T>& p, int64_t begin, int64_t end,
     const T* dy = p.dy ? p.dy + i : nullptr;
     if constexpr (UsesPiecewiseLinearGradRow<T, A, G>()) {
       if (channels_last && p.scalars.gain > 0.0f) {
-        PiecewiseLinearGradRowFor<A>(p.x + i, yref, p.y + i,
+        PiecewiseLinearGradRowFor<A>(p.x + i, yref, p.yref_positive, i,
+                                     p.y + i,
                                      partial ? partial + channel : nullptr, n,
                                      p.scalars, p.stream);
         i += n;
@@ -371,14 +505,9 @@ void BiasActRange(const BiasActParams<T>& p, int64_t begin, int64_t end,
     }
 #if TFPETS_HAS_STREAM_ROWS
     if constexpr (IsPiecewiseLinear<T, A>() && G == 0) {
-      if (channels_last && p.stream) {
-        if (p.scalars.clamp >= 0.0f) {
-          StreamForwardRow<A, true>(p.x + i, p.b + channel, p.y + i, n,
-                                    p.scalars);
-        } else {
-          StreamForwardRow<A, false>(p.x + i, p.b + channel, p.y + i, n,
-                                     p.scalars);
-        }
+      if (channels_last && (p.stream || p.y_positive != nullptr)) {
+        ForwardRowAvx2For<A>(p.x + i, p.b + channel, p.y + i, n, p.scalars,
+                             p.stream, p.y_positive, i);
         i += n;
         continue;
       }
@@ -473,6 +602,14 @@ struct BiasActLauncher<CpuDeviceTag, T> {
     const bool transcendental = p.act >= kTanh;
     const int64_t cost = (transcendental ? 40 : 4) + (p.grad > 0 ? 4 : 0);
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    if (p.y_positive != nullptr) {
+      // Whole bytes of y_positive per worker: split at multiples of 8.
+      const int64_t octets = (p.size + 7) / 8;
+      workers->ParallelFor(octets, 8 * cost, [&p](int64 begin, int64 end) {
+        RunBiasActRange<T>(p, begin * 8, std::min(end * 8, p.size));
+      });
+      return;
+    }
     if (db == nullptr) {
       workers->ParallelFor(p.size, cost, [&p](int64 begin, int64 end) {
         RunBiasActRange<T>(p, begin, end);
@@ -530,6 +667,7 @@ class FusedBiasActOp : public OpKernel {
   explicit FusedBiasActOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("grad", &grad_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("reduce_b", &reduce_b_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("emit_positive", &emit_positive_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("act", &act_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("alpha", &scalars_.alpha));
@@ -583,6 +721,28 @@ class FusedBiasActOp : public OpKernel {
     Tensor* db = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {reduce_b_ ? channels : 0},
                                              &db));
+    int64_t inner = 1;
+    for (int d = axis + 1; d < rank; ++d) inner *= x.dim_size(d);
+    const bool positive_bits_apply =
+        std::is_same<Tag, CpuDeviceTag>::value &&
+        std::is_same<T, float>::value && (act_ == kRelu || act_ == kLrelu) &&
+        scalars_.clamp < 0.0f && scalars_.gain > 0.0f && inner == 1 &&
+        CanStreamRows() && AlignedForBits(y->data());
+    const int64_t positive_bytes = (x.NumElements() + 7) / 8;
+    const bool emit_positive = emit_positive_ && grad_ == 0 &&
+                               positive_bits_apply;
+    Tensor* y_positive = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            2, {emit_positive ? positive_bytes : 0},
+                            &y_positive));
+    const Tensor& yref_positive = ctx->input(5);
+    OP_REQUIRES(ctx,
+                yref_positive.NumElements() == 0 ||
+                    yref_positive.NumElements() == positive_bytes,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "FusedBiasAct: yref_positive has ",
+                    yref_positive.NumElements(), " bytes, expected 0 or ",
+                    positive_bytes)));
     // The CPU loops always read a bias; the GPU kernel checks for null.
     constexpr bool kOnCpu = std::is_same<Tag, CpuDeviceTag>::value;
     if (x.NumElements() == 0 && kOnCpu) {
@@ -597,8 +757,6 @@ class FusedBiasActOp : public OpKernel {
       zero_bias.flat<T>().setZero();
     }
 
-    int64_t inner = 1;
-    for (int d = axis + 1; d < rank; ++d) inner *= x.dim_size(d);
     BiasActParams<T> p;
     p.x = x.flat<T>().data();
     p.b = b.NumElements() != 0 ? b.flat<T>().data()
@@ -618,6 +776,15 @@ class FusedBiasActOp : public OpKernel {
     p.stream = kOnCpu && std::is_same<T, float>::value &&
                act_ <= kLrelu && grad_ <= 1 && CanStreamRows() &&
                StreamOutput(p.size * static_cast<int64_t>(sizeof(T)));
+    p.y_positive = nullptr;
+    if (emit_positive) {
+      p.y_positive = y_positive->flat<uint8_t>().data();
+      p.y_positive[positive_bytes - 1] = 0;  // Its unused bits stay zero.
+    }
+    p.yref_positive = grad_ == 1 && positive_bits_apply &&
+                              yref_positive.NumElements() != 0
+                          ? yref_positive.flat<uint8_t>().data()
+                          : nullptr;
     BiasActLauncher<Tag, T>::Run(ctx, p,
                                  reduce_b_ ? db->flat<T>().data() : nullptr);
   }
@@ -629,6 +796,7 @@ class FusedBiasActOp : public OpKernel {
 
   int grad_ = 0;
   bool reduce_b_ = false;
+  bool emit_positive_ = false;
   int axis_ = -1;
   int act_ = kLinear;
   BiasActScalars scalars_{};

@@ -58,6 +58,10 @@ struct BiasActParams {
   int grad;
   BiasActScalars scalars;
   bool stream;  // Non-temporal stores of y (CPU only).
+  // One bit per element, y > 0 (CPU only, see the op's doc): written by
+  // the forward pass, read by the gradient in place of yref.
+  uint8_t* y_positive;
+  const uint8_t* yref_positive;
 };
 
 // The largest filter the CUDA kernel accepts (weights travel by value).
