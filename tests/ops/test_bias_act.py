@@ -291,13 +291,19 @@ def _raw_bias_act(x, b, act, grad=0, yref=None, yref_positive=None,
 SIGN_BIT_SHAPES = ((3, 5, 7, 37), (1, 2, 2, 512))
 
 
+def _sign_bit_inputs(shape, seed):
+  """x, its bias and an upstream gradient, float32."""
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=shape).astype(np.float32),
+          rng.normal(size=shape[-1:]).astype(np.float32),
+          rng.normal(size=shape).astype(np.float32))
+
+
 @pytest.mark.parametrize('shape', SIGN_BIT_SHAPES)
 @pytest.mark.parametrize('act', ['relu', 'lrelu'])
 def test_custom_forward_packs_the_sign_of_y(custom_ops, act, shape):
   del custom_ops
-  rng = np.random.default_rng(5)
-  x = rng.normal(size=shape).astype(np.float32)
-  b = rng.normal(size=shape[-1:]).astype(np.float32)
+  x, b, _ = _sign_bit_inputs(shape, seed=5)
   out = _raw_bias_act(x, b, act, emit_positive=True)
   if not _cpu_has_avx2():
     assert out.y_positive.shape == (0,)
@@ -329,10 +335,7 @@ def test_custom_forward_emits_no_sign_bits_where_unused(custom_ops, case):
 @pytest.mark.parametrize('act', ['relu', 'lrelu'])
 def test_custom_gradient_from_sign_bits_equals_numpy(custom_ops, act, shape):
   del custom_ops
-  rng = np.random.default_rng(6)
-  x = rng.normal(size=shape).astype(np.float32)
-  b = rng.normal(size=shape[-1:]).astype(np.float32)
-  dy = rng.normal(size=shape).astype(np.float32)
+  x, b, dy = _sign_bit_inputs(shape, seed=6)
   forward = _raw_bias_act(x, b, act, emit_positive=True)
   from_bits = _raw_bias_act(dy, b, act, grad=1, yref=forward.y,
                             yref_positive=forward.y_positive, reduce_b=True)
