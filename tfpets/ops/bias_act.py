@@ -271,12 +271,13 @@ def _second_order(op: tf.Operation, d_dx: tf.Tensor,
   module = _impl.require_library()
   attrs = _attrs(op)
   spec = _spec_by_index(attrs['act'])
-  dy, b, xref, yref, positive = (op.inputs[0], op.inputs[1], op.inputs[2],
-                                 op.inputs[3], op.inputs[5])
+  dy, b, xref, yref, yref_positive = (op.inputs[0], op.inputs[1],
+                                      op.inputs[2], op.inputs[3],
+                                      op.inputs[5])
   if op.get_attr('reduce_b') and d_db is not None:
     d_dx = _broadcast_add(d_dx, d_db, attrs['axis'])
   d_dy = module.fused_bias_act(d_dx, b, xref, yref, _empty(dy.dtype),
-                               positive, grad=1, **attrs).y
+                               yref_positive, grad=1, **attrs).y
   if not spec.has_2nd_grad:
     return [d_dy, None, None, None, None, None]
   d_xref, d_b, _ = module.fused_bias_act(d_dx, b, xref, yref, dy, _no_bits(),
