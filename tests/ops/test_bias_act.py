@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import tfpets.ops as ops
 from tfpets.ops import _impl
+from tests.ops import cpu
 
 SQRT2 = np.sqrt(2.0)
 SELU_SCALE = 1.0507009873554805
@@ -264,14 +265,6 @@ def test_custom_shape_function_with_unknown_dims(custom_ops):
   assert fn(tf.ones([2, 5, 3, 8])).shape == (2, 5, 3, 8)
 
 
-def _cpu_has_avx2() -> bool:
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      return ' avx2' in f.read()
-  except OSError:
-    return False
-
-
 def _raw_bias_act(x, b, act, grad=0, yref=None, yref_positive=None,
                   **attrs):
   """The FusedBiasAct op itself, with lrelu's defaults and empty extras."""
@@ -288,7 +281,8 @@ def _raw_bias_act(x, b, act, grad=0, yref=None, yref_positive=None,
 
 # 3885 and 2048 elements: rows of 37 and 512 channels, vector bodies, scalar
 # ends and (3885) a last byte with unused bits.
-SIGN_BIT_SHAPES = ((3, 5, 7, 37), (1, 2, 2, 512))
+SIGN_BIT_CASES = [(act, shape) for act in ('relu', 'lrelu')
+                  for shape in ((3, 5, 7, 37), (1, 2, 2, 512))]
 
 
 def _sign_bit_inputs(shape, seed):
@@ -299,13 +293,12 @@ def _sign_bit_inputs(shape, seed):
           rng.normal(size=shape).astype(np.float32))
 
 
-@pytest.mark.parametrize('shape', SIGN_BIT_SHAPES)
-@pytest.mark.parametrize('act', ['relu', 'lrelu'])
+@pytest.mark.parametrize('act, shape', SIGN_BIT_CASES)
 def test_custom_forward_packs_the_sign_of_y(custom_ops, act, shape):
   del custom_ops
   x, b, _ = _sign_bit_inputs(shape, seed=5)
   out = _raw_bias_act(x, b, act, emit_positive=True)
-  if not _cpu_has_avx2():
+  if not cpu.has_avx2():
     assert out.y_positive.shape == (0,)
     return
   positive = (x.astype(np.float64) + b) > 0
@@ -331,8 +324,7 @@ def test_custom_forward_emits_no_sign_bits_where_unused(custom_ops, case):
   assert out.y_positive.shape == (0,)
 
 
-@pytest.mark.parametrize('shape', SIGN_BIT_SHAPES)
-@pytest.mark.parametrize('act', ['relu', 'lrelu'])
+@pytest.mark.parametrize('act, shape', SIGN_BIT_CASES)
 def test_custom_gradient_from_sign_bits_equals_numpy(custom_ops, act, shape):
   del custom_ops
   x, b, dy = _sign_bit_inputs(shape, seed=6)

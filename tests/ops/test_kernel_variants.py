@@ -29,16 +29,11 @@ import sys
 import numpy as np
 import pytest
 
+from tests.ops import cpu
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ACTIVATIONS = ('linear', 'relu', 'lrelu', 'tanh', 'sigmoid', 'elu', 'selu',
                'softplus', 'swish')
-
-
-def _cpu_has_avx2() -> bool:
-  try:
-    return ' avx2' in pathlib.Path('/proc/cpuinfo').read_text()
-  except OSError:
-    return False
 
 
 def compute_outputs(ops) -> dict[str, np.ndarray]:
@@ -112,7 +107,7 @@ def _assert_identical(ours: dict[str, np.ndarray],
     np.testing.assert_array_equal(value, theirs[key], err_msg=key)
 
 
-@pytest.mark.skipif(not _cpu_has_avx2(), reason='this CPU has no AVX2')
+@pytest.mark.skipif(not cpu.has_avx2(), reason='this CPU has no AVX2')
 def test_baseline_and_avx2_builds_give_identical_results(custom_ops,
                                                          tmp_path):
   baseline = _outputs_in_subprocess(custom_ops, tmp_path / 'baseline.npz',
