@@ -34,11 +34,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-from bench_ops import ALLOCATORS, REPO, STYLEGAN_SHAPES
+from bench_ops import ALLOCATORS, REPO, STYLEGAN_SHAPES, run_worker
 
 FUNCTIONS = ('custom', 'ref', 'floor', 'call')
 RATIOS = (('ref', 'custom'), ('ref', 'floor'), ('custom', 'floor'))
@@ -112,20 +111,6 @@ def worker(shape: list[int], seconds: float, reverse: bool) -> dict:
   return {'hot': hot, 'cold': {k: _median_ms(v) for k, v in cold.items()}}
 
 
-def _run_round(shape, seconds: float, reverse: bool,
-               env_extra: dict[str, str]) -> dict:
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', **env_extra)
-  spec = {'shape': list(shape), 'seconds': seconds, 'reverse': reverse}
-  command = [sys.executable, __file__, '--worker', json.dumps(spec)]
-  completed = subprocess.run(command, capture_output=True, text=True,
-                             env=env, check=False, timeout=1800)
-  lines = [line for line in completed.stdout.splitlines()
-           if line.startswith('{')]
-  if completed.returncode != 0 or not lines:
-    return {'error': completed.stderr[-2000:]}
-  return json.loads(lines[-1])
-
-
 def summarise(rounds: list[dict]) -> dict:
   """Per mode: median ms per function and median per-round ratios, each
   with every round's value."""
@@ -168,7 +153,9 @@ def main() -> int:
   shapes = STYLEGAN_SHAPES[:1] if args.quick else STYLEGAN_SHAPES
   results = []
   for shape in shapes:
-    rounds = [_run_round(shape, args.seconds, bool(k % 2),
+    rounds = [run_worker(__file__, {'shape': list(shape),
+                                    'seconds': args.seconds,
+                                    'reverse': bool(k % 2)},
                          ALLOCATORS[args.allocator])
               for k in range(args.rounds)]
     errors = [r['error'] for r in rounds if 'error' in r]

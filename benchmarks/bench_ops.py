@@ -190,16 +190,23 @@ def _reset_tf_peak():
   return lambda: tf.config.experimental.get_memory_info('CPU:0')['peak']
 
 
-def _run_case(spec: dict, env_extra: dict[str, str]) -> dict:
+def run_worker(script: str, spec: dict, env_extra: dict[str, str]) -> dict:
+  """Runs `script --worker SPEC` in a fresh process; returns the last JSON
+  line it prints, or {'error': its stderr's tail}."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', **env_extra)
-  command = [sys.executable, __file__, '--worker', json.dumps(spec)]
+  command = [sys.executable, script, '--worker', json.dumps(spec)]
   completed = subprocess.run(command, capture_output=True, text=True,
                              env=env, check=False, timeout=1800)
   lines = [line for line in completed.stdout.splitlines()
            if line.startswith('{')]
   if completed.returncode != 0 or not lines:
-    return {**spec, 'error': completed.stderr[-2000:]}
+    return {'error': completed.stderr[-2000:]}
   return json.loads(lines[-1])
+
+
+def _run_case(spec: dict, env_extra: dict[str, str]) -> dict:
+  result = run_worker(__file__, spec, env_extra)
+  return {**spec, **result} if 'error' in result else result
 
 
 def _case_specs(args) -> list[dict]:
