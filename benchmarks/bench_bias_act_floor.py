@@ -39,13 +39,14 @@ import time
 
 from bench_ops import ALLOCATORS, REPO, STYLEGAN_SHAPES, run_worker
 
-FUNCTIONS = ('custom', 'ref', 'floor', 'call')
-RATIOS = (('ref', 'custom'), ('ref', 'floor'), ('custom', 'floor'))
+FUNCTIONS = ("custom", "ref", "floor", "call")
+RATIOS = (("ref", "custom"), ("ref", "floor"), ("custom", "floor"))
 
 
 def _functions(shape):
   """The timed `tf.function`s and their arguments."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   import tfpets.ops as tfops  # pylint: disable=g-import-not-at-top
 
   x = tf.random.normal(shape, seed=1)
@@ -56,8 +57,9 @@ def _functions(shape):
     def run(x, b):
       with tf.GradientTape() as tape:
         tape.watch([x, b])
-        y = tfops.fused_bias_act(x, b, act='lrelu', impl=impl)
+        y = tfops.fused_bias_act(x, b, act="lrelu", impl=impl)
       return y, tape.gradient(y, [x, b], output_gradients=dy)
+
     return run
 
   def floor(x, b):
@@ -68,13 +70,12 @@ def _functions(shape):
       return y, tf.math.negative(dy)
 
   bodies = {
-      'custom': forward_backward('custom'),
-      'ref': forward_backward('ref'),
-      'floor': floor,
-      'call': lambda x, b: (x, b),
+    "custom": forward_backward("custom"),
+    "ref": forward_backward("ref"),
+    "floor": floor,
+    "call": lambda x, b: (x, b),
   }
-  return {name: tf.function(body, autograph=False)
-          for name, body in bodies.items()}, (x, b)
+  return {name: tf.function(body, autograph=False) for name, body in bodies.items()}, (x, b)
 
 
 def _median_ms(times: list[float]) -> float:
@@ -85,8 +86,9 @@ def worker(shape: list[int], seconds: float, reverse: bool) -> dict:
   """One round: every function's median call, hot then cold."""
   sys.path.insert(0, str(REPO))
   import tfpets.ops as tfops  # pylint: disable=g-import-not-at-top
+
   if not tfops.library_loaded():
-    return {'error': 'custom op library not loaded'}
+    return {"error": "custom op library not loaded"}
   functions, args = _functions(tuple(shape))
   if reverse:
     functions = dict(reversed(functions.items()))
@@ -108,42 +110,47 @@ def worker(shape: list[int], seconds: float, reverse: bool) -> dict:
       start = time.perf_counter()
       fn(*args)
       cold[name].append(time.perf_counter() - start)
-  return {'hot': hot, 'cold': {k: _median_ms(v) for k, v in cold.items()}}
+  return {"hot": hot, "cold": {k: _median_ms(v) for k, v in cold.items()}}
 
 
 def summarise(rounds: list[dict]) -> dict:
   """Per mode: median ms per function and median per-round ratios, each
   with every round's value."""
   summary = {}
-  for mode in ('hot', 'cold'):
+  for mode in ("hot", "cold"):
     per_round = [r[mode] for r in rounds]
     figures = {}
     for name in FUNCTIONS:
       values = [r[name] for r in per_round]
-      figures[f'{name}_ms'] = round(statistics.median(values), 4)
-      figures[f'{name}_ms_rounds'] = values
+      figures[f"{name}_ms"] = round(statistics.median(values), 4)
+      figures[f"{name}_ms_rounds"] = values
     for top, bottom in RATIOS:
       values = [round(r[top] / r[bottom], 3) for r in per_round]
-      figures[f'{top}_over_{bottom}'] = round(statistics.median(values), 3)
-      figures[f'{top}_over_{bottom}_rounds'] = values
+      figures[f"{top}_over_{bottom}"] = round(statistics.median(values), 3)
+      figures[f"{top}_over_{bottom}_rounds"] = values
     summary[mode] = figures
   return summary
 
 
 def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--worker', help=argparse.SUPPRESS)
-  parser.add_argument('--rounds', type=int, default=5,
-                      help='fresh processes per shape; report medians')
-  parser.add_argument('--seconds', type=float, default=2.0,
-                      help='time each function this long per mode')
-  parser.add_argument('--allocator', default='tf_bfc', choices=ALLOCATORS,
-                      help='allocator setting, as in bench_ops.py')
-  parser.add_argument('--quick', action='store_true',
-                      help='only the smallest shape')
+  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser.add_argument("--worker", help=argparse.SUPPRESS)
+  parser.add_argument(
+    "--rounds", type=int, default=5, help="fresh processes per shape; report medians"
+  )
+  parser.add_argument(
+    "--seconds", type=float, default=2.0, help="time each function this long per mode"
+  )
+  parser.add_argument(
+    "--allocator",
+    default="tf_bfc",
+    choices=ALLOCATORS,
+    help="allocator setting, as in bench_ops.py",
+  )
+  parser.add_argument("--quick", action="store_true", help="only the smallest shape")
   args = parser.parse_args()
   if args.rounds < 1 or args.seconds <= 0:
-    parser.error('--rounds must be at least 1 and --seconds positive')
+    parser.error("--rounds must be at least 1 and --seconds positive")
   if args.worker:
     spec = json.loads(args.worker)
     print(json.dumps(worker(**spec)))
@@ -153,26 +160,33 @@ def main() -> int:
   shapes = STYLEGAN_SHAPES[:1] if args.quick else STYLEGAN_SHAPES
   results = []
   for shape in shapes:
-    rounds = [run_worker(__file__, {'shape': list(shape),
-                                    'seconds': args.seconds,
-                                    'reverse': bool(k % 2)},
-                         ALLOCATORS[args.allocator])
-              for k in range(args.rounds)]
-    errors = [r['error'] for r in rounds if 'error' in r]
+    rounds = [
+      run_worker(
+        __file__,
+        {"shape": list(shape), "seconds": args.seconds, "reverse": bool(k % 2)},
+        ALLOCATORS[args.allocator],
+      )
+      for k in range(args.rounds)
+    ]
+    errors = [r["error"] for r in rounds if "error" in r]
     if errors:
-      results.append({'shape': list(shape), 'error': errors[0]})
+      results.append({"shape": list(shape), "error": errors[0]})
       continue
-    results.append({'shape': list(shape), **summarise(rounds)})
+    results.append({"shape": list(shape), **summarise(rounds)})
     print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-  print(json.dumps({
-      'host': {'cpus': os.cpu_count(),
-               'seconds': round(time.time() - started, 1)},
-      'allocator': args.allocator,
-      'case': 'fused_bias_act lrelu, bias, forward + backward per call',
-      'results': results,
-  }, indent=2))
-  return 0 if all('error' not in r for r in results) else 1
+  print(
+    json.dumps(
+      {
+        "host": {"cpus": os.cpu_count(), "seconds": round(time.time() - started, 1)},
+        "allocator": args.allocator,
+        "case": "fused_bias_act lrelu, bias, forward + backward per call",
+        "results": results,
+      },
+      indent=2,
+    )
+  )
+  return 0 if all("error" not in r for r in results) else 1
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   sys.exit(main())

@@ -40,13 +40,16 @@ import time
 
 # Official PyTorch, 2-core x86-64, batch 8, fp32, no-mmap malloc (spec §15.6): img/s.
 OFFICIAL = {
-    32: {"G_fwd": 26.8, "G_fwd_bwd": 10.6, "D_fwd_bwd": 14.7},
-    64: {"G_fwd": 16.3, "G_fwd_bwd": 6.17, "D_fwd_bwd": 7.68},
-    128: {"G_fwd": 10.3, "G_fwd_bwd": 4.47, "D_fwd_bwd": 5.14},
+  32: {"G_fwd": 26.8, "G_fwd_bwd": 10.6, "D_fwd_bwd": 14.7},
+  64: {"G_fwd": 16.3, "G_fwd_bwd": 6.17, "D_fwd_bwd": 7.68},
+  128: {"G_fwd": 10.3, "G_fwd_bwd": 4.47, "D_fwd_bwd": 5.14},
 }
 NO_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
-ALLOCATOR_ENVS = {"default_malloc": {}, "no_mmap_malloc": NO_MMAP_ENV,
-                  "tf_bfc": {"TF_CPU_ALLOCATOR_USE_BFC": "true"}}
+ALLOCATOR_ENVS = {
+  "default_malloc": {},
+  "no_mmap_malloc": NO_MMAP_ENV,
+  "tf_bfc": {"TF_CPU_ALLOCATOR_USE_BFC": "true"},
+}
 BATCH = 8
 
 
@@ -71,7 +74,9 @@ def measure(resolution: int, repeats: int, xla: bool) -> dict[str, dict[str, flo
   robust to other processes sharing the machine, the first is not.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   from tfpets.gan import networks, presets  # pylint: disable=g-import-not-at-top
+
   config = presets.network_config("auto", resolution, num_fp16_res=0, conv_clamp=256)
   generator = networks.Generator(config)
   discriminator = networks.Discriminator(config)
@@ -98,11 +103,17 @@ def measure(resolution: int, repeats: int, xla: bool) -> dict[str, dict[str, flo
     return lambda: tf.nest.map_structure(lambda t: t.numpy(), fn())
 
   results = {}
-  for name, fn in (("G_fwd", g_forward), ("G_fwd_bwd", g_forward_backward),
-                   ("D_fwd_bwd", d_forward_backward)):
+  for name, fn in (
+    ("G_fwd", g_forward),
+    ("G_fwd_bwd", g_forward_backward),
+    ("D_fwd_bwd", d_forward_backward),
+  ):
     wall, cpu = time_step(run(fn), repeats)
-    results[name] = {"img_per_s": BATCH / wall, "img_per_s_from_cpu": BATCH / (cpu / 2),
-                     "cpu_s_per_step": cpu}
+    results[name] = {
+      "img_per_s": BATCH / wall,
+      "img_per_s_from_cpu": BATCH / (cpu / 2),
+      "cpu_s_per_step": cpu,
+    }
   return results
 
 
@@ -126,25 +137,39 @@ def _run_json(command: list[str], extra_env: dict[str, str]) -> dict:
 
 
 def _spawn(args: argparse.Namespace, extra_env: dict[str, str]) -> dict:
-  command = [sys.executable, os.path.abspath(__file__), "--child",
-             "--resolutions", ",".join(map(str, args.resolutions)), "--repeats",
-             str(args.repeats)] + (["--xla"] if args.xla else [])
+  command = [
+    sys.executable,
+    os.path.abspath(__file__),
+    "--child",
+    "--resolutions",
+    ",".join(map(str, args.resolutions)),
+    "--repeats",
+    str(args.repeats),
+  ] + (["--xla"] if args.xla else [])
   return _run_json(command, extra_env)
 
 
 def _spawn_official(args: argparse.Namespace, label: str) -> dict:
-  script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                        "official_pytorch_networks.py")
-  command = [args.official_python, script, "--repo", args.official_repo, "--resolutions",
-             ",".join(map(str, args.resolutions)), "--repeats", str(args.repeats)]
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "official_pytorch_networks.py")
+  command = [
+    args.official_python,
+    script,
+    "--repo",
+    args.official_repo,
+    "--resolutions",
+    ",".join(map(str, args.resolutions)),
+    "--repeats",
+    str(args.repeats),
+  ]
   return _run_json(command, {} if label == "default_malloc" else NO_MMAP_ENV)
 
 
 def _with_g_plus_d(figures: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
   """Adds one G plus one D forward+backward: batch / (G seconds + D seconds)."""
   g, d = figures["G_fwd_bwd"], figures["D_fwd_bwd"]
-  combined = {key: 1.0 / (1.0 / g[key] + 1.0 / d[key])
-              for key in ("img_per_s", "img_per_s_from_cpu")}
+  combined = {
+    key: 1.0 / (1.0 / g[key] + 1.0 / d[key]) for key in ("img_per_s", "img_per_s_from_cpu")
+  }
   combined["cpu_s_per_step"] = g["cpu_s_per_step"] + d["cpu_s_per_step"]
   return {**figures, "G_plus_D_fwd_bwd": combined}
 
@@ -166,40 +191,60 @@ def _measure_rounds(args: argparse.Namespace, label: str) -> tuple[list[dict], l
 def _median_over_rounds(rounds: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
   """Per resolution and figure, the median over rounds of each value (resolution keys only)."""
   resolutions = [key for key in rounds[0] if key.isdigit()]
-  return {res: {name: {key: statistics.median(r[res][name][key] for r in rounds)
-                       for key in rounds[0][res][name]}
-                for name in rounds[0][res]}
-          for res in resolutions}
+  return {
+    res: {
+      name: {
+        key: statistics.median(r[res][name][key] for r in rounds) for key in rounds[0][res][name]
+      }
+      for name in rounds[0][res]
+    }
+    for res in resolutions
+  }
 
 
 def _figure(value: dict[str, float], spec: float, official: dict[str, float] | None) -> dict:
-  figure = {"img_per_s": round(value["img_per_s"], 3),
-            "img_per_s_from_cpu": round(value["img_per_s_from_cpu"], 3),
-            "cpu_s_per_step": round(value["cpu_s_per_step"], 3),
-            "ratio_to_official": round(value["img_per_s"] / spec, 3),
-            "ratio_to_official_from_cpu": round(value["img_per_s_from_cpu"] / spec, 3)}
+  figure = {
+    "img_per_s": round(value["img_per_s"], 3),
+    "img_per_s_from_cpu": round(value["img_per_s_from_cpu"], 3),
+    "cpu_s_per_step": round(value["cpu_s_per_step"], 3),
+    "ratio_to_official": round(value["img_per_s"] / spec, 3),
+    "ratio_to_official_from_cpu": round(value["img_per_s_from_cpu"] / spec, 3),
+  }
   if official is not None:
     figure["official_measured"] = round(official["img_per_s"], 3)
     figure["ratio_to_official_measured"] = round(value["img_per_s"] / official["img_per_s"], 3)
     figure["ratio_to_official_measured_from_cpu"] = round(
-        value["img_per_s_from_cpu"] / official["img_per_s_from_cpu"], 3)
+      value["img_per_s_from_cpu"] / official["img_per_s_from_cpu"], 3
+    )
   return figure
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--resolutions", default="32,64,128",
-                      type=lambda s: [int(v) for v in s.split(",")])
+  parser.add_argument(
+    "--resolutions", default="32,64,128", type=lambda s: [int(v) for v in s.split(",")]
+  )
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--xla", action="store_true", help="tf.function(jit_compile=True)")
-  parser.add_argument("--allocators", default=",".join(ALLOCATOR_ENVS),
-                      type=lambda s: s.split(","), help="subset of " + ",".join(ALLOCATOR_ENVS))
-  parser.add_argument("--official-repo", help="checkout of NVlabs/stylegan2-ada-pytorch: "
-                      "measure the official networks side by side")
-  parser.add_argument("--official-python", default=sys.executable,
-                      help="Python with PyTorch for --official-repo")
-  parser.add_argument("--rounds", type=int, default=1,
-                      help="measure each side this many times, alternating; report medians")
+  parser.add_argument(
+    "--allocators",
+    default=",".join(ALLOCATOR_ENVS),
+    type=lambda s: s.split(","),
+    help="subset of " + ",".join(ALLOCATOR_ENVS),
+  )
+  parser.add_argument(
+    "--official-repo",
+    help="checkout of NVlabs/stylegan2-ada-pytorch: measure the official networks side by side",
+  )
+  parser.add_argument(
+    "--official-python", default=sys.executable, help="Python with PyTorch for --official-repo"
+  )
+  parser.add_argument(
+    "--rounds",
+    type=int,
+    default=1,
+    help="measure each side this many times, alternating; report medians",
+  )
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.rounds < 1:
@@ -207,10 +252,16 @@ def main() -> None:
   if args.child:
     _child(args)
     return
-  report = {"batch": BATCH, "preset": "auto", "dtype": "float32", "xla": args.xla,
-            "official_reference": "spec §15.6, no-mmap malloc column; official_measured: "
-                                  "the official code in this run",
-            "load_average_before": os.getloadavg(), "runs": {}}
+  report = {
+    "batch": BATCH,
+    "preset": "auto",
+    "dtype": "float32",
+    "xla": args.xla,
+    "official_reference": "spec §15.6, no-mmap malloc column; official_measured: "
+    "the official code in this run",
+    "load_average_before": os.getloadavg(),
+    "runs": {},
+  }
   for label in args.allocators:
     ours_rounds, official_rounds = _measure_rounds(args, label)
     measured = _median_over_rounds(ours_rounds)
@@ -220,13 +271,16 @@ def main() -> None:
       spec = dict(OFFICIAL[int(res)])
       spec["G_plus_D_fwd_bwd"] = 1.0 / (1.0 / spec["G_fwd_bwd"] + 1.0 / spec["D_fwd_bwd"])
       theirs = _with_g_plus_d(official[res]) if official else {}
-      run[res] = {name: _figure(value, spec[name], theirs.get(name))
-                  for name, value in _with_g_plus_d(figures).items()}
+      run[res] = {
+        name: _figure(value, spec[name], theirs.get(name))
+        for name, value in _with_g_plus_d(figures).items()
+      }
       for ours, theirs_round in zip(ours_rounds, official_rounds):
         ours_res, theirs_res = _with_g_plus_d(ours[res]), _with_g_plus_d(theirs_round[res])
         for name, figure in run[res].items():
           figure.setdefault("ratio_to_official_measured_rounds", []).append(
-              round(ours_res[name]["img_per_s"] / theirs_res[name]["img_per_s"], 3))
+            round(ours_res[name]["img_per_s"] / theirs_res[name]["img_per_s"], 3)
+          )
     report["runs"][label] = run
     if official_rounds:
       report.setdefault("official_params", official_rounds[0]["params"])

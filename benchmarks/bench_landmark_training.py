@@ -30,9 +30,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SETTINGS = {  # name: (intra-op threads, inter-op threads, concurrent)
-    "in_turn_default_threads": (0, 0, False),
-    "in_turn_one_thread_per_op": (1, 2, False),
-    "concurrent_one_thread_per_op": (1, 2, True),
+  "in_turn_default_threads": (0, 0, False),
+  "in_turn_one_thread_per_op": (1, 2, False),
+  "concurrent_one_thread_per_op": (1, 2, True),
 }
 STAGE_FRAMES = {"bbox": 96, "landmarks": 64}
 WARM_UP_STEPS = 10
@@ -41,15 +41,21 @@ WARM_UP_STEPS = 10
 def _worker(records: str, steps: int, intra: int, inter: int, concurrent: bool) -> dict:
   """Runs in a fresh process: median milliseconds per training step of each stage."""
   import numpy as np
+
   from tfpets.runtime import strategy
+
   strategy.set_op_threads(intra, inter)
   import keras
+
   from tfpets.landmarks import augment, data, train
   from tfpets.landmarks import model as model_lib
-  config = model_lib.DetectorConfig(image_size=96, roi_size=64, width_multiplier=0.35,
-                                    head="heatmap", heatmap_stride=8)
-  options = augment.AugmentOptions(flip_horizontal=True, roi_margin=0.45, roi_first_margin=0.8,
-                                   roi_jitter=0.2)
+
+  config = model_lib.DetectorConfig(
+    image_size=96, roi_size=64, width_multiplier=0.35, head="heatmap", heatmap_stride=8
+  )
+  options = augment.AugmentOptions(
+    flip_horizontal=True, roi_margin=0.45, roi_first_margin=0.8, roi_jitter=0.2
+  )
   shards = data.find_shards(records)
   step_ms = {}
 
@@ -71,9 +77,15 @@ def _worker(records: str, steps: int, intra: int, inter: int, concurrent: bool) 
       model = model_lib.build_model(stage, config)
       train.compile_stage(model, keras.optimizers.Adam(1e-3), spec, "mse", 10.0)
       timer = StepTimes()
-      model.fit(dataset, epochs=1, steps_per_epoch=steps + WARM_UP_STEPS, verbose=0,
-                callbacks=[timer, *extra_callbacks])
+      model.fit(
+        dataset,
+        epochs=1,
+        steps_per_epoch=steps + WARM_UP_STEPS,
+        verbose=0,
+        callbacks=[timer, *extra_callbacks],
+      )
       step_ms[stage] = round(1000 * float(np.median(timer.times[WARM_UP_STEPS:])), 1)
+
     return fit
 
   if concurrent:
@@ -86,10 +98,16 @@ def _worker(records: str, steps: int, intra: int, inter: int, concurrent: bool) 
 
 def _synthetic_records(root: pathlib.Path) -> str:
   from tfpets.data import convert, sources, synthetic
-  csv_path = synthetic.write_dataset(str(root / "source"), num_breeds=4, images_per_breed=60,
-                                     size=128, seed=0, workers=1)
-  convert.convert(sources.load_source(f"csv:{csv_path}"), root / "records", root / "reports",
-                  convert.ConvertOptions(dedupe="off", gan_resolution=0, workers=1))
+
+  csv_path = synthetic.write_dataset(
+    str(root / "source"), num_breeds=4, images_per_breed=60, size=128, seed=0, workers=1
+  )
+  convert.convert(
+    sources.load_source(f"csv:{csv_path}"),
+    root / "records",
+    root / "reports",
+    convert.ConvertOptions(dedupe="off", gan_resolution=0, workers=1),
+  )
   return str(root / "records")
 
 
@@ -108,19 +126,42 @@ def main() -> None:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     results = {}
     for name in SETTINGS:
-      out = subprocess.run([sys.executable, __file__, "--worker", name, "--records", records,
-                            "--steps", str(args.steps)], env=env, check=True,
-                           capture_output=True, text=True).stdout
+      out = subprocess.run(
+        [
+          sys.executable,
+          __file__,
+          "--worker",
+          name,
+          "--records",
+          records,
+          "--steps",
+          str(args.steps),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+      ).stdout
       results[name] = {"ms_per_step": json.loads(out.strip().splitlines()[-1])}
   base = results["in_turn_default_threads"]["ms_per_step"]
   for name, result in results.items():
     share = 1.0 if SETTINGS[name][2] else 0.5  # of the wall time each stage trains for
     result["steps_in_equal_wall_time_vs_in_turn_default"] = {
-        stage: round(share / 0.5 * base[stage] / ms, 2)
-        for stage, ms in result["ms_per_step"].items()}
-  print(json.dumps({"benchmark": "landmark_training", "steps": args.steps, "batch_size": 16,
-                    "cpu_count": os.cpu_count(), "load_average_1_5_15":
-                    [round(v, 2) for v in os.getloadavg()], "settings": results}, indent=2))
+      stage: round(share / 0.5 * base[stage] / ms, 2) for stage, ms in result["ms_per_step"].items()
+    }
+  print(
+    json.dumps(
+      {
+        "benchmark": "landmark_training",
+        "steps": args.steps,
+        "batch_size": 16,
+        "cpu_count": os.cpu_count(),
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        "settings": results,
+      },
+      indent=2,
+    )
+  )
 
 
 if __name__ == "__main__":

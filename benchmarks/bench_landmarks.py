@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 def _perturbed_models(config):
   from tfpets.landmarks import model as model_lib
+
   rng = np.random.default_rng(0)
   models = []
   for stage in model_lib.stages_of(config):
@@ -57,13 +58,17 @@ def _stage_rates(config, models, export_dir: pathlib.Path, seconds: float) -> di
   """Frames/s of the stage models alone, one frame per call, as an app that does the geometry
   itself would run them (the Python pipeline around TFLite is eager TensorFlow, far slower)."""
   import tensorflow as tf
+
   from tfpets.landmarks import export
   from tfpets.landmarks import model as model_lib
+
   rates = {}
   for stage, model in zip(model_lib.stages_of(config), models):
     size = config.frame_size(stage)
-    frames = [np.random.default_rng(i).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
-              for i in range(8)]
+    frames = [
+      np.random.default_rng(i).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+      for i in range(8)
+    ]
     keras_fn = tf.function(lambda x, m=model: m(x, training=False))
     loaded = tf.saved_model.load(str(export_dir / "stages" / stage))  # keeps the variables
     served = loaded.serve
@@ -83,16 +88,17 @@ def main() -> None:
   parser.add_argument("--seconds", type=float, default=10.0, help="timing per backend")
   args = parser.parse_args()
 
-  from tfpets.landmarks import export
+  from tfpets.landmarks import export, predict
   from tfpets.landmarks import model as model_lib
-  from tfpets.landmarks import predict
 
   tmp = tempfile.TemporaryDirectory()
   if args.detector:
     models_dir = predict.models_directory(args.detector)
     config = model_lib.DetectorConfig.load(models_dir)
-    models = [model_lib.load_model(models_dir / model_lib.MODEL_FILES[s])
-              for s in model_lib.stages_of(config)]
+    models = [
+      model_lib.load_model(models_dir / model_lib.MODEL_FILES[s])
+      for s in model_lib.stages_of(config)
+    ]
   else:
     config = model_lib.DetectorConfig(image_size=args.image_size, roi_size=args.roi_size)
     models = _perturbed_models(config)
@@ -102,32 +108,49 @@ def main() -> None:
     export.export_detector(config, models, export_dir)
 
   rng = np.random.default_rng(1)
-  images = [rng.integers(0, 256, (args.image_side, args.image_side, 3), np.uint8)
-            for _ in range(16)]
+  images = [
+    rng.integers(0, 256, (args.image_side, args.image_side, 3), np.uint8) for _ in range(16)
+  ]
   keras_detector = predict.Detector.from_models(config, *models)
   served = export.saved_model_detector(export_dir)
   lite = export.tflite_detector(export_dir)
   batch = np.stack(images)
   results = {
-      "keras_images_per_s": _rate(keras_detector.detect, images, args.seconds),
-      "keras_batch16_images_per_s": 16 * _rate(lambda _: keras_detector.detect_batch(batch),
-                                               [None], args.seconds),
-      "saved_model_images_per_s": _rate(served, images, args.seconds),
-      "tflite_images_per_s": _rate(lite.detect, images, args.seconds),
+    "keras_images_per_s": _rate(keras_detector.detect, images, args.seconds),
+    "keras_batch16_images_per_s": 16
+    * _rate(lambda _: keras_detector.detect_batch(batch), [None], args.seconds),
+    "saved_model_images_per_s": _rate(served, images, args.seconds),
+    "tflite_images_per_s": _rate(lite.detect, images, args.seconds),
   }
   results.update(_stage_rates(config, models, export_dir, args.seconds))
   report = {k: round(v, 1) for k, v in results.items()}
-  report.update({
+  report.update(
+    {
       "pipeline": "two stages per image: letterbox -> bbox model -> ROI crop -> landmarks model",
-      "image_side": args.image_side, "detector": args.detector or "random (perturbed) weights",
-      "config": {k: getattr(config, k) for k in ("image_size", "roi_size", "num_landmarks", "head",
-                                                 "width_multiplier", "roi_passes", "roi_flip",
-                                                 "roi_candidates", "roi_candidate_scales")},
-      "tflite_bytes": {s: os.path.getsize(export_dir / "tflite" / f"{s}.tflite")
-                       for s in model_lib.stages_of(config)},
+      "image_side": args.image_side,
+      "detector": args.detector or "random (perturbed) weights",
+      "config": {
+        k: getattr(config, k)
+        for k in (
+          "image_size",
+          "roi_size",
+          "num_landmarks",
+          "head",
+          "width_multiplier",
+          "roi_passes",
+          "roi_flip",
+          "roi_candidates",
+          "roi_candidate_scales",
+        )
+      },
+      "tflite_bytes": {
+        s: os.path.getsize(export_dir / "tflite" / f"{s}.tflite")
+        for s in model_lib.stages_of(config)
+      },
       "cpu_count": os.cpu_count(),
       "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
-  })
+    }
+  )
   print(json.dumps(report, indent=2))
 
 

@@ -20,8 +20,10 @@ import time
 import cv2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tfpets.data import decode  # noqa: E402
-from tfpets.data import synthetic  # noqa: E402
+from tfpets.data import (
+  decode,  # noqa: E402
+  synthetic,  # noqa: E402
+)
 
 
 def measure(size: int, batches: int, per_breed: int) -> dict:
@@ -36,12 +38,17 @@ def measure(size: int, batches: int, per_breed: int) -> dict:
   for batch in range(batches):
     with tempfile.TemporaryDirectory() as out_dir:
       wall, cpu = time.perf_counter(), time.process_time()
-      synthetic.write_dataset(out_dir, num_breeds=num_breeds, images_per_breed=per_breed,
-                              size=size, seed=batch, workers=1)
+      synthetic.write_dataset(
+        out_dir, num_breeds=num_breeds, images_per_breed=per_breed, size=size, seed=batch, workers=1
+      )
       walls.append(time.perf_counter() - wall)
       cpus.append(time.process_time() - cpu)
-  return {"best": count / min(walls), "median": count / statistics.median(walls),
-          "cpu_best": count / min(cpus), "images": count * batches}
+  return {
+    "best": count / min(walls),
+    "median": count / statistics.median(walls),
+    "cpu_best": count / min(cpus),
+    "images": count * batches,
+  }
 
 
 def render_encode_cpu_rate(size: int, images: int) -> float:
@@ -59,7 +66,7 @@ def main() -> None:
   parser.add_argument("--per_breed", type=int, default=10, help="images per breed per batch")
   args = parser.parse_args()
   cv2.setNumThreads(1)
-  synthetic.render_pet(0, 0, 0)   # warm-up: imports, caches
+  synthetic.render_pet(0, 0, 0)  # warm-up: imports, caches
   result = {}
   for size in (128, 256):
     stats = measure(size, args.batches, args.per_breed)
@@ -67,7 +74,8 @@ def main() -> None:
     result[f"median_images_per_s_{size}px"] = round(stats["median"], 1)
     result[f"cpu_images_per_s_{size}px"] = round(stats["cpu_best"], 1)
     result[f"cpu_render_encode_only_images_per_s_{size}px"] = round(
-        render_encode_cpu_rate(size, 300), 1)
+      render_encode_cpu_rate(size, 300), 1
+    )
   result["images_per_size"] = stats["images"]
   result["load_average_1min"] = round(os.getloadavg()[0], 2)
   print(json.dumps(result))

@@ -49,10 +49,13 @@ def _import_official_networks(repo: pathlib.Path) -> types.ModuleType:
   """The official `training.networks` module from the checkout at `repo`."""
   networks_file = repo / "training" / "networks.py"
   if not networks_file.is_file():
-    raise SystemExit(f"--repo {repo}: no training/networks.py there; expected a checkout of "
-                     "NVlabs/stylegan2-ada-pytorch")
+    raise SystemExit(
+      f"--repo {repo}: no training/networks.py there; expected a checkout of "
+      "NVlabs/stylegan2-ada-pytorch"
+    )
   sys.path.insert(0, str(repo))
   from training import networks  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   return networks
 
 
@@ -60,12 +63,22 @@ def build_networks(networks: types.ModuleType, resolution: int) -> tuple[Any, An
   """Official G and D with the `auto` preset at batch 8 (spec §15.6)."""
   common = dict(channel_base=16384, channel_max=512, num_fp16_res=0, conv_clamp=256)
   generator = networks.Generator(
-      z_dim=Z_DIM, c_dim=0, w_dim=W_DIM, img_resolution=resolution, img_channels=IMG_CHANNELS,
-      mapping_kwargs=dict(num_layers=2),
-      synthesis_kwargs=dict(architecture="skip", **common))
+    z_dim=Z_DIM,
+    c_dim=0,
+    w_dim=W_DIM,
+    img_resolution=resolution,
+    img_channels=IMG_CHANNELS,
+    mapping_kwargs=dict(num_layers=2),
+    synthesis_kwargs=dict(architecture="skip", **common),
+  )
   discriminator = networks.Discriminator(
-      c_dim=0, img_resolution=resolution, img_channels=IMG_CHANNELS, architecture="resnet",
-      epilogue_kwargs=dict(mbstd_group_size=4, mbstd_num_channels=1), **common)
+    c_dim=0,
+    img_resolution=resolution,
+    img_channels=IMG_CHANNELS,
+    architecture="resnet",
+    epilogue_kwargs=dict(mbstd_group_size=4, mbstd_num_channels=1),
+    **common,
+  )
   return generator, discriminator
 
 
@@ -73,10 +86,12 @@ def _parameter_count(module: Any) -> int:
   return sum(p.numel() for p in module.parameters())
 
 
-def measure(networks: types.ModuleType, resolution: int, repeats: int,
-            threads: int) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+def measure(
+  networks: types.ModuleType, resolution: int, repeats: int, threads: int
+) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
   """Figures for G forward, G forward+backward and D forward+backward at one resolution."""
   import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   generator, discriminator = build_networks(networks, resolution)
   # Modules start in training mode, the mode the tfpets benchmark uses (training=True).
   g_params = list(generator.parameters())
@@ -96,27 +111,35 @@ def measure(networks: types.ModuleType, resolution: int, repeats: int,
     return torch.autograd.grad(discriminator(images, c).sum(), d_params)
 
   results = {}
-  for name, step in (("G_fwd", g_forward), ("G_fwd_bwd", g_forward_backward),
-                     ("D_fwd_bwd", d_forward_backward)):
+  for name, step in (
+    ("G_fwd", g_forward),
+    ("G_fwd_bwd", g_forward_backward),
+    ("D_fwd_bwd", d_forward_backward),
+  ):
     wall, cpu = time_step(step, repeats)
-    results[name] = {"img_per_s": round(BATCH / wall, 4),
-                     "img_per_s_from_cpu": round(BATCH / (cpu / threads), 4),
-                     "cpu_s_per_step": round(cpu, 4)}
+    results[name] = {
+      "img_per_s": round(BATCH / wall, 4),
+      "img_per_s_from_cpu": round(BATCH / (cpu / threads), 4),
+      "cpu_s_per_step": round(cpu, 4),
+    }
   params = {"G": _parameter_count(generator), "D": _parameter_count(discriminator)}
   return results, params
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repo", required=True, type=pathlib.Path,
-                      help="checkout of NVlabs/stylegan2-ada-pytorch")
-  parser.add_argument("--resolutions", default="32,64,128",
-                      type=lambda s: [int(v) for v in s.split(",")])
+  parser.add_argument(
+    "--repo", required=True, type=pathlib.Path, help="checkout of NVlabs/stylegan2-ada-pytorch"
+  )
+  parser.add_argument(
+    "--resolutions", default="32,64,128", type=lambda s: [int(v) for v in s.split(",")]
+  )
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
   args = parser.parse_args()
 
   import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
   networks = _import_official_networks(args.repo.resolve())
@@ -124,7 +147,8 @@ def main() -> None:
   params = {}
   for resolution in args.resolutions:
     report[str(resolution)], params[str(resolution)] = measure(
-        networks, resolution, args.repeats, args.threads)
+      networks, resolution, args.repeats, args.threads
+    )
   report["params"] = params
   report["torch"] = torch.__version__
   print(json.dumps(report))

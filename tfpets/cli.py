@@ -8,22 +8,20 @@ import logging as std_logging
 import os
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 
 from tfpets import stages
 from tfpets.data.decode import ImageDecodeError
 from tfpets.errors import UsageError
-from tfpets.runtime import flags as common_flags
 from tfpets.runtime.workdir import Workdir
 
 STAGE_MODULES = {name: importlib.import_module(path) for name, path in stages.STAGES.items()}
 
 
 def _stage_help() -> str:
-  lines = [f"{name}: {(m.__doc__ or '').strip().splitlines()[0]}"
-           for name, m in STAGE_MODULES.items()]
+  lines = [
+    f"{name}: {(m.__doc__ or '').strip().splitlines()[0]}" for name, m in STAGE_MODULES.items()
+  ]
   return "Stage to run. " + "; ".join(lines)
 
 
@@ -59,9 +57,9 @@ def run_stage(stage: str) -> None:
   logging.info("stage %s, workdir %s", stage, workdir.root)
 
   import keras  # deferred: --helpfull and flag errors should not wait for TensorFlow
-  from tfpets.runtime import context
-  from tfpets.runtime import precision
-  from tfpets.runtime import strategy
+
+  from tfpets.runtime import context, precision, strategy
+
   strategy.set_op_threads(FLAGS.intra_op_threads, FLAGS.inter_op_threads)
   ctx = context.RunContext(stage, workdir, FLAGS)
   if getattr(module, "NEEDS_STRATEGY", True):
@@ -87,4 +85,3 @@ def _fail(message: str) -> None:
 
 def run() -> None:
   app.run(main)
-

@@ -27,4 +27,5 @@ def set_allocator_defaults(environ: MutableMapping[str, str]) -> None:
 if __name__ == "__main__":
   set_allocator_defaults(os.environ)
   from tfpets import cli
+
   cli.run()

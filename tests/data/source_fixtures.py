@@ -19,8 +19,9 @@ from PIL import Image
 
 # (breed, CLASS-ID, SPECIES) as in the official list.txt; ids 1, 2, 6 as in the shared slice.
 OXFORD_BREEDS = (("Abyssinian", 1, 1), ("american_bulldog", 2, 2), ("Bengal", 6, 1))
-NINE_POINTS = np.array([[10, 12], [30, 12], [20, 28], [4, 2], [6, -3], [9, 4],
-                        [31, 4], [35, -2], [38, 3]], np.float32)
+NINE_POINTS = np.array(
+  [[10, 12], [30, 12], [20, 28], [4, 2], [6, -3], [9, 4], [31, 4], [35, -2], [38, 3]], np.float32
+)
 
 
 def image_array(width: int, height: int, seed: int) -> np.ndarray:
@@ -52,17 +53,18 @@ def sidecar_text(points: np.ndarray) -> str:
 # ---------------------------------------------------------------------------------------------
 # Oxford-IIIT Pet
 
+
 @dataclasses.dataclass
 class OxfordFixture:
   root: pathlib.Path
-  listed: Dict[str, Tuple[int, int]]         # name -> (CLASS-ID, SPECIES), list.txt order
-  split_of: Dict[str, str]                   # name -> 'trainval' / 'test'
+  listed: Dict[str, Tuple[int, int]]  # name -> (CLASS-ID, SPECIES), list.txt order
+  split_of: Dict[str, str]  # name -> 'trainval' / 'test'
   boxes: Dict[str, Tuple[int, int, int, int]]  # name -> xml box (valid ones)
-  sizes: Dict[str, Tuple[int, int]]          # name -> (width, height) of the image written
-  missing_images: List[str]                  # listed, no file
-  broken_xmls: List[str]                     # trainval names whose xml is unreadable
-  unlisted_images: List[str]                 # image files not in list.txt
-  stray_files: List[str]                     # .mat files in images/
+  sizes: Dict[str, Tuple[int, int]]  # name -> (width, height) of the image written
+  missing_images: List[str]  # listed, no file
+  broken_xmls: List[str]  # trainval names whose xml is unreadable
+  unlisted_images: List[str]  # image files not in list.txt
+  stray_files: List[str]  # .mat files in images/
 
 
 def make_oxford_pets(root, with_defects: bool = True, per_split: int = 2) -> OxfordFixture:
@@ -77,7 +79,7 @@ def make_oxford_pets(root, with_defects: bool = True, per_split: int = 2) -> Oxf
   for breed, class_id, species in OXFORD_BREEDS:
     indices = [10 + k for k in range(2 * per_split)]
     if breed == "Abyssinian":
-      indices[0] = 5   # as in the release: Abyssinian_5.jpg is an RGBA PNG (TFDS re-encodes it)
+      indices[0] = 5  # as in the release: Abyssinian_5.jpg is an RGBA PNG (TFDS re-encodes it)
     for k, index in enumerate(indices):
       name = f"{breed}_{index}"
       seed += 1
@@ -97,8 +99,14 @@ def make_oxford_pets(root, with_defects: bool = True, per_split: int = 2) -> Oxf
       if fx.split_of[name] == "trainval":
         box = (3 + seed % 5, 4, 30 + seed % 7, 25)
         fx.boxes[name] = box
-        _write_voc(annotations / "xmls" / f"{name}.xml", name, width, height, box,
-                   "cat" if species == 1 else "dog")
+        _write_voc(
+          annotations / "xmls" / f"{name}.xml",
+          name,
+          width,
+          height,
+          box,
+          "cat" if species == 1 else "dog",
+        )
   if with_defects:
     fx.listed["Bengal_9"] = (6, 1)
     fx.split_of["Bengal_9"] = "test"
@@ -123,8 +131,11 @@ def _mkdir(path: pathlib.Path) -> pathlib.Path:
 
 
 def _write_lists(annotations: pathlib.Path, fx: OxfordFixture) -> None:
-  lines = {"list": ["#Image CLASS-ID SPECIES BREED ID", "#ID: 1:37 Class ids"],
-           "trainval": [], "test": []}
+  lines = {
+    "list": ["#Image CLASS-ID SPECIES BREED ID", "#ID: 1:37 Class ids"],
+    "trainval": [],
+    "test": [],
+  }
   for name, (class_id, species) in fx.listed.items():
     line = f"{name} {class_id} {species} 1"
     lines["list"].append(line)
@@ -133,24 +144,35 @@ def _write_lists(annotations: pathlib.Path, fx: OxfordFixture) -> None:
     (annotations / f"{stem}.txt").write_text("\n".join(rows) + "\n")
 
 
-def _write_voc(path: pathlib.Path, name: str, width: int, height: int,
-               box: Tuple[int, int, int, int], species: str) -> None:
+def _write_voc(
+  path: pathlib.Path,
+  name: str,
+  width: int,
+  height: int,
+  box: Tuple[int, int, int, int],
+  species: str,
+) -> None:
   xmin, ymin, xmax, ymax = box
   path.write_text(
-      f"<annotation><folder>OXIIIT</folder><filename>{name}.jpg</filename>"
-      "<source><database>OXFORD-IIIT Pet Dataset</database><annotation>OXIIIT</annotation>"
-      f"<image>flickr</image></source><size><width>{width}</width><height>{height}</height>"
-      f"<depth>3</depth></size><segmented>0</segmented><object><name>{species}</name>"
-      "<pose>Frontal</pose><truncated>0</truncated><occluded>0</occluded><bndbox>"
-      f"<xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox>"
-      "<difficult>0</difficult></object></annotation>")
+    f"<annotation><folder>OXIIIT</folder><filename>{name}.jpg</filename>"
+    "<source><database>OXFORD-IIIT Pet Dataset</database><annotation>OXIIIT</annotation>"
+    f"<image>flickr</image></source><size><width>{width}</width><height>{height}</height>"
+    f"<depth>3</depth></size><segmented>0</segmented><object><name>{species}</name>"
+    "<pose>Frontal</pose><truncated>0</truncated><occluded>0</occluded><bndbox>"
+    f"<xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox>"
+    "<difficult>0</difficult></object></annotation>"
+  )
 
 
 # ---------------------------------------------------------------------------------------------
 # Stanford Cars
 
-CAR_NAMES = ("AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Acura TL Sedan 2012",
-             "Acura TL Type-S 2008")
+CAR_NAMES = (
+  "AM General Hummer SUV 2000",
+  "Acura RL Sedan 2012",
+  "Acura TL Sedan 2012",
+  "Acura TL Type-S 2008",
+)
 _CAR_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
 
 
@@ -158,10 +180,10 @@ _CAR_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
 class CarsFixture:
   root: pathlib.Path
   annotations: Dict[str, List[Tuple[str, int, Tuple[int, int, int, int]]]]  # split -> rows
-  sizes: Dict[Tuple[str, str], Tuple[int, int]]    # (split, fname) -> (width, height)
-  missing_images: List[str]                        # train fnames annotated but absent
-  unannotated_images: List[str]                    # train fnames present but not annotated
-  stray_files: List[str]                           # non-image files in cars_train/
+  sizes: Dict[Tuple[str, str], Tuple[int, int]]  # (split, fname) -> (width, height)
+  missing_images: List[str]  # train fnames annotated but absent
+  unannotated_images: List[str]  # train fnames present but not annotated
+  stray_files: List[str]  # non-image files in cars_train/
 
 
 def save_annotations_mat(path, rows, with_class: bool = True) -> None:
@@ -180,8 +202,9 @@ def save_meta_mat(path, names) -> None:
   scipy.io.savemat(str(path), {"class_names": np.array([list(names)], dtype=object)})
 
 
-def make_stanford_cars(root, with_defects: bool = True, test_labels_in_devkit: bool = False,
-                       per_split: int = 3) -> CarsFixture:
+def make_stanford_cars(
+  root, with_defects: bool = True, test_labels_in_devkit: bool = False, per_split: int = 3
+) -> CarsFixture:
   """Devkit layout with 4 classes; class 3 is annotated for train only, class 4 never (unused)."""
   root = pathlib.Path(root)
   devkit = _mkdir(root / "devkit")
@@ -220,8 +243,10 @@ def make_stanford_cars(root, with_defects: bool = True, test_labels_in_devkit: b
 
 def make_kaggle_cars(root) -> Dict[str, Dict[str, List[str]]]:
   """`car_data/{train,test}/<class>/*.jpg`; returns split -> class -> file names."""
-  layout = {"train": {"Acura RL Sedan 2012": ["a.jpg", "b.jpg"], "Audi A5 Coupe 2012": ["c.jpg"]},
-            "test": {"Acura RL Sedan 2012": ["d.jpg"], "BMW M3 Coupe 2012": ["e.jpg"]}}
+  layout = {
+    "train": {"Acura RL Sedan 2012": ["a.jpg", "b.jpg"], "Audi A5 Coupe 2012": ["c.jpg"]},
+    "test": {"Acura RL Sedan 2012": ["d.jpg"], "BMW M3 Coupe 2012": ["e.jpg"]},
+  }
   seed = 0
   for split, classes in layout.items():
     for class_name, files in classes.items():
@@ -233,6 +258,7 @@ def make_kaggle_cars(root) -> Dict[str, Dict[str, List[str]]]:
 
 # ---------------------------------------------------------------------------------------------
 # TFDS archives (datasets.md §4.3: tiny archives in the official layout)
+
 
 def tar_folder(archive, root, members, gzip: bool) -> pathlib.Path:
   """Writes `members` (paths relative to root) into a tar archive, gzipped or not."""
@@ -256,5 +282,6 @@ def make_cars_archives(fx: CarsFixture, out_dir) -> pathlib.Path:
   tar_folder(out_dir / "cars_test.tgz", fx.root, ["cars_test"], gzip=True)
   tar_folder(out_dir / "car_devkit.tgz", fx.root, ["devkit"], gzip=True)
   (out_dir / "cars_test_annos_withlabels.mat").write_bytes(
-      (fx.root / "cars_test_annos_withlabels.mat").read_bytes())
+    (fx.root / "cars_test_annos_withlabels.mat").read_bytes()
+  )
   return out_dir

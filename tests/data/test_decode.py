@@ -65,12 +65,15 @@ def test_missing_end_marker_is_usable_and_noted(files):
   assert "JPEG end marker missing" in image.notes
 
 
-@pytest.mark.parametrize("name, reason", [
+@pytest.mark.parametrize(
+  "name, reason",
+  [
     ("truncated.jpg", "truncated JPEG"),
     ("corrupt.jpg", "truncated JPEG"),
     ("empty.jpg", "empty file"),
     ("notes.jpg", "not an image"),
-])
+  ],
+)
 def test_unusable_files_raise_naming_file_and_reason(files, name, reason):
   with pytest.raises(decode.ImageDecodeError, match=reason) as info:
     decode.read_image(str(files[name]))
@@ -87,12 +90,12 @@ def test_orient_points_moves_points_with_the_pixels(orientation):
   """A lone bright block is found where orient_points says the annotation goes."""
   h, w = 40, 64
   pixels = np.zeros((h, w, 3), np.uint8)
-  pixels[8:12, 44:48] = 255          # block centred at (46, 10) in stored coordinates
+  pixels[8:12, 44:48] = 255  # block centred at (46, 10) in stored coordinates
   exif = bad_images.Image.Exif()
   exif[0x0112] = orientation
   data = bad_images.save(bad_images.Image.fromarray(pixels), "PNG", exif=exif.tobytes())
   image = decode.decode_image(data, "dot.png")
   ys, xs = np.nonzero(image.pixels[..., 0] > 127)
-  found = np.array([xs.mean() + 0.5, ys.mean() + 0.5])   # pixel centres -> continuous coords
+  found = np.array([xs.mean() + 0.5, ys.mean() + 0.5])  # pixel centres -> continuous coords
   expected = decode.orient_points(np.array([[46.0, 10.0]]), orientation, w, h)[0]
   np.testing.assert_allclose(found, expected, atol=1e-6)

@@ -11,8 +11,7 @@ import tensorflow as tf
 
 from tests.conftest import REPO
 from tests.data import bad_images
-from tfpets.data import pipeline
-from tfpets.data import prepare
+from tfpets.data import pipeline, prepare
 from tfpets.data.records import ImageRecord
 from tfpets.data.tfrecord import shards
 
@@ -25,22 +24,26 @@ def write_split(directory, n=12, height=40, width=80):
     label = i % 3
     pixels = np.zeros((height, width, 3), np.uint8)
     pixels[..., label] = 200
-    record = ImageRecord(f"img_{i}.jpg", label, f"c{label}", box=[8, 4, 40, 20],
-                         landmarks=[[10, 5]] * 4 + [[60, 30]])
-    writer.write(shards.serialize(prepare.PreparedImage(
-        record, bad_images.jpeg(pixels), height, width, [])))
+    record = ImageRecord(
+      f"img_{i}.jpg", label, f"c{label}", box=[8, 4, 40, 20], landmarks=[[10, 5]] * 4 + [[60, 30]]
+    )
+    writer.write(
+      shards.serialize(prepare.PreparedImage(record, bad_images.jpeg(pixels), height, width, []))
+    )
     labels.append(label)
   writer.close()
-  shards.write_manifest(directory, ["c0", "c1", "c2"],
-                        {"train": shards.label_histogram(labels, ["c0", "c1", "c2"])},
-                        {"train": writer.paths})
+  shards.write_manifest(
+    directory,
+    ["c0", "c1", "c2"],
+    {"train": shards.label_histogram(labels, ["c0", "c1", "c2"])},
+    {"train": writer.paths},
+  )
   return labels
 
 
 def test_resize_scales_boxes_and_landmarks_with_the_image(tmp_path):
   write_split(tmp_path)
-  ds = pipeline.shard_dataset(str(tmp_path), "train", batch_size=4, image_size=20,
-                              training=False)
+  ds = pipeline.shard_dataset(str(tmp_path), "train", batch_size=4, image_size=20, training=False)
   batch = next(iter(ds))
   assert batch["image"].shape == (4, 20, 20, 3) and batch["image"].dtype == tf.float32
   # 80x40 -> 20x20: x scales by 1/4, y by 1/2.
@@ -61,11 +64,21 @@ def test_eval_mode_sees_every_record_once(tmp_path):
 @pytest.mark.parametrize("cache", [False, True])
 def test_deterministic_mode_repeats_exactly(tmp_path, cache):
   write_split(tmp_path)
+
   def first_batches():
-    ds = pipeline.shard_dataset(str(tmp_path), "train", batch_size=3, image_size=8,
-                                training=True, deterministic=True, seed=5, cache=cache,
-                                augment=lambda ex: dict(ex, image=ex["image"] * 0.5))
+    ds = pipeline.shard_dataset(
+      str(tmp_path),
+      "train",
+      batch_size=3,
+      image_size=8,
+      training=True,
+      deterministic=True,
+      seed=5,
+      cache=cache,
+      augment=lambda ex: dict(ex, image=ex["image"] * 0.5),
+    )
     return [b["label"].numpy().tolist() for b in ds.take(6)]
+
   assert first_batches() == first_batches()
 
 
@@ -85,6 +98,7 @@ def test_per_replica_batches_under_mirrored_strategy(tmp_path):
       assert shapes == [(4, 8, 8, 3), (4, 8, 8, 3)], shapes
   """)
   env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0, result.stderr[-2000:]

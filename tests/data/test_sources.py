@@ -10,13 +10,17 @@ import re
 import numpy as np
 import pytest
 import scipy.io
-
 import source_fixtures as sf
+
 from tfpets.data import rejects as rejects_lib
 from tfpets.data import synthetic
 from tfpets.data.sources import load_source
-from tfpets.data.sources.cat_landmarks import (load_cat_dataset, parse_landmark_file,
-                                               to_five_points, write_landmark_file)
+from tfpets.data.sources.cat_landmarks import (
+  load_cat_dataset,
+  parse_landmark_file,
+  to_five_points,
+  write_landmark_file,
+)
 from tfpets.data.sources.csv_source import load_csv
 from tfpets.data.sources.folders import load_folders
 from tfpets.data.sources.oxford_pets import load_oxford_pets
@@ -28,8 +32,9 @@ FIVE_POINT_ROWS = [n - 1 for n in (1, 2, 3, 5, 8)]
 
 def entries_by_name(result):
   """basename -> (reason, action) of every reject (names are unique within a fixture)."""
-  return {os.path.basename(e.path.rstrip("/")): (e.reason, e.action)
-          for e in result.rejects.entries}
+  return {
+    os.path.basename(e.path.rstrip("/")): (e.reason, e.action) for e in result.rejects.entries
+  }
 
 
 def by_name(result):
@@ -39,30 +44,35 @@ def by_name(result):
 # ---------------------------------------------------------------------------------------------
 # Landmark sidecar format
 
+
 def test_landmark_file_round_trip_and_text_format(tmp_path):
   path = tmp_path / "x.jpg.cat"
   write_landmark_file(str(path), sf.NINE_POINTS)
   tokens = path.read_text().split()
   assert tokens[0] == "9" and len(tokens) == 19
-  assert tokens[1:3] == ["10.0", "12.0"]          # Python str(float), x before y
+  assert tokens[1:3] == ["10.0", "12.0"]  # Python str(float), x before y
   np.testing.assert_array_equal(parse_landmark_file(str(path)), sf.NINE_POINTS)
 
 
 def test_landmark_file_reads_kaggle_integer_line(tmp_path):
-  path = sf.write_text(tmp_path / "a.jpg.cat", "9 175 160 239 162 202 228 111 90 98 16 156 47 "
-                       "250 66 300 20 313 104 ")
+  path = sf.write_text(
+    tmp_path / "a.jpg.cat", "9 175 160 239 162 202 228 111 90 98 16 156 47 250 66 300 20 313 104 "
+  )
   points = parse_landmark_file(str(path))
   assert points.shape == (9, 2) and points.dtype == np.float32
   assert points[0].tolist() == [175, 160] and points[8].tolist() == [313, 104]
 
 
-@pytest.mark.parametrize("text, message", [
+@pytest.mark.parametrize(
+  "text, message",
+  [
     ("", "empty landmark file"),
     ("9 1 2 3", "header says 9 points but 3 numbers follow"),
     ("x 1 2", "is not a point count"),
     ("2 1 2 abc 4", "'abc' is not a number"),
     ("1 nan 2", "non-finite"),
-])
+  ],
+)
 def test_landmark_file_errors_name_file_and_problem(tmp_path, text, message):
   path = sf.write_text(tmp_path / "bad.jpg.cat", text)
   with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + re.escape(message)):
@@ -80,10 +90,11 @@ def test_to_five_points_keeps_eyes_mouth_and_ear_tips():
 # ---------------------------------------------------------------------------------------------
 # Class folders
 
+
 def make_folder_tree(root: pathlib.Path):
   sf.write_jpeg(root / "b_dog" / "sub" / "y1.jpg", seed=1)
   sf.write_jpeg(root / "b_dog" / "y2.jpeg", seed=2)
-  sf.write_text(root / "b_dog" / "y2.jpeg.animal", "9 1 2 3")         # broken sidecar
+  sf.write_text(root / "b_dog" / "y2.jpeg.animal", "9 1 2 3")  # broken sidecar
   sf.write_jpeg(root / "a_cat" / "x1.jpg", seed=3)
   sf.write_text(root / "a_cat" / "x1.jpg.cat", sf.sidecar_text(sf.NINE_POINTS))
   sf.write_jpeg(root / "a_cat" / "x2.png", seed=4)
@@ -97,12 +108,15 @@ def make_folder_tree(root: pathlib.Path):
 def test_folders_classes_labels_sidecars_and_rejects(tmp_path):
   make_folder_tree(tmp_path)
   result = load_folders(str(tmp_path), split="train")
-  assert result.class_names == ["a_cat", "b_dog"]     # sorted, the empty class gets no label
+  assert result.class_names == ["a_cat", "b_dog"]  # sorted, the empty class gets no label
   records = by_name(result)
   assert sorted(records) == ["x1.jpg", "x2.png", "y1.jpg", "y2.jpeg"]
   assert {n: (r.label, r.class_name) for n, r in records.items()} == {
-      "x1.jpg": (0, "a_cat"), "x2.png": (0, "a_cat"), "y1.jpg": (1, "b_dog"),
-      "y2.jpeg": (1, "b_dog")}
+    "x1.jpg": (0, "a_cat"),
+    "x2.png": (0, "a_cat"),
+    "y1.jpg": (1, "b_dog"),
+    "y2.jpeg": (1, "b_dog"),
+  }
   assert all(r.split == "train" and r.source == "folder" for r in result.records)
   assert records["y1.jpg"].path == str(tmp_path / "b_dog" / "sub" / "y1.jpg")
   np.testing.assert_array_equal(records["x1.jpg"].landmarks, sf.NINE_POINTS)
@@ -149,7 +163,8 @@ def test_load_source_dispatches_folder_spec(tmp_path):
 # CSV
 
 CSV_HEADER = ["path", "label", "species", "split", "xmin", "ymin", "xmax", "ymax"] + [
-    f"lm{i}_{a}" for i in range(9) for a in "xy"]
+  f"lm{i}_{a}" for i in range(9) for a in "xy"
+]
 
 
 def write_csv(path: pathlib.Path, header, rows):
@@ -165,14 +180,14 @@ def test_csv_rows_annotations_and_row_rejects(tmp_path):
   lms = [f"{v:g}" for v in sf.NINE_POINTS.reshape(-1)]
   no_lms = [""] * 18
   rows = [
-      ["img/a.jpg", "tabby", "cat", "train", 1, 2, 30, 25.5] + lms,          # line 2
-      [absolute, "tabby", "", "", "", "", "", ""] + no_lms,                  # line 3
-      ["img/missing.jpg", "tabby", "cat", "train", "", "", "", ""] + no_lms,  # line 4
-      ["img/b.jpg", "pug", "dog", "test", "abc", 2, 3, 4] + no_lms,          # line 5
-      ["img/b.jpg", "pug", "dog", "test", 1, "", 3, 4] + no_lms,             # line 6
-      ["img/a.jpg", "tabby", "cat", "train", "", "", "", ""] + no_lms,        # line 7
-      ["img/b.jpg", "", "dog", "test", "", "", "", ""] + no_lms,             # line 8
-      ["img/b.jpg", "pug", "dog", "test", "", "", "", ""] + no_lms,          # line 9
+    ["img/a.jpg", "tabby", "cat", "train", 1, 2, 30, 25.5] + lms,  # line 2
+    [absolute, "tabby", "", "", "", "", "", ""] + no_lms,  # line 3
+    ["img/missing.jpg", "tabby", "cat", "train", "", "", "", ""] + no_lms,  # line 4
+    ["img/b.jpg", "pug", "dog", "test", "abc", 2, 3, 4] + no_lms,  # line 5
+    ["img/b.jpg", "pug", "dog", "test", 1, "", 3, 4] + no_lms,  # line 6
+    ["img/a.jpg", "tabby", "cat", "train", "", "", "", ""] + no_lms,  # line 7
+    ["img/b.jpg", "", "dog", "test", "", "", "", ""] + no_lms,  # line 8
+    ["img/b.jpg", "pug", "dog", "test", "", "", "", ""] + no_lms,  # line 9
   ]
   result = load_csv(str(write_csv(tmp_path / "list.csv", CSV_HEADER, rows)))
   assert result.class_names == ["pug", "tabby"]
@@ -188,11 +203,13 @@ def test_csv_rows_annotations_and_row_rejects(tmp_path):
   assert (records["b.jpg"].label, records["b.jpg"].split) == (0, "test")
   reasons = [e.reason for e in result.rejects.entries]
   assert all(e.action == rejects_lib.SKIPPED for e in result.rejects.entries)
-  assert reasons == ["row 4: file not found",
-                     "row 5: malformed number 'abc' in column xmin",
-                     "row 6: box partly empty (column ymin is empty)",
-                     "row 7: duplicate of row 2",
-                     "row 8: empty label"]
+  assert reasons == [
+    "row 4: file not found",
+    "row 5: malformed number 'abc' in column xmin",
+    "row 6: box partly empty (column ymin is empty)",
+    "row 7: duplicate of row 2",
+    "row 8: empty label",
+  ]
 
 
 def test_csv_five_point_landmarks_and_unknown_columns(tmp_path):
@@ -203,11 +220,14 @@ def test_csv_five_point_landmarks_and_unknown_columns(tmp_path):
   np.testing.assert_array_equal(result.records[0].landmarks, np.arange(10).reshape(5, 2))
 
 
-@pytest.mark.parametrize("header, message", [
+@pytest.mark.parametrize(
+  "header, message",
+  [
     (["path", "species"], "lacks required column.*label"),
     (["path", "label", "xmin", "ymin"], "box columns need all of"),
     (["path", "label"] + [f"lm{i}_{a}" for i in range(7) for a in "xy"], "N = 9 or 5"),
-])
+  ],
+)
 def test_csv_header_errors(tmp_path, header, message):
   path = write_csv(tmp_path / "bad.csv", header, [])
   with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + message):
@@ -222,6 +242,7 @@ def test_csv_empty_file(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Oxford-IIIT Pet (fixture)
+
 
 def test_oxford_fixture_records_classes_boxes_and_rejects(tmp_path):
   fx = sf.make_oxford_pets(tmp_path)
@@ -254,7 +275,7 @@ def test_oxford_fixture_records_classes_boxes_and_rejects(tmp_path):
   assert "Abyssinian_34.jpg" not in rejects
   assert rejects["Abyssinian_100.mat"][1] == rejects_lib.IGNORED
   assert ".mat" in rejects["Abyssinian_100.mat"][0]
-  assert len(result.rejects) == 3        # the '#' header lines of list.txt are not rejects
+  assert len(result.rejects) == 3  # the '#' header lines of list.txt are not rejects
 
 
 def test_oxford_split_option_shares_class_list(tmp_path):
@@ -279,9 +300,13 @@ def test_oxford_layout_error_names_missing_file(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Oxford-IIIT Pet (the real 3-breed slice)
 
+
 def read_official_list(path: pathlib.Path):
-  rows = [line.split() for line in path.read_text().splitlines()
-          if line.strip() and not line.startswith("#")]
+  rows = [
+    line.split()
+    for line in path.read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+  ]
   return {row[0]: (int(row[1]), int(row[2])) for row in rows}
 
 
@@ -291,11 +316,14 @@ def test_oxford_real_slice_against_official_lists(oxford_pets_3class):
   trainval = read_official_list(root / "annotations" / "trainval.txt")
   test = read_official_list(root / "annotations" / "test.txt")
   result = load_oxford_pets(str(root))
-  assert len(result.records) == len(listed) + 2 == 600     # + the two images list.txt omits
+  assert len(result.records) == len(listed) + 2 == 600  # + the two images list.txt omits
   assert result.class_names == ["Abyssinian", "american_bulldog", "Bengal"]
   splits = collections.Counter(r.split for r in result.records)
-  assert splits == {"trainval": len(trainval), "test": len(test), "unlisted": 2} == {
-      "trainval": 300, "test": 298, "unlisted": 2}
+  assert (
+    splits
+    == {"trainval": len(trainval), "test": len(test), "unlisted": 2}
+    == {"trainval": 300, "test": 298, "unlisted": 2}
+  )
   per_class = collections.Counter(r.class_name for r in result.records if r.split != "unlisted")
   expected_per_class = collections.Counter(n.rsplit("_", 1)[0] for n in listed)
   assert per_class == expected_per_class
@@ -306,8 +334,10 @@ def test_oxford_real_slice_against_official_lists(oxford_pets_3class):
   assert len(xmls) == 296
   record = next(r for r in result.records if r.image_id == "Abyssinian_1")
   xml = (root / "annotations" / "xmls" / "Abyssinian_1.xml").read_text()
-  expected_box = [float(re.search(f"<{t}>([0-9.]+)</{t}>", xml).group(1))
-                  for t in ("xmin", "ymin", "xmax", "ymax")]
+  expected_box = [
+    float(re.search(f"<{t}>([0-9.]+)</{t}>", xml).group(1))
+    for t in ("xmin", "ymin", "xmax", "ymax")
+  ]
   np.testing.assert_array_equal(record.box, expected_box)
   files = {p.name for p in (root / "images").iterdir()}
   unlisted = {f for f in files if f.endswith(".jpg") and f[:-4] not in listed}
@@ -321,6 +351,7 @@ def test_oxford_real_slice_against_official_lists(oxford_pets_3class):
 
 # ---------------------------------------------------------------------------------------------
 # Stanford Cars
+
 
 def test_cars_devkit_structure_matches_the_release_reader(tmp_path):
   """Fixture .mat files have the structure loadmat shows for the real devkit (datasets.md §2)."""
@@ -347,12 +378,11 @@ def test_cars_devkit_records_boxes_and_rejects(tmp_path):
       record = records[fname]
       assert record.path == str(tmp_path / f"cars_{split}" / fname)
       assert (record.label, record.class_name) == (class_id - 1, sf.CAR_NAMES[class_id - 1])
-      np.testing.assert_array_equal(record.box, box)   # kept even past the image edge
+      np.testing.assert_array_equal(record.box, box)  # kept even past the image edge
   first_fname, _, first_box = fx.annotations["train"][0]
   assert first_box[2] > fx.sizes[("train", first_fname)][0]
   rejects = entries_by_name(result)
-  assert rejects["09999.jpg"] == ("file not found (listed in the annotations)",
-                                  rejects_lib.SKIPPED)
+  assert rejects["09999.jpg"] == ("file not found (listed in the annotations)", rejects_lib.SKIPPED)
   assert rejects["08888.jpg"] == ("not in cars_train_annos.mat", rejects_lib.IGNORED)
   assert rejects["README.txt"] == ("not an image", rejects_lib.IGNORED)
   assert len(result.rejects) == 3
@@ -363,7 +393,7 @@ def test_cars_split_option_and_test_labels_in_devkit(tmp_path):
   test = load_stanford_cars(str(tmp_path), split="test")
   assert len(test.records) == len(fx.annotations["test"])
   assert {r.split for r in test.records} == {"test"}
-  assert test.class_names == list(sf.CAR_NAMES[:3])    # same label space as split='all'
+  assert test.class_names == list(sf.CAR_NAMES[:3])  # same label space as split='all'
 
 
 def test_cars_without_test_labels(tmp_path):
@@ -395,8 +425,9 @@ def test_cars_kaggle_class_folders(tmp_path):
   names = sorted(set(layout["train"]) | set(layout["test"]))
   assert result.class_names == names
   seen = {(r.split, r.class_name, os.path.basename(r.path)) for r in result.records}
-  assert seen == {(s, c, f) for s, classes in layout.items() for c, files in classes.items()
-                  for f in files}
+  assert seen == {
+    (s, c, f) for s, classes in layout.items() for c, files in classes.items() for f in files
+  }
   assert all(result.class_names[r.label] == r.class_name for r in result.records)
   assert all(r.source == "stanford_cars" for r in result.records)
   train = load_stanford_cars(str(tmp_path / "car_data"), split="train")
@@ -405,6 +436,7 @@ def test_cars_kaggle_class_folders(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Kaggle CAT
+
 
 def make_cat_tree(root: pathlib.Path):
   good = sf.NINE_POINTS
@@ -438,8 +470,7 @@ def test_cat_dataset_requires_landmarks(tmp_path):
   assert rejects["00000004_000.jpg"] == ("no landmark file (.cat or .animal)", rejects_lib.SKIPPED)
   assert "'a' is not a number" in rejects["00000005_000.jpg"][0]
   assert "7 points, expected 9 or 5" in rejects["00000006_000.jpg"][0]
-  assert rejects["00000009_000.jpg.cat"] == ("landmark file without its image",
-                                            rejects_lib.IGNORED)
+  assert rejects["00000009_000.jpg.cat"] == ("landmark file without its image", rejects_lib.IGNORED)
   assert rejects["Thumbs.db"] == ("not an image (extension '.db')", rejects_lib.IGNORED)
   assert len(result.rejects) == 6
 
@@ -449,13 +480,17 @@ def test_cat_dataset_keep_unannotated_and_folder_classes(tmp_path):
   kept = load_cat_dataset(str(tmp_path), keep_unannotated=True)
   assert len(kept.records) == 6
   actions = {n: a for n, (_, a) in entries_by_name(kept).items() if n.endswith(".jpg")}
-  assert actions == {"00000002_000.jpg": rejects_lib.ANNOTATION_DROPPED,
-                     "00000005_000.jpg": rejects_lib.ANNOTATION_DROPPED,
-                     "00000006_000.jpg": rejects_lib.ANNOTATION_DROPPED}
+  assert actions == {
+    "00000002_000.jpg": rejects_lib.ANNOTATION_DROPPED,
+    "00000005_000.jpg": rejects_lib.ANNOTATION_DROPPED,
+    "00000006_000.jpg": rejects_lib.ANNOTATION_DROPPED,
+  }
   by_folder = load_cat_dataset(str(tmp_path), folders_as_classes=True)
   assert by_folder.class_names == ["CAT_00", "CAT_01"]
   assert {os.path.basename(r.path): r.label for r in by_folder.records} == {
-      "00000001_000.jpg": 0, "00000003_000.jpg": 1}
+    "00000001_000.jpg": 0,
+    "00000003_000.jpg": 1,
+  }
 
 
 def test_cat_dataset_five_point_variant(tmp_path):
@@ -463,8 +498,9 @@ def test_cat_dataset_five_point_variant(tmp_path):
   five = load_cat_dataset(str(tmp_path), num_points=5)
   for record in five.records:
     assert record.landmarks.shape == (5, 2)
-  np.testing.assert_array_equal(by_name(five)["00000001_000.jpg"].landmarks,
-                                sf.NINE_POINTS[FIVE_POINT_ROWS])
+  np.testing.assert_array_equal(
+    by_name(five)["00000001_000.jpg"].landmarks, sf.NINE_POINTS[FIVE_POINT_ROWS]
+  )
   sf.write_jpeg(tmp_path / "CAT_02" / "x.jpg")
   sf.write_text(tmp_path / "CAT_02" / "x.jpg.cat", sf.sidecar_text(np.ones((5, 2))))
   nine_only = load_cat_dataset(str(tmp_path), num_points=9)
@@ -478,13 +514,15 @@ def test_cat_dataset_five_point_variant(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The synthetic pets are written in the CSV format (and as class folders with .cat sidecars)
 
+
 def test_synthetic_pets_csv_and_folders_agree(tmp_path):
   csv_path = synthetic.write_dataset(str(tmp_path), num_breeds=3, images_per_breed=2, size=64)
   from_csv, from_folders = load_csv(csv_path), load_folders(str(tmp_path))
   assert from_csv.class_names == from_folders.class_names == sorted(from_csv.class_names)
   assert len(from_csv.records) == 6 and len(from_csv.rejects) == 0
   assert entries_by_name(from_folders) == {
-      os.path.basename(csv_path): ("file not inside a class folder", rejects_lib.IGNORED)}
+    os.path.basename(csv_path): ("file not inside a class folder", rejects_lib.IGNORED)
+  }
   folder_records = {r.path: r for r in from_folders.records}
   for record in from_csv.records:
     twin = folder_records[record.path]

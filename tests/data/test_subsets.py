@@ -9,12 +9,11 @@ import random
 
 import numpy as np
 import pytest
+import source_fixtures as sf
 from PIL import Image
 
-import source_fixtures as sf
-from tfpets.data import decode
+from tfpets.data import decode, subsets
 from tfpets.data import rejects as rejects_lib
-from tfpets.data import subsets
 from tfpets.data.records import ImageRecord
 from tfpets.data.sources.oxford_pets import load_oxford_pets
 
@@ -25,8 +24,14 @@ def make_records(shuffle_seed: int = 0):
   records = []
   for label, (name, n) in enumerate(CLASS_SIZES.items()):
     for i in range(n):
-      records.append(ImageRecord(path=f"/data/{name}_{i}.jpg", label=label, class_name=name,
-                                 split="trainval" if i % 3 else "test"))
+      records.append(
+        ImageRecord(
+          path=f"/data/{name}_{i}.jpg",
+          label=label,
+          class_name=name,
+          split="trainval" if i % 3 else "test",
+        )
+      )
   random.Random(shuffle_seed).shuffle(records)
   return records
 
@@ -45,6 +50,7 @@ def half_up(x: float) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Subsets
+
 
 def test_subsets_are_nested_for_one_seed():
   records = make_records()
@@ -66,7 +72,7 @@ def test_subset_per_class_counts(fraction):
 
 def test_subset_rounding_is_half_up_and_at_least_one():
   counts = per_class(subsets.stratified_subset(make_records(), 0.1, seed=0))
-  assert counts["pug"] == 3          # 2.5 -> 3 (banker's rounding would give 2)
+  assert counts["pug"] == 3  # 2.5 -> 3 (banker's rounding would give 2)
   assert counts["beagle"] == 1 and counts["boxer"] == 1
 
 
@@ -78,7 +84,7 @@ def test_subset_int_count_per_class():
 def test_subset_deterministic_order_independent_and_seed_sensitive():
   a = subsets.stratified_subset(make_records(0), 0.1, seed=7)
   b = subsets.stratified_subset(make_records(1), 0.1, seed=7)
-  assert set(paths(a)) == set(paths(b))            # same selection whatever the input order
+  assert set(paths(a)) == set(paths(b))  # same selection whatever the input order
   again = make_records(0)
   assert paths(subsets.stratified_subset(again, 0.1, seed=7)) == paths(a)
   other = subsets.stratified_subset(make_records(0), 0.1, seed=8)
@@ -90,8 +96,11 @@ def test_subset_deterministic_order_independent_and_seed_sensitive():
 
 def test_subset_selection_is_spread_over_the_class():
   """The 10 % of a 200-image class is not simply its first 20 paths in sorted order."""
-  chosen = [r.path for r in subsets.stratified_subset(make_records(), 0.1, seed=0)
-            if r.class_name == "Abyssinian"]
+  chosen = [
+    r.path
+    for r in subsets.stratified_subset(make_records(), 0.1, seed=0)
+    if r.class_name == "Abyssinian"
+  ]
   first_sorted = sorted(f"/data/Abyssinian_{i}.jpg" for i in range(200))[:20]
   assert sorted(chosen) != first_sorted
 
@@ -107,8 +116,9 @@ def test_subset_rejects_bool():
     subsets.stratified_subset(make_records(), True, seed=0)
 
 
-@pytest.mark.parametrize("text, expected", [("0.1", 0.1), ("0.5", 0.5), ("1.0", 1.0),
-                                            ("20", 20), (" 7 ", 7), ("10%", 0.1)])
+@pytest.mark.parametrize(
+  "text, expected", [("0.1", 0.1), ("0.5", 0.5), ("1.0", 1.0), ("20", 20), (" 7 ", 7), ("10%", 0.1)]
+)
 def test_parse_subset(text, expected):
   value = subsets.parse_subset(text)
   assert value == expected and type(value) is type(expected)
@@ -122,6 +132,7 @@ def test_parse_subset_errors(text):
 
 # ---------------------------------------------------------------------------------------------
 # Splits
+
 
 def test_split_records_disjoint_covering_stratified():
   records = make_records()
@@ -147,8 +158,7 @@ def test_split_records_three_way_and_deterministic():
   assert set(paths(c["val"])) != set(paths(a["val"]))
 
 
-@pytest.mark.parametrize("fractions", [{"train": 0.7, "val": 0.2}, {"train": 1.2, "val": -0.2},
-                                       {}])
+@pytest.mark.parametrize("fractions", [{"train": 0.7, "val": 0.2}, {"train": 1.2, "val": -0.2}, {}])
 def test_split_records_bad_fractions(fractions):
   with pytest.raises(ValueError, match="sum to 1"):
     subsets.split_records(make_records(), fractions, seed=0)
@@ -168,13 +178,14 @@ def test_split_by_source():
 # ---------------------------------------------------------------------------------------------
 # Perceptual hash
 
+
 def reference_phash(pixels: np.ndarray) -> int:
   """Independent pHash for images whose sides are multiples of 32: block means + DCT matrix."""
   luma = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
   h, w = luma.shape
   small = luma.reshape(32, h // 32, 32, w // 32).mean(axis=(1, 3))
   k = np.arange(32)[:, None]
-  basis = np.cos(np.pi * (2 * np.arange(32)[None, :] + 1) * k / 64)   # DCT-II rows
+  basis = np.cos(np.pi * (2 * np.arange(32)[None, :] + 1) * k / 64)  # DCT-II rows
   coefficients = (basis @ small @ basis.T)[1:9, 1:9].reshape(-1)
   bits = coefficients > np.median(coefficients)
   return sum(1 << (63 - i) for i, bit in enumerate(bits) if bit)
@@ -184,8 +195,12 @@ def natural_image(seed: int, width: int = 320, height: int = 256) -> np.ndarray:
   """Smooth blobs plus fine texture: structure at several scales, like a photo."""
   rng = np.random.default_rng(seed)
   coarse = sf.image_array(width, height, seed).astype(np.float64)
-  mid = np.asarray(Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).resize(
-      (width, height), Image.Resampling.BICUBIC), np.float64)
+  mid = np.asarray(
+    Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).resize(
+      (width, height), Image.Resampling.BICUBIC
+    ),
+    np.float64,
+  )
   noise = rng.normal(0, 6, (height, width, 3))
   return np.clip(0.6 * coarse + 0.4 * mid + noise, 0, 255).astype(np.uint8)
 
@@ -193,8 +208,9 @@ def natural_image(seed: int, width: int = 320, height: int = 256) -> np.ndarray:
 def jpeg_round_trip(pixels: np.ndarray, quality: int, scale: float = 1.0) -> np.ndarray:
   img = Image.fromarray(pixels)
   if scale != 1.0:
-    img = img.resize((round(img.width * scale), round(img.height * scale)),
-                     Image.Resampling.BILINEAR)
+    img = img.resize(
+      (round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR
+    )
   buffer = io.BytesIO()
   img.save(buffer, format="JPEG", quality=quality)
   return decode.decode_image(buffer.getvalue()).pixels
@@ -225,7 +241,7 @@ def test_near_duplicate_pairs_equal_brute_force():
   rng = np.random.default_rng(0)
   bases = rng.integers(0, 2**63, 40, dtype=np.uint64) * np.uint64(2)
   hashes = bases[rng.integers(0, 40, 700)]
-  for _ in range(6):   # flip up to 6 random bits per hash: clusters with spread distances
+  for _ in range(6):  # flip up to 6 random bits per hash: clusters with spread distances
     hashes = hashes ^ (np.uint64(1) << rng.integers(0, 64, len(hashes)).astype(np.uint64))
   for max_hamming in (0, 3, 10):
     found = subsets.near_duplicate_pairs(hashes, max_hamming)
@@ -243,10 +259,17 @@ def test_near_duplicate_pairs_equal_brute_force():
 # ---------------------------------------------------------------------------------------------
 # Duplicate removal
 
+
 def test_find_duplicates_exact_and_near_keep_first():
   a, b, c = natural_image(1), natural_image(2), natural_image(3)
-  images = {"a.jpg": a, "b.jpg": b, "a_copy.png": a.copy(), "a_small.jpg": jpeg_round_trip(
-      a, 80, scale=0.5), "c.jpg": c, "b_again.jpg": b.copy()}
+  images = {
+    "a.jpg": a,
+    "b.jpg": b,
+    "a_copy.png": a.copy(),
+    "a_small.jpg": jpeg_round_trip(a, 80, scale=0.5),
+    "c.jpg": c,
+    "b_again.jpg": b.copy(),
+  }
   records = [ImageRecord(path=p, label=0, class_name="x") for p in images]
   report = subsets.find_duplicates(records, lambda r: images[r.path])
   assert paths(report.kept) == ["a.jpg", "b.jpg", "c.jpg"]
@@ -275,11 +298,14 @@ def test_find_duplicates_first_in_order_wins():
 def test_find_duplicates_on_real_slice(oxford_pets_3class):
   """Pairs below were checked by eye as the same photo; one crosses the official split."""
   result = load_oxford_pets(str(oxford_pets_3class))
-  report = subsets.find_duplicates(result.records,
-                                   lambda r: decode.read_image(r.path).pixels)
+  report = subsets.find_duplicates(result.records, lambda r: decode.read_image(r.path).pixels)
   pairs = {(d.original.image_id, d.record.image_id) for d in report.removed}
-  same_photo = {("Abyssinian_122", "Abyssinian_172"), ("Abyssinian_151", "Abyssinian_99"),
-                ("Abyssinian_24", "Abyssinian_56"), ("Abyssinian_24", "Abyssinian_80")}
+  same_photo = {
+    ("Abyssinian_122", "Abyssinian_172"),
+    ("Abyssinian_151", "Abyssinian_99"),
+    ("Abyssinian_24", "Abyssinian_56"),
+    ("Abyssinian_24", "Abyssinian_80"),
+  }
   assert same_photo <= pairs
   assert all(d.distance <= subsets.DEFAULT_MAX_HAMMING for d in report.removed)
   assert len(report.kept) + len(report.removed) == len(result.records)

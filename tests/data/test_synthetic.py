@@ -11,13 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from tfpets.data import decode
-from tfpets.data import synthetic
+from tfpets.data import decode, synthetic
 from tfpets.data.decode import read_image
 from tfpets.data.records import LANDMARK_NAMES_9
 
 LEFT_EYE, RIGHT_EYE, MOUTH = 0, 1, 2
-LEFT_EAR, RIGHT_EAR = (3, 4, 5), (6, 7, 8)   # Kaggle order: left ear 1-3, right ear 1-3
+LEFT_EAR, RIGHT_EAR = (3, 4, 5), (6, 7, 8)  # Kaggle order: left ear 1-3, right ear 1-3
 
 
 def tree_bytes(root) -> dict:
@@ -63,8 +62,14 @@ def all_breeds_pets():
 def small_dataset(tmp_path_factory):
   out = tmp_path_factory.mktemp("pets")
   calls = []
-  csv_path = synthetic.write_dataset(str(out), num_breeds=12, images_per_breed=2, size=64, seed=5,
-                                     progress=lambda done, total: calls.append((done, total)))
+  csv_path = synthetic.write_dataset(
+    str(out),
+    num_breeds=12,
+    images_per_breed=2,
+    size=64,
+    seed=5,
+    progress=lambda done, total: calls.append((done, total)),
+  )
   return out, csv_path, calls
 
 
@@ -91,20 +96,23 @@ def test_default_breeds_differ_pairwise_in_several_head_cues():
   cues = ("eye_color", "marking", "ear_kind", "ear_height", "ear_tilt", "muzzle_color")
   table = synthetic.breed_table(12)
   for i, a in enumerate(table):
-    for b in table[i + 1:]:
+    for b in table[i + 1 :]:
       if a.species == b.species:
         differing = [c for c in cues if getattr(a, c) != getattr(b, c)]
         assert len(differing) >= 2, (a.name, b.name, differing)
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     ({"num_breeds": 0}, "num_breeds must be between 1 and 37"),
     ({"num_breeds": 38}, "num_breeds must be between 1 and 37"),
     ({"size": 16}, "size must be at least 32"),
     ({"images_per_breed": 0}, "images_per_breed must be at least 1"),
     ({"workers": 0}, "workers must be at least 1"),
     ({"aspect_range": (1.5, 1.0)}, "aspect range must satisfy"),
-])
+  ],
+)
 def test_write_dataset_rejects_bad_arguments(tmp_path, kwargs, message):
   with pytest.raises(ValueError, match=message):
     synthetic.write_dataset(str(tmp_path), **kwargs)
@@ -147,8 +155,9 @@ def test_images_do_not_depend_on_rendering_order(small_dataset):
 
 def test_parallel_workers_write_the_same_files(tmp_path, small_dataset):
   out, _, _ = small_dataset
-  synthetic.write_dataset(str(tmp_path), num_breeds=12, images_per_breed=2, size=64, seed=5,
-                          workers=2)
+  synthetic.write_dataset(
+    str(tmp_path), num_breeds=12, images_per_breed=2, size=64, seed=5, workers=2
+  )
   assert tree_bytes(tmp_path) == tree_bytes(out)
 
 
@@ -161,8 +170,9 @@ def test_csv_rows_match_files_and_sidecars(small_dataset):
   with open(csv_path, newline="") as f:
     header = f.readline().strip()
     rows = list(csv.DictReader(f, fieldnames=header.split(",")))
-  expected = ("path,label,species,split,xmin,ymin,xmax,ymax,"
-              + ",".join(f"lm{k}_x,lm{k}_y" for k in range(9)))
+  expected = "path,label,species,split,xmin,ymin,xmax,ymax," + ",".join(
+    f"lm{k}_x,lm{k}_y" for k in range(9)
+  )
   assert header == expected
   assert len(rows) == 24
   table = synthetic.breed_table(12)
@@ -170,7 +180,7 @@ def test_csv_rows_match_files_and_sidecars(small_dataset):
   assert {row["path"] for row in rows} == jpgs
   for row in rows:
     folder, name = row["path"].split("/")
-    index = int(name[len(folder) + 1:-len(".jpg")])
+    index = int(name[len(folder) + 1 : -len(".jpg")])
     assert folder == row["label"] == table[index % 12].name
     assert row["species"] == table[index % 12].species
     assert row["split"] == ""
@@ -186,14 +196,14 @@ def test_csv_rows_match_files_and_sidecars(small_dataset):
 
 def test_sidecar_is_kaggle_cat_format(small_dataset):
   out, _, _ = small_dataset
-  name = synthetic.breed_table(12)[0].name   # image 0 has breed 0
+  name = synthetic.breed_table(12)[0].name  # image 0 has breed 0
   path = os.path.join(out, name, f"{name}_0.jpg.cat")
   with open(path) as f:
     text = f.read()
   assert text.endswith("\n") and text.count("\n") == 1
   tokens = text.split()
   assert tokens[0] == "9" and len(tokens) == 19
-  assert all("." in t for t in tokens[1:])   # coordinates written as floats
+  assert all("." in t for t in tokens[1:])  # coordinates written as floats
 
 
 def test_decoded_jpeg_matches_in_memory_image(small_dataset):
@@ -212,7 +222,12 @@ def test_decoded_jpeg_matches_in_memory_image(small_dataset):
 def test_landmark_order_follows_kaggle_cat(all_breeds_pets):
   # The indices used below name the same points as the shared Kaggle CAT order.
   assert [LANDMARK_NAMES_9[i] for i in (LEFT_EYE, RIGHT_EYE, MOUTH, LEFT_EAR[1], RIGHT_EAR[1])] == [
-      "left_eye", "right_eye", "mouth", "left_ear_2", "right_ear_2"]
+    "left_eye",
+    "right_eye",
+    "mouth",
+    "left_ear_2",
+    "right_ear_2",
+  ]
   breeds = {b.name: b for b in synthetic.BREEDS}
   for pet in all_breeds_pets:
     lm = pet.landmarks
@@ -222,14 +237,14 @@ def test_landmark_order_follows_kaggle_cat(all_breeds_pets):
     head = head_frame(lm)
     eye_y = head[LEFT_EYE, 1]
     iod = head[RIGHT_EYE, 0] - head[LEFT_EYE, 0]
-    assert head[MOUTH, 1] > eye_y + 0.3 * iod, pet.class_name          # mouth below the eyes
-    assert abs(head[MOUTH, 0]) < 0.15 * iod                            # ... and between them
+    assert head[MOUTH, 1] > eye_y + 0.3 * iod, pet.class_name  # mouth below the eyes
+    assert abs(head[MOUTH, 0]) < 0.15 * iod  # ... and between them
     for ear in (LEFT_EAR, RIGHT_EAR):
       tip = head[ear[1]]
-      assert tip[1] < eye_y - 0.2 * iod, pet.class_name                # tip above the eyes
+      assert tip[1] < eye_y - 0.2 * iod, pet.class_name  # tip above the eyes
       corners = [head[ear[0]], head[ear[2]]]
       assert min(np.linalg.norm(tip - c) for c in corners) > 0.15 * iod
-      if breeds[pet.class_name].ear_kind == "erect":   # a standing ear points away from the face
+      if breeds[pet.class_name].ear_kind == "erect":  # a standing ear points away from the face
         assert np.linalg.norm(tip) > max(np.linalg.norm(c) for c in corners), pet.class_name
     # Points run left to right across the head: left ear outer, inner; right ear inner, outer.
     assert head[3, 0] < head[5, 0] < head[6, 0] < head[8, 0], pet.class_name
@@ -243,7 +258,7 @@ def test_roll_angle_matches_eye_line_and_spans_thirty_degrees(all_breeds_pets):
   assert np.allclose(rolls, stated, atol=0.05)
   assert np.abs(rolls).max() <= 30.0 + 1e-3
   assert rolls.min() < -26.0 and rolls.max() > 26.0
-  assert np.histogram(rolls, bins=6, range=(-30, 30))[0].min() >= 20   # roughly uniform
+  assert np.histogram(rolls, bins=6, range=(-30, 30))[0].min() >= 20  # roughly uniform
 
 
 def test_box_holds_landmarks_and_image_holds_box(all_breeds_pets):
@@ -255,7 +270,7 @@ def test_box_holds_landmarks_and_image_holds_box(all_breeds_pets):
     assert np.all(lm[:, 0] >= xmin - 1e-3) and np.all(lm[:, 0] <= xmax + 1e-3)
     assert np.all(lm[:, 1] >= ymin - 1e-3) and np.all(lm[:, 1] <= ymax + 1e-3)
     side = max(xmax - xmin, ymax - ymin) / min(height, width)
-    assert 0.10 - 1e-4 <= side <= 0.35 + 1e-4   # the head is small: cropping matters
+    assert 0.10 - 1e-4 <= side <= 0.35 + 1e-4  # the head is small: cropping matters
 
 
 def test_non_square_images_keep_annotations_inside():
@@ -288,13 +303,13 @@ def test_pixels_at_eye_landmarks_have_the_breed_eye_colour():
     iod = np.linalg.norm(pet.landmarks[RIGHT_EYE] - pet.landmarks[LEFT_EYE])
     radius = breed.eye_radius * iod
     if radius < 3.0:
-      continue   # too few iris pixels for a stable median
+      continue  # too few iris pixels for a stable median
     for x, y in pet.landmarks[:2]:
       x0, y0 = int(x - radius) - 1, int(y - radius) - 1
-      patch = pet.image[y0:y0 + int(2 * radius) + 3, x0:x0 + int(2 * radius) + 3].astype(float)
-      yy, xx = np.mgrid[:patch.shape[0], :patch.shape[1]]
+      patch = pet.image[y0 : y0 + int(2 * radius) + 3, x0 : x0 + int(2 * radius) + 3].astype(float)
+      yy, xx = np.mgrid[: patch.shape[0], : patch.shape[1]]
       dist = np.hypot(xx + x0 - x, yy + y0 - y)
-      ring = patch[(dist >= 0.5 * radius) & (dist <= 0.8 * radius)]   # iris, around the pupil
+      ring = patch[(dist >= 0.5 * radius) & (dist <= 0.8 * radius)]  # iris, around the pupil
       colour = np.median(ring, axis=0)
       nearest = np.argmin(np.linalg.norm(chroma - colour / colour.sum(), axis=1))
       assert palette[nearest] == breed.eye_color, (index, breed.name, colour)
@@ -307,8 +322,9 @@ def _eye_aligned_crop(pet, size: int = 32, eye_distance: float = 8.0) -> np.ndar
   left, right = pet.landmarks[LEFT_EYE].astype(float), pet.landmarks[RIGHT_EYE].astype(float)
   d = right - left
   scale, angle = eye_distance / np.linalg.norm(d), -math.atan2(d[1], d[0])
-  linear = scale * np.array([[math.cos(angle), -math.sin(angle)],
-                             [math.sin(angle), math.cos(angle)]])
+  linear = scale * np.array(
+    [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
+  )
   shift = np.array([size / 2, size / 2]) - linear @ ((left + right) / 2)
   matrix = np.concatenate([linear, shift[:, None]], axis=1)
   return cv2.warpAffine(pet.image, matrix, (size, size), flags=cv2.INTER_AREA).astype(np.float32)
@@ -335,6 +351,6 @@ def test_breeds_differ_on_the_head_not_on_the_rest_of_the_image():
   labels = np.array(labels)
   head_accuracy = _nearest_mean_accuracy(np.stack(head), labels, num_breeds)
   whole_accuracy = _nearest_mean_accuracy(np.stack(whole).astype(np.float32), labels, num_breeds)
-  assert head_accuracy >= 0.55, head_accuracy         # chance is 1/12
+  assert head_accuracy >= 0.55, head_accuracy  # chance is 1/12
   assert whole_accuracy <= 0.25, whole_accuracy
   assert head_accuracy > whole_accuracy + 0.3

@@ -10,8 +10,7 @@ from PIL import Image
 from tests.data import bad_images
 from tfpets.data import prepare
 from tfpets.data.records import ImageRecord
-from tfpets.data.tfrecord import multires
-from tfpets.data.tfrecord import shards
+from tfpets.data.tfrecord import multires, shards
 
 
 def numpy_box_pyramid(image_hwc: np.ndarray) -> list:
@@ -19,8 +18,9 @@ def numpy_box_pyramid(image_hwc: np.ndarray) -> list:
   level = image_hwc.astype(np.float64).transpose(2, 0, 1)
   out = [np.clip(np.rint(level), 0, 255).astype(np.uint8)]
   while level.shape[1] > 4:
-    level = (level[:, 0::2, 0::2] + level[:, 1::2, 0::2] + level[:, 0::2, 1::2]
-             + level[:, 1::2, 1::2]) / 4.0
+    level = (
+      level[:, 0::2, 0::2] + level[:, 1::2, 0::2] + level[:, 0::2, 1::2] + level[:, 1::2, 1::2]
+    ) / 4.0
     out.append(np.clip(np.rint(level), 0, 255).astype(np.uint8))
   return out
 
@@ -29,7 +29,13 @@ def test_lod_pyramid_equals_numpy_box_average():
   image = np.random.RandomState(3).randint(0, 256, (64, 64, 3)).astype(np.uint8)
   ours = prepare.lod_pyramid(image)
   ref = numpy_box_pyramid(image)
-  assert [l.shape for l in ours] == [(3, 64, 64), (3, 32, 32), (3, 16, 16), (3, 8, 8), (3, 4, 4)]
+  assert [level.shape for level in ours] == [
+    (3, 64, 64),
+    (3, 32, 32),
+    (3, 16, 16),
+    (3, 8, 8),
+    (3, 4, 4),
+  ]
   for a, b in zip(ours, ref):
     np.testing.assert_array_equal(a, b)
 
@@ -44,8 +50,13 @@ def test_multires_files_names_shapes_and_labels_in_record_order(tmp_path):
     writer.write(prepare.lod_pyramid(image))
   writer.close(multires.one_hot(labels, 3))
   names = sorted(p.name for p in out.iterdir())
-  assert names == ["pets-r02.tfrecords", "pets-r03.tfrecords", "pets-r04.tfrecords",
-                   "pets-r05.tfrecords", "pets-rxx.labels"]
+  assert names == [
+    "pets-r02.tfrecords",
+    "pets-r03.tfrecords",
+    "pets-r04.tfrecords",
+    "pets-r05.tfrecords",
+    "pets-rxx.labels",
+  ]
   for log2 in (5, 4, 3, 2):
     records = [r.numpy() for r in tf.data.TFRecordDataset(str(out / f"pets-r{log2:02d}.tfrecords"))]
     assert len(records) == 5
@@ -55,7 +66,7 @@ def test_multires_files_names_shapes_and_labels_in_record_order(tmp_path):
       shape = list(ex.features.feature["shape"].int64_list.value)
       data = np.frombuffer(ex.features.feature["data"].bytes_list.value[0], np.uint8)
       expected = numpy_box_pyramid(image)[5 - log2]
-      assert shape == [3, 2 ** log2, 2 ** log2]
+      assert shape == [3, 2**log2, 2**log2]
       np.testing.assert_array_equal(data.reshape(shape), expected)
   with open(out / "pets-rxx.labels", "rb") as f:
     stored = np.load(f)
@@ -87,8 +98,14 @@ def _jpeg(pixels):
 
 def test_shard_example_round_trip(tmp_path):
   pixels = bad_images.gradient(30, 50)
-  record = ImageRecord(path="/data/Bengal_7.jpg", label=4, class_name="Bengal", species="cat",
-                       box=[3, 4, 20, 25], landmarks=np.arange(10, dtype=np.float32).reshape(5, 2))
+  record = ImageRecord(
+    path="/data/Bengal_7.jpg",
+    label=4,
+    class_name="Bengal",
+    species="cat",
+    box=[3, 4, 20, 25],
+    landmarks=np.arange(10, dtype=np.float32).reshape(5, 2),
+  )
   encoded = _jpeg(pixels)
   item = prepare.PreparedImage(record, encoded, 30, 50, [])
   ex = shards.parse(tf.constant(shards.serialize(item)))
@@ -99,8 +116,10 @@ def test_shard_example_round_trip(tmp_path):
   landmarks = ex["landmarks"].numpy()
   np.testing.assert_allclose(landmarks[:5], record.landmarks)
   np.testing.assert_array_equal(landmarks[5:], 0)
-  assert shards.parse(tf.constant(shards.serialize(item)), decode_image=False)[
-      "encoded"].numpy() == encoded
+  assert (
+    shards.parse(tf.constant(shards.serialize(item)), decode_image=False)["encoded"].numpy()
+    == encoded
+  )
   # TF and Pillow upsample chroma differently: close on average, not bit-equal.
   decoded = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB")).astype(int)
   assert np.abs(ex["image"].numpy().astype(int) - decoded).mean() < 1.5
@@ -116,8 +135,10 @@ def test_shard_example_without_annotations(tmp_path):
 def test_manifest_round_trip_and_errors(tmp_path):
   writer = shards.ShardWriter(tmp_path, "train", num_records=5, records_per_shard=2)
   assert [p.rsplit("/", 1)[-1] for p in writer.paths] == [
-      "train-00000-of-00003.tfrecord", "train-00001-of-00003.tfrecord",
-      "train-00002-of-00003.tfrecord"]
+    "train-00000-of-00003.tfrecord",
+    "train-00001-of-00003.tfrecord",
+    "train-00002-of-00003.tfrecord",
+  ]
   writer.close()
   shards.write_manifest(tmp_path, ["a", "b"], {"train": {"a": 3, "b": 2}}, {"train": writer.paths})
   manifest = shards.read_manifest(tmp_path)

@@ -23,22 +23,23 @@ def fir_filter(taps=(1, 3, 3, 1)) -> np.ndarray:
   return f / f.sum()
 
 
-def upfirdn(x: np.ndarray, f: np.ndarray, up: int = 1, down: int = 1,
-            pad=(0, 0, 0, 0), gain: float = 1.0) -> np.ndarray:
+def upfirdn(
+  x: np.ndarray, f: np.ndarray, up: int = 1, down: int = 1, pad=(0, 0, 0, 0), gain: float = 1.0
+) -> np.ndarray:
   """Zero-insert, pad (x0, x1, y0, y1), true 2-D convolution with f, decimate; x is NCHW."""
   n, c, h, w = x.shape
   u = np.zeros([n, c, h * up, w * up])
   u[:, :, ::up, ::up] = x
   x0, x1, y0, y1 = pad
   u = np.pad(u, ((0, 0), (0, 0), (max(y0, 0), max(y1, 0)), (max(x0, 0), max(x1, 0))))
-  u = u[:, :, max(-y0, 0):u.shape[2] - max(-y1, 0), max(-x0, 0):u.shape[3] - max(-x1, 0)]
+  u = u[:, :, max(-y0, 0) : u.shape[2] - max(-y1, 0), max(-x0, 0) : u.shape[3] - max(-x1, 0)]
   g = f[::-1, ::-1] * gain  # convolution = correlation with the flipped filter
   kh, kw = g.shape
   oh, ow = u.shape[2] - kh + 1, u.shape[3] - kw + 1
   out = np.zeros([n, c, oh, ow])
   for a in range(kh):
     for b in range(kw):
-      out += g[a, b] * u[:, :, a:a + oh, b:b + ow]
+      out += g[a, b] * u[:, :, a : a + oh, b : b + ow]
   return out[:, :, ::down, ::down]
 
 
@@ -58,8 +59,9 @@ def conv_transpose_stride2(x: np.ndarray, w: np.ndarray) -> np.ndarray:
   y = np.zeros([n, out, (h - 1) * 2 + kh, (wd - 1) * 2 + kw])
   for a in range(kh):
     for b in range(kw):
-      y[:, :, a:a + 2 * h - 1:2, b:b + 2 * wd - 1:2] += np.einsum(
-          "nihw,io->nohw", x, w[kh - 1 - a, kw - 1 - b])
+      y[:, :, a : a + 2 * h - 1 : 2, b : b + 2 * wd - 1 : 2] += np.einsum(
+        "nihw,io->nohw", x, w[kh - 1 - a, kw - 1 - b]
+      )
   return y
 
 
@@ -100,7 +102,7 @@ def bias_act(x, b=None, act="linear", clamp=None, channel_axis=1):
 
 
 def normalize_2nd_moment(x):
-  return x / np.sqrt(np.mean(x ** 2, axis=1, keepdims=True) + 1e-8)
+  return x / np.sqrt(np.mean(x**2, axis=1, keepdims=True) + 1e-8)
 
 
 class Params:
@@ -140,13 +142,13 @@ def modulated_conv(p: Params, scope: str, x, w_latent, demodulate=True, up=False
     x = conv2d(x, w, pad=w.shape[0] // 2)
   if demodulate:
     ww = w[None] * s[:, None, None, :, None]  # [B, k, k, I, O]
-    d = 1 / np.sqrt(np.sum(ww ** 2, axis=(1, 2, 3)) + 1e-8)
+    d = 1 / np.sqrt(np.sum(ww**2, axis=(1, 2, 3)) + 1e-8)
     x = x * d[:, :, None, None]
   return x
 
 
 def nf(cfg: Mapping[str, Any], stage: int) -> int:
-  return int(np.clip(int(cfg["fmap_base"] / 2.0 ** stage), 1, cfg["fmap_max"]))
+  return int(np.clip(int(cfg["fmap_base"] / 2.0**stage), 1, cfg["fmap_max"]))
 
 
 def mapping(p: Params, cfg: Mapping[str, Any], z, c=None, prefix="mapping/"):
@@ -159,8 +161,9 @@ def mapping(p: Params, cfg: Mapping[str, Any], z, c=None, prefix="mapping/"):
   return x
 
 
-def generator(p: Params, cfg: Mapping[str, Any], z, c=None, truncation_psi=1.0,
-              truncation_cutoff=None) -> np.ndarray:
+def generator(
+  p: Params, cfg: Mapping[str, Any], z, c=None, truncation_psi=1.0, truncation_cutoff=None
+) -> np.ndarray:
   """TF1 G_main with randomize_noise=False (stored noise); returns NHWC images."""
   log2 = int(np.log2(cfg["resolution"]))
   num_ws = 2 * log2 - 2
@@ -168,8 +171,9 @@ def generator(p: Params, cfg: Mapping[str, Any], z, c=None, truncation_psi=1.0,
   ws = np.repeat(w[:, None, :], num_ws, axis=1)
   if truncation_psi != 1:
     layers = np.arange(num_ws)[None, :, None]
-    psi = np.where(layers < (num_ws if truncation_cutoff is None else truncation_cutoff),
-                   truncation_psi, 1.0)
+    psi = np.where(
+      layers < (num_ws if truncation_cutoff is None else truncation_cutoff), truncation_psi, 1.0
+    )
     avg = p["dlatent_avg"]
     ws = avg + (ws - avg) * psi
   return synthesis(p, cfg, ws).transpose(0, 2, 3, 1)
@@ -188,7 +192,7 @@ def synthesis(p: Params, cfg: Mapping[str, Any], ws, prefix="synthesis/"):
     return bias_act(x, p[f"{prefix}{scope}/bias"], "lrelu", clamp)
 
   def torgb(x, y, res):
-    scope = f"{prefix}{2 ** res}x{2 ** res}/ToRGB"
+    scope = f"{prefix}{2**res}x{2**res}/ToRGB"
     t = modulated_conv(p, scope, x, ws[:, res * 2 - 3], demodulate=False)
     t = bias_act(t, p[f"{scope}/bias"], clamp=clamp)
     return t if y is None else t + y
@@ -198,7 +202,7 @@ def synthesis(p: Params, cfg: Mapping[str, Any], ws, prefix="synthesis/"):
   x = layer(x, 0, "4x4/Conv")
   y = torgb(x, None, 2) if arch == "skip" else None
   for res in range(3, log2 + 1):
-    scope = f"{2 ** res}x{2 ** res}"
+    scope = f"{2**res}x{2**res}"
     t = x
     x = layer(x, res * 2 - 5, f"{scope}/Conv0_up", up=True)
     x = layer(x, res * 2 - 4, f"{scope}/Conv1")
@@ -217,7 +221,7 @@ def minibatch_stddev(x, group_size, num_features=1):
   g = n if group_size is None else min(group_size, n)
   y = x.reshape(g, -1, num_features, c // num_features, h, w)
   y = y - y.mean(axis=0)
-  y = np.sqrt(np.mean(y ** 2, axis=0) + 1e-8)
+  y = np.sqrt(np.mean(y**2, axis=0) + 1e-8)
   y = y.mean(axis=(2, 3, 4)).reshape(-1, num_features, 1, 1)
   y = np.tile(y, [g, 1, h, w])
   return np.concatenate([x, y], axis=1)
@@ -240,7 +244,7 @@ def discriminator(p: Params, cfg: Mapping[str, Any], images_nhwc, c=None) -> np.
   y = images_nhwc.transpose(0, 3, 1, 2).astype(np.float64)
   x = None
   for res in range(log2, 2, -1):
-    scope = f"{2 ** res}x{2 ** res}"
+    scope = f"{2**res}x{2**res}"
     if arch == "skip" or res == log2:
       t = conv(y, f"{scope}/FromRGB")
       x = t if x is None else t + x

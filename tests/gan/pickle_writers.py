@@ -78,11 +78,12 @@ def dumps(obj: Any, protocol: int = 3, persistent_id=None) -> bytes:
 
 
 def nf(cfg: Mapping[str, Any], stage: int) -> int:
-  return int(np.clip(int(cfg["fmap_base"] / 2.0 ** stage), 1, cfg["fmap_max"]))
+  return int(np.clip(int(cfg["fmap_base"] / 2.0**stage), 1, cfg["fmap_max"]))
 
 
-def _modconv(rng, out: dict, scope: str, w_dim: int, k: int, cin: int, cout: int,
-             noise: bool) -> None:
+def _modconv(
+  rng, out: dict, scope: str, w_dim: int, k: int, cin: int, cout: int, noise: bool
+) -> None:
   out[f"{scope}/weight"] = rng.standard_normal([k, k, cin, cout])
   out[f"{scope}/mod_weight"] = rng.standard_normal([w_dim, cin])
   out[f"{scope}/mod_bias"] = 0.3 * rng.standard_normal([cin])
@@ -102,8 +103,7 @@ def _conv(rng, out: dict, scope: str, k: int, cin: int, cout: int, bias: bool = 
     out[f"{scope}/bias"] = 0.5 * rng.standard_normal([cout])
 
 
-def generator_variables(cfg: Mapping[str, Any], seed: int
-                        ) -> tuple[dict, dict, dict]:
+def generator_variables(cfg: Mapping[str, Any], seed: int) -> tuple[dict, dict, dict]:
   """(G own, G_mapping, G_synthesis) TF variables, float32, for TF kwargs `cfg`."""
   rng = np.random.default_rng(seed)
   z, w, c = cfg["latent_size"], cfg["dlatent_size"], cfg.get("label_size", 0)
@@ -123,7 +123,7 @@ def generator_variables(cfg: Mapping[str, Any], seed: int
   if arch == "skip":
     _modconv(rng, synthesis, "4x4/ToRGB", w, 1, nf(cfg, 1), cfg["num_channels"], False)
   for res in range(3, log2 + 1):
-    scope = f"{2 ** res}x{2 ** res}"
+    scope = f"{2**res}x{2**res}"
     cin, cout = nf(cfg, res - 2), nf(cfg, res - 1)
     _modconv(rng, synthesis, f"{scope}/Conv0_up", w, 3, cin, cout, True)
     _modconv(rng, synthesis, f"{scope}/Conv1", w, 3, cout, cout, True)
@@ -143,7 +143,7 @@ def discriminator_variables(cfg: Mapping[str, Any], seed: int) -> dict[str, np.n
   mbstd = cfg.get("mbstd_num_features", 1)
   out: dict[str, np.ndarray] = {}
   for res in range(log2, 2, -1):
-    scope = f"{2 ** res}x{2 ** res}"
+    scope = f"{2**res}x{2**res}"
     if arch == "skip" or res == log2:
       _conv(rng, out, f"{scope}/FromRGB", 1, cfg["num_channels"], nf(cfg, res - 1))
     _conv(rng, out, f"{scope}/Conv0", 3, nf(cfg, res - 1), nf(cfg, res - 1))
@@ -166,8 +166,11 @@ def discriminator_variables(cfg: Mapping[str, Any], seed: int) -> dict[str, np.n
 
 def flat_generator_params(own: dict, mapping: dict, synthesis: dict) -> dict[str, np.ndarray]:
   """The names the official legacy.py uses: own vars, 'mapping/...', 'synthesis/...'."""
-  return {**own, **{f"mapping/{k}": v for k, v in mapping.items()},
-          **{f"synthesis/{k}": v for k, v in synthesis.items()}}
+  return {
+    **own,
+    **{f"mapping/{k}": v for k, v in mapping.items()},
+    **{f"synthesis/{k}": v for k, v in synthesis.items()},
+  }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,22 +183,37 @@ class TFNetwork(_Global):
 
   pickle_as = ("dnnlib.tflib.network", "Network")
 
-  def __init__(self, name: str, static_kwargs: Mapping[str, Any], variables: Mapping[str, Any],
-               components: Mapping[str, "TFNetwork"] | None, build_func_name: str,
-               module_src: str, version: int = 5):
+  def __init__(
+    self,
+    name: str,
+    static_kwargs: Mapping[str, Any],
+    variables: Mapping[str, Any],
+    components: Mapping[str, "TFNetwork"] | None,
+    build_func_name: str,
+    module_src: str,
+    version: int = 5,
+  ):
     self._state = {
-        "version": version, "name": name, "static_kwargs": dict(static_kwargs),
-        "components": dict(components or {}), "build_module_src": module_src,
-        "build_func_name": build_func_name, "variables": list(variables.items()),
-        "input_shapes": [[None, 1]], "output_shapes": [[None, 1]],
-        "input_names": ["x"], "output_names": ["y"]}
+      "version": version,
+      "name": name,
+      "static_kwargs": dict(static_kwargs),
+      "components": dict(components or {}),
+      "build_module_src": module_src,
+      "build_func_name": build_func_name,
+      "variables": list(variables.items()),
+      "input_shapes": [[None, 1]],
+      "output_shapes": [[None, 1]],
+      "input_names": ["x"],
+      "output_names": ["y"],
+    }
 
   def __reduce_ex__(self, protocol):
     return (copyreg.__newobj__, (type(self),), self._state)
 
 
-def tf_networks(g_kwargs: Mapping[str, Any], d_kwargs: Mapping[str, Any], seed: int,
-                module_src: str) -> tuple[tuple[TFNetwork, TFNetwork, TFNetwork], dict, dict, dict]:
+def tf_networks(
+  g_kwargs: Mapping[str, Any], d_kwargs: Mapping[str, Any], seed: int, module_src: str
+) -> tuple[tuple[TFNetwork, TFNetwork, TFNetwork], dict, dict, dict]:
   """((G, D, Gs) stand-ins, Gs params, D params, G params); G and Gs differ."""
   g_parts = generator_variables(g_kwargs, seed)
   gs_parts = generator_variables(g_kwargs, seed + 1)
@@ -204,14 +222,20 @@ def tf_networks(g_kwargs: Mapping[str, Any], d_kwargs: Mapping[str, Any], seed: 
   def make_g(name: str, parts: tuple[dict, dict, dict]) -> TFNetwork:
     own, mapping, synthesis = parts
     comps = {
-        "mapping": TFNetwork("G_mapping", g_kwargs, mapping, None,
-                             "training.networks.G_mapping", module_src),
-        "synthesis": TFNetwork("G_synthesis", g_kwargs, synthesis, None,
-                               "training.networks.G_synthesis", module_src)}
+      "mapping": TFNetwork(
+        "G_mapping", g_kwargs, mapping, None, "training.networks.G_mapping", module_src
+      ),
+      "synthesis": TFNetwork(
+        "G_synthesis", g_kwargs, synthesis, None, "training.networks.G_synthesis", module_src
+      ),
+    }
     return TFNetwork(name, g_kwargs, own, comps, "training.networks.G_main", module_src)
 
-  nets = (make_g("G", g_parts), TFNetwork("D", d_kwargs, d_vars, None, "training.networks.D_main",
-                                          module_src), make_g("Gs", gs_parts))
+  nets = (
+    make_g("G", g_parts),
+    TFNetwork("D", d_kwargs, d_vars, None, "training.networks.D_main", module_src),
+    make_g("Gs", gs_parts),
+  )
   return nets, flat_generator_params(*gs_parts), d_vars, flat_generator_params(*g_parts)
 
 
@@ -256,9 +280,11 @@ class Tensor:
 
   def __reduce_ex__(self, protocol):
     shape = self.array.shape
-    stride = tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
-    return (REBUILD_TENSOR_V2, (Storage(self.array), 0, shape, stride, False,
-                                collections.OrderedDict()))
+    stride = tuple(int(np.prod(shape[i + 1 :])) for i in range(len(shape)))
+    return (
+      REBUILD_TENSOR_V2,
+      (Storage(self.array), 0, shape, stride, False, collections.OrderedDict()),
+    )
 
 
 class Parameter(Tensor):
@@ -275,19 +301,29 @@ def legacy_storage_bytes(storage: Storage) -> bytes:
       return ("storage", FLOAT_STORAGE, key, "cpu", storage.array.size, None)
     return None
 
-  sys_info = {"protocol_version": 1001, "little_endian": True,
-              "type_sizes": {"short": 2, "int": 4, "long": 4}}
-  parts = [dumps(0x1950a86a20f9469cfc6c, 2), dumps(1001, 2), dumps(sys_info, 2),
-           dumps(storage, 2, persistent_id), dumps([key], 2),
-           struct.pack("<q", storage.array.size), storage.array.astype("<f4").tobytes()]
+  sys_info = {
+    "protocol_version": 1001,
+    "little_endian": True,
+    "type_sizes": {"short": 2, "int": 4, "long": 4},
+  }
+  parts = [
+    dumps(0x1950A86A20F9469CFC6C, 2),
+    dumps(1001, 2),
+    dumps(sys_info, 2),
+    dumps(storage, 2, persistent_id),
+    dumps([key], 2),
+    struct.pack("<q", storage.array.size),
+    storage.array.astype("<f4").tobytes(),
+  ]
   return b"".join(parts)
 
 
 class Module:
   """Pickles like a torch_utils.persistence module: _reconstruct_persistent_obj(meta)."""
 
-  def __init__(self, class_name: str, module_src: str,
-               init_kwargs: Mapping[str, Any] | None = None):
+  def __init__(
+    self, class_name: str, module_src: str, init_kwargs: Mapping[str, Any] | None = None
+  ):
     self.class_name = class_name
     self.module_src = module_src
     self.parameters: dict[str, Any] = collections.OrderedDict()
@@ -298,28 +334,46 @@ class Module:
 
   def child(self, name: str) -> "Module":
     if name not in self.modules:
-      self.modules[name] = Module(_CLASS_NAMES.get(name.rstrip("0123456789"), "Module"),
-                                  self.module_src)
+      self.modules[name] = Module(
+        _CLASS_NAMES.get(name.rstrip("0123456789"), "Module"), self.module_src
+      )
     return self.modules[name]
 
   def __reduce_ex__(self, protocol):
     state = {
-        "training": False, "_parameters": self.parameters, "_buffers": self.buffers,
-        "_non_persistent_buffers_set": set(), "_backward_hooks": collections.OrderedDict(),
-        "_forward_hooks": collections.OrderedDict(),
-        "_forward_pre_hooks": collections.OrderedDict(),
-        "_state_dict_hooks": collections.OrderedDict(),
-        "_load_state_dict_pre_hooks": collections.OrderedDict(), "_modules": self.modules,
-        "_init_args": (), "_init_kwargs": self.init_kwargs, **self.attributes}
-    meta = dict(type="class", version=6, module_src=self.module_src,
-                class_name=self.class_name, state=state)
+      "training": False,
+      "_parameters": self.parameters,
+      "_buffers": self.buffers,
+      "_non_persistent_buffers_set": set(),
+      "_backward_hooks": collections.OrderedDict(),
+      "_forward_hooks": collections.OrderedDict(),
+      "_forward_pre_hooks": collections.OrderedDict(),
+      "_state_dict_hooks": collections.OrderedDict(),
+      "_load_state_dict_pre_hooks": collections.OrderedDict(),
+      "_modules": self.modules,
+      "_init_args": (),
+      "_init_kwargs": self.init_kwargs,
+      **self.attributes,
+    }
+    meta = dict(
+      type="class", version=6, module_src=self.module_src, class_name=self.class_name, state=state
+    )
     return (RECONSTRUCT, (meta,))
 
 
-_CLASS_NAMES = {"mapping": "MappingNetwork", "synthesis": "SynthesisNetwork", "b": "Block",
-                "conv": "SynthesisLayer", "torgb": "ToRGBLayer", "affine": "FullyConnectedLayer",
-                "fc": "FullyConnectedLayer", "embed": "FullyConnectedLayer",
-                "fromrgb": "Conv2dLayer", "skip": "Conv2dLayer", "out": "FullyConnectedLayer"}
+_CLASS_NAMES = {
+  "mapping": "MappingNetwork",
+  "synthesis": "SynthesisNetwork",
+  "b": "Block",
+  "conv": "SynthesisLayer",
+  "torgb": "ToRGBLayer",
+  "affine": "FullyConnectedLayer",
+  "fc": "FullyConnectedLayer",
+  "embed": "FullyConnectedLayer",
+  "fromrgb": "Conv2dLayer",
+  "skip": "Conv2dLayer",
+  "out": "FullyConnectedLayer",
+}
 _BUFFERS = ("w_avg", "noise_const", "resample_filter")
 
 
@@ -339,20 +393,22 @@ def module_tree(root: Module, tensors: Mapping[str, np.ndarray]) -> Module:
   return root
 
 
-def torch_generator_tensors(g: Mapping[str, np.ndarray], resolution: int
-                            ) -> dict[str, np.ndarray]:
+def torch_generator_tensors(g: Mapping[str, np.ndarray], resolution: int) -> dict[str, np.ndarray]:
   """legacy.py's TF -> PyTorch map (spec §13.4) for a flat TF generator parameter dict."""
   out = {"mapping.w_avg": g["dlatent_avg"]}
   for name, value in g.items():
     if name.startswith("mapping/"):
       scope, var = name.split("/")[1:]
-      key = "embed" if scope == "LabelEmbed" else "fc" + scope[len("Dense"):]
+      key = "embed" if scope == "LabelEmbed" else "fc" + scope[len("Dense") :]
       out[f"mapping.{key}.{var}"] = value.T if var == "weight" else value
   out["synthesis.b4.const"] = g["synthesis/4x4/Const/const"][0]
   log2 = int(np.log2(resolution))
-  for res in [2 ** i for i in range(2, log2 + 1)]:
-    layers = {"conv1": "4x4/Conv"} if res == 4 else {
-        "conv0": f"{res}x{res}/Conv0_up", "conv1": f"{res}x{res}/Conv1"}
+  for res in [2**i for i in range(2, log2 + 1)]:
+    layers = (
+      {"conv1": "4x4/Conv"}
+      if res == 4
+      else {"conv0": f"{res}x{res}/Conv0_up", "conv1": f"{res}x{res}/Conv1"}
+    )
     for layer, scope in layers.items():
       tf_scope = f"synthesis/{scope}"
       weight = g[f"{tf_scope}/weight"]
@@ -393,7 +449,7 @@ def torch_discriminator_tensors(d: Mapping[str, np.ndarray]) -> dict[str, np.nda
     elif parts[0] == "LabelEmbed":
       out[f"mapping.embed.{parts[1]}"] = value
     elif parts[0].startswith("Mapping"):
-      out[f"mapping.fc{parts[0][len('Mapping'):]}.{parts[1]}"] = value
+      out[f"mapping.fc{parts[0][len('Mapping') :]}.{parts[1]}"] = value
     else:
       res = parts[0].split("x")[0]
       out[f"b{res}.{scopes[parts[1]]}.{parts[2]}"] = value
@@ -403,21 +459,34 @@ def torch_discriminator_tensors(d: Mapping[str, np.ndarray]) -> dict[str, np.nda
   return {k: np.array(v, np.float32, order="C") for k, v in out.items()}
 
 
-def torch_snapshot(g_kwargs: Mapping[str, Any], d_kwargs: Mapping[str, Any],
-                   g_params: Mapping[str, np.ndarray], d_params: Mapping[str, np.ndarray],
-                   g_ema_params: Mapping[str, np.ndarray], module_src: str) -> dict[str, Any]:
+def torch_snapshot(
+  g_kwargs: Mapping[str, Any],
+  d_kwargs: Mapping[str, Any],
+  g_params: Mapping[str, np.ndarray],
+  d_params: Mapping[str, np.ndarray],
+  g_ema_params: Mapping[str, np.ndarray],
+  module_src: str,
+) -> dict[str, Any]:
   """{G, D, G_ema, augment_pipe, training_set_kwargs} of stand-ins, as training_loop.py dumps."""
   resolution = g_kwargs["img_resolution"]
-  g = module_tree(Module("Generator", module_src, g_kwargs),
-                  torch_generator_tensors(g_params, resolution))
-  g_ema = module_tree(Module("Generator", module_src, g_kwargs),
-                      torch_generator_tensors(g_ema_params, resolution))
-  d = module_tree(Module("Discriminator", module_src, d_kwargs),
-                  torch_discriminator_tensors(d_params))
+  g = module_tree(
+    Module("Generator", module_src, g_kwargs), torch_generator_tensors(g_params, resolution)
+  )
+  g_ema = module_tree(
+    Module("Generator", module_src, g_kwargs), torch_generator_tensors(g_ema_params, resolution)
+  )
+  d = module_tree(
+    Module("Discriminator", module_src, d_kwargs), torch_discriminator_tensors(d_params)
+  )
   pipe = Module("AugmentPipe", module_src, {"xflip": 1, "rotate90": 1})
   pipe.buffers["p"] = Tensor(np.asarray(0.25, np.float32))
-  return {"training_set_kwargs": EasyDict(resolution=resolution, use_labels=False),
-          "G": g, "D": d, "G_ema": g_ema, "augment_pipe": pipe}
+  return {
+    "training_set_kwargs": EasyDict(resolution=resolution, use_labels=False),
+    "G": g,
+    "D": d,
+    "G_ema": g_ema,
+    "augment_pipe": pipe,
+  }
 
 
 def write_torch_pickle(path, snapshot: Mapping[str, Any], protocol: int = 3) -> None:

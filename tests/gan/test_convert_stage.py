@@ -16,23 +16,32 @@ from tests.gan.test_importers import tf_kwargs
 from tfpets.gan import networks
 
 # Registers the stage the way tfpets/stages/__init__.py does, then runs the real launcher.
-_LAUNCH = ("import sys; from tfpets import stages; "
-           "stages.STAGES['convert'] = 'tfpets.stages.convert'; "
-           "from tfpets import cli; sys.argv[0] = 'tfpets.launch'; cli.run()")
+_LAUNCH = (
+  "import sys; from tfpets import stages; "
+  "stages.STAGES['convert'] = 'tfpets.stages.convert'; "
+  "from tfpets import cli; sys.argv[0] = 'tfpets.launch'; cli.run()"
+)
 
 
 def launch(*args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, "-c", _LAUNCH, *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-c", _LAUNCH, *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_convert_stage_writes_loadable_networks_and_a_report(tmp_path):
   g_kwargs, d_kwargs = tf_kwargs("skip", "resnet", 0, 256)
   gs_params, _, _ = pw.write_tf_pickle(tmp_path / "snapshot.pkl", g_kwargs, d_kwargs, seed=9)
   workdir = tmp_path / "run"
-  result = launch("--stage=convert", f"--pickle={tmp_path / 'snapshot.pkl'}",
-                  f"--workdir={workdir}")
+  result = launch(
+    "--stage=convert", f"--pickle={tmp_path / 'snapshot.pkl'}", f"--workdir={workdir}"
+  )
   assert result.returncode == 0, result.stderr
   report = json.loads((workdir / "reports" / "convert.json").read_text())
   assert report["format"] == "tf" and report["network"]["resolution"] == 16

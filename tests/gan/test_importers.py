@@ -11,40 +11,74 @@ import pytest
 
 from tests.gan import numpy_reference as ref
 from tests.gan import pickle_writers as pw
-from tfpets.gan import importers
-from tfpets.gan import networks
+from tfpets.gan import importers, networks
 
 RES = 16
 TOLERANCE = 1e-3  # max abs difference, images and logits (D sees images in [-1, 1])
 
 # (G architecture, D architecture, labels, conv_clamp): clamp 1.0 keeps the clamp active.
 VARIANTS = {
-    "skip_resnet": ("skip", "resnet", 0, 1.0),
-    "resnet_skip_cond": ("resnet", "skip", 3, 1.0),
-    "orig_orig": ("orig", "orig", 0, 256),
+  "skip_resnet": ("skip", "resnet", 0, 1.0),
+  "resnet_skip_cond": ("resnet", "skip", 3, 1.0),
+  "orig_orig": ("orig", "orig", 0, 256),
 }
 
 
 def tf_kwargs(g_arch, d_arch, labels, clamp, fp16=0):
-  common = dict(label_size=labels, resolution=RES, num_channels=3, fmap_base=128, fmap_max=32,
-                num_fp16_res=fp16, conv_clamp=clamp)
-  g = dict(common, latent_size=32, dlatent_size=32, mapping_layers=2, architecture=g_arch,
-           truncation_psi=0.5, style_mixing_prob=0.9)
-  d = dict(common, architecture=d_arch, mbstd_group_size=2, mapping_layers=1 if labels else 0,
-           freeze_layers=0)
+  common = dict(
+    label_size=labels,
+    resolution=RES,
+    num_channels=3,
+    fmap_base=128,
+    fmap_max=32,
+    num_fp16_res=fp16,
+    conv_clamp=clamp,
+  )
+  g = dict(
+    common,
+    latent_size=32,
+    dlatent_size=32,
+    mapping_layers=2,
+    architecture=g_arch,
+    truncation_psi=0.5,
+    style_mixing_prob=0.9,
+  )
+  d = dict(
+    common,
+    architecture=d_arch,
+    mbstd_group_size=2,
+    mapping_layers=1 if labels else 0,
+    freeze_layers=0,
+  )
   return g, d
 
 
 def torch_kwargs(g_arch, d_arch, labels, clamp, fp16=0):
   e = pw.EasyDict
-  g = e(z_dim=32, c_dim=labels, w_dim=32, img_resolution=RES, img_channels=3,
-        mapping_kwargs=e(num_layers=2),
-        synthesis_kwargs=e(channel_base=256, channel_max=32, num_fp16_res=fp16, conv_clamp=clamp,
-                           architecture=g_arch))
-  d = e(c_dim=labels, img_resolution=RES, img_channels=3, architecture=d_arch, channel_base=256,
-        channel_max=32, num_fp16_res=fp16, conv_clamp=clamp, block_kwargs=e(freeze_layers=0),
-        mapping_kwargs=e(num_layers=1, lr_multiplier=0.1),
-        epilogue_kwargs=e(mbstd_group_size=2))
+  g = e(
+    z_dim=32,
+    c_dim=labels,
+    w_dim=32,
+    img_resolution=RES,
+    img_channels=3,
+    mapping_kwargs=e(num_layers=2),
+    synthesis_kwargs=e(
+      channel_base=256, channel_max=32, num_fp16_res=fp16, conv_clamp=clamp, architecture=g_arch
+    ),
+  )
+  d = e(
+    c_dim=labels,
+    img_resolution=RES,
+    img_channels=3,
+    architecture=d_arch,
+    channel_base=256,
+    channel_max=32,
+    num_fp16_res=fp16,
+    conv_clamp=clamp,
+    block_kwargs=e(freeze_layers=0),
+    mapping_kwargs=e(num_layers=1, lr_multiplier=0.1),
+    epilogue_kwargs=e(mbstd_group_size=2),
+  )
   return g, d
 
 
@@ -67,8 +101,9 @@ def make_fixture(directory: pathlib.Path, variant: str, fmt: str, fp16: int = 0)
   if fmt == "tf.pkl":
     path.write_bytes(pw.dumps(nets, protocol=3))
   else:
-    snapshot = pw.torch_snapshot(*torch_kwargs(g_arch, d_arch, labels, clamp, fp16), g_params,
-                                 d_params, gs_params, source)
+    snapshot = pw.torch_snapshot(
+      *torch_kwargs(g_arch, d_arch, labels, clamp, fp16), g_params, d_params, gs_params, source
+    )
     if fmt == "torch.pkl":
       pw.write_torch_pickle(path, snapshot, protocol=4)
     else:
@@ -100,10 +135,12 @@ def check_networks(fixture: Fixture, converted, relative: float | None = None):
     assert np.abs(got - want).max() < bound, what
 
   for key, params in (("G_ema", fixture.gs_params), ("G", fixture.g_params)):
-    got = converted.networks[key](g_in, noise_mode="const", truncation_psi=0.7,
-                                  truncation_cutoff=3).numpy()
-    want = ref.generator(ref.Params(params), fixture.g_kwargs, z, c, truncation_psi=0.7,
-                         truncation_cutoff=3)
+    got = converted.networks[key](
+      g_in, noise_mode="const", truncation_psi=0.7, truncation_cutoff=3
+    ).numpy()
+    want = ref.generator(
+      ref.Params(params), fixture.g_kwargs, z, c, truncation_psi=0.7, truncation_cutoff=3
+    )
     assert got.shape == want.shape == (4, RES, RES, 3)
     close(got, want, key)
   got = converted.networks["D"](d_in).numpy()
@@ -119,11 +156,21 @@ def test_converted_networks_match_the_numpy_reference(workdir, variant, fmt):
   g_arch, d_arch, labels, clamp = VARIANTS[variant]
   config = converted.config
   assert (config.resolution, config.c_dim, config.channel_base, config.channel_max) == (
-      RES, labels, 256, 32)
+    RES,
+    labels,
+    256,
+    32,
+  )
   assert (config.g_architecture, config.d_architecture, config.conv_clamp) == (
-      g_arch, d_arch, clamp)
+    g_arch,
+    d_arch,
+    clamp,
+  )
   assert (config.mapping_layers, config.mbstd_group_size, config.d_mapping_layers) == (
-      2, 2, 1 if labels else (0 if fmt == "tf.pkl" else 1))
+    2,
+    2,
+    1 if labels else (0 if fmt == "tf.pkl" else 1),
+  )
   check_networks(fixture, converted)
   assert not fixture.marker.exists()  # the embedded source was never executed
 
@@ -177,8 +224,10 @@ def _tf_pickle_with(tmp_path, g_kwargs, d_kwargs, edit=None, version=5):
 def test_unknown_tf_kwarg_is_refused_by_name(tmp_path):
   g_kwargs, d_kwargs = tf_kwargs("skip", "resnet", 0, 256)
   path = _tf_pickle_with(tmp_path, dict(g_kwargs, fancy_layers=3), d_kwargs)
-  with pytest.raises(importers.PickleFormatError,
-                     match=r"edited.pkl: network Gs? has unknown TensorFlow kwarg 'fancy_layers'"):
+  with pytest.raises(
+    importers.PickleFormatError,
+    match=r"edited.pkl: network Gs? has unknown TensorFlow kwarg 'fancy_layers'",
+  ):
     importers.read_network_pickle(path)
 
 
@@ -199,8 +248,9 @@ def test_missing_and_misshapen_variables_are_named(tmp_path):
   with pytest.raises(importers.PickleFormatError, match=r"lacks variable '8x8/Conv0/bias'"):
     importers.read_network_pickle(_tf_pickle_with(tmp_path, g_kwargs, d_kwargs, drop))
   # Settings that disagree with the stored variables: fmap_max 16 instead of 32.
-  path = _tf_pickle_with(tmp_path, g_kwargs, d_kwargs,
-                         lambda nets: nets[1]._state["static_kwargs"].update(fmap_max=16))
+  path = _tf_pickle_with(
+    tmp_path, g_kwargs, d_kwargs, lambda nets: nets[1]._state["static_kwargs"].update(fmap_max=16)
+  )
   with pytest.raises(importers.PickleFormatError, match="disagree on channel_max"):
     importers.read_network_pickle(path)
 

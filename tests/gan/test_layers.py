@@ -50,11 +50,11 @@ def test_equalized_dense_initialisation_is_raw_normal_over_lr_multiplier():
   np.testing.assert_array_equal(layer.bias.numpy(), np.ones(500))
 
 
-@pytest.mark.parametrize("kernel,up,down", [(3, 1, 1), (1, 1, 1), (3, 2, 1), (1, 2, 1),
-                                            (3, 1, 2), (1, 1, 2)])
+@pytest.mark.parametrize(
+  "kernel,up,down", [(3, 1, 1), (1, 1, 1), (3, 2, 1), (1, 2, 1), (3, 1, 2), (1, 1, 2)]
+)
 def test_equalized_conv_matches_tf1_resampling_formulas(rng, kernel, up, down):
-  layer = layers.EqualizedConv2D(4, 5, kernel, activation="lrelu", up=up, down=down,
-                                 conv_clamp=0.8)
+  layer = layers.EqualizedConv2D(4, 5, kernel, activation="lrelu", up=up, down=down, conv_clamp=0.8)
   weight, bias = rng.standard_normal([kernel, kernel, 4, 5]), rng.standard_normal([5])
   _set(layer.weight, weight)
   _set(layer.bias, bias)
@@ -87,11 +87,17 @@ def _tf_style_params(layer: layers.ModulatedConv2D, rng, scope: str) -> dict:
   weight = rng.standard_normal(layer.weight.shape)
   mod_weight = rng.standard_normal(layer.affine.weight.shape)
   mod_bias = 1 + 0.3 * rng.standard_normal(layer.affine.bias.shape)
-  for var, value in ((layer.weight, weight), (layer.affine.weight, mod_weight),
-                     (layer.affine.bias, mod_bias)):
+  for var, value in (
+    (layer.weight, weight),
+    (layer.affine.weight, mod_weight),
+    (layer.affine.bias, mod_bias),
+  ):
     _set(var, value)
-  return {f"{scope}/weight": weight, f"{scope}/mod_weight": mod_weight,
-          f"{scope}/mod_bias": mod_bias - 1}
+  return {
+    f"{scope}/weight": weight,
+    f"{scope}/mod_weight": mod_weight,
+    f"{scope}/mod_bias": mod_bias - 1,
+  }
 
 
 @pytest.mark.parametrize("kernel,up,demodulate", [(3, 1, True), (3, 2, True), (1, 1, False)])
@@ -100,8 +106,9 @@ def test_modulated_conv_matches_reference(rng, kernel, up, demodulate):
   params = ref.Params(_tf_style_params(layer, rng, "L"))
   x = rng.standard_normal([3, 8, 8, 6]).astype(np.float32)
   w = rng.standard_normal([3, 7]).astype(np.float32)
-  want = ref.modulated_conv(params, "L", nchw(x), w.astype(np.float64), demodulate=demodulate,
-                            up=up > 1, f=F)
+  want = ref.modulated_conv(
+    params, "L", nchw(x), w.astype(np.float64), demodulate=demodulate, up=up > 1, f=F
+  )
   np.testing.assert_allclose(layer(x, w).numpy(), nhwc(want), rtol=1e-4, atol=1e-4)
 
 
@@ -122,8 +129,9 @@ def test_noise_injection_modes(rng):
   _set(layer.noise_strength, 0.7)
   x = rng.standard_normal([2, 4, 4, 3]).astype(np.float32)
   const = layer(x, noise_mode="const").numpy()
-  np.testing.assert_allclose(const, x + 0.7 * layer.noise_const.numpy()[None, :, :, None],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    const, x + 0.7 * layer.noise_const.numpy()[None, :, :, None], rtol=1e-6
+  )
   np.testing.assert_array_equal(layer(x, noise_mode="none").numpy(), x)
   first, second = layer(x).numpy() - x, layer(x).numpy() - x
   assert not np.allclose(first, second)  # fresh noise per call
@@ -163,8 +171,9 @@ def test_minibatch_stddev_group_larger_than_batch_uses_whole_batch(rng):
 
 def test_normalize_2nd_moment(rng):
   x = rng.standard_normal([4, 9]).astype(np.float32)
-  np.testing.assert_allclose(layers.normalize_2nd_moment(x).numpy(),
-                             ref.normalize_2nd_moment(x), rtol=1e-5)
+  np.testing.assert_allclose(
+    layers.normalize_2nd_moment(x).numpy(), ref.normalize_2nd_moment(x), rtol=1e-5
+  )
 
 
 def test_to_rgb_and_synthesis_layer_compose_their_parts(rng):
@@ -185,11 +194,14 @@ def test_to_rgb_and_synthesis_layer_compose_their_parts(rng):
   y = ref.modulated_conv(ref.Params(params), "S", nchw(x), w, up=True, f=F)
   y = y + 0.4 * layer.noise.noise_const.numpy()
   want = ref.bias_act(y, layer.bias.numpy(), "lrelu", clamp=2.0)
-  np.testing.assert_allclose(layer(x, w, noise_mode="const").numpy(), nhwc(want), rtol=1e-4,
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    layer(x, w, noise_mode="const").numpy(), nhwc(want), rtol=1e-4, atol=1e-4
+  )
 
 
-@pytest.mark.parametrize("layer", [
+@pytest.mark.parametrize(
+  "layer",
+  [
     layers.EqualizedDense(3, 4, activation="lrelu", lr_multiplier=0.1, bias_init=1.0),
     layers.EqualizedConv2D(3, 4, 3, down=2, activation="lrelu", conv_clamp=256),
     layers.ModulatedConv2D(3, 4, 3, w_dim=8, up=2),
@@ -197,7 +209,9 @@ def test_to_rgb_and_synthesis_layer_compose_their_parts(rng):
     layers.ToRGB(3, 3, w_dim=8, conv_clamp=256),
     layers.NoiseInjection(4),
     layers.MinibatchStdDev(4, 1),
-], ids=lambda layer: type(layer).__name__)
+  ],
+  ids=lambda layer: type(layer).__name__,
+)
 def test_get_config_rebuilds_an_equivalent_layer(layer):
   clone = type(layer).from_config(layer.get_config())
   assert clone.get_config() == layer.get_config()
@@ -219,16 +233,22 @@ def test_layers_keep_float32_under_a_global_mixed_policy(rng):
 def test_reference_primitives_agree_with_scipy(rng):
   """The NumPy reference's building blocks, against scipy.signal (a third implementation)."""
   from scipy import signal  # pylint: disable=g-import-not-at-top
+
   x = rng.standard_normal([5, 6])
   w = rng.standard_normal([3, 3, 1, 1])
-  np.testing.assert_allclose(ref.conv2d(x[None, None], w, pad=1)[0, 0],
-                             signal.correlate2d(x, w[:, :, 0, 0], mode="same"), atol=1e-12)
+  np.testing.assert_allclose(
+    ref.conv2d(x[None, None], w, pad=1)[0, 0],
+    signal.correlate2d(x, w[:, :, 0, 0], mode="same"),
+    atol=1e-12,
+  )
   # TF1 upsample_conv_2d's transposed conv = full correlation of the zero-inserted image.
   zero_inserted = np.zeros([9, 11])
   zero_inserted[::2, ::2] = x
-  np.testing.assert_allclose(ref.conv_transpose_stride2(x[None, None], w)[0, 0],
-                             signal.correlate2d(zero_inserted, w[:, :, 0, 0], mode="full"),
-                             atol=1e-12)
+  np.testing.assert_allclose(
+    ref.conv_transpose_stride2(x[None, None], w)[0, 0],
+    signal.correlate2d(zero_inserted, w[:, :, 0, 0], mode="full"),
+    atol=1e-12,
+  )
   # upfirdn = zero insertion, padding, true convolution, decimation.
   padded = np.pad(np.kron(x, [[1, 0], [0, 0]]), ((2, 1), (2, 1)))
   want = signal.convolve2d(padded, F * 4, mode="valid")

@@ -7,13 +7,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpets.gan import networks
-from tfpets.gan import presets
+from tfpets.gan import networks, presets
 
 
 def tiny(resolution=16, **overrides):
-  fields = dict(z_dim=8, w_dim=8, channel_base=64, channel_max=8, mapping_layers=2,
-                num_fp16_res=0, mbstd_group_size=2)
+  fields = dict(
+    z_dim=8,
+    w_dim=8,
+    channel_base=64,
+    channel_max=8,
+    mapping_layers=2,
+    num_fp16_res=0,
+    mbstd_group_size=2,
+  )
   fields.update(overrides)
   return presets.NetworkConfig(resolution=resolution, **fields)
 
@@ -32,8 +38,9 @@ def test_w_avg_tracks_the_batch_mean_with_beta_0995_only_in_training(rng):
   np.testing.assert_array_equal(generator.mapping.w_avg.numpy(), start)
   ws = generator.mapping(z, training=True).numpy()
   mean = ws[:, 0].mean(axis=0)
-  np.testing.assert_allclose(generator.mapping.w_avg.numpy(), mean + 0.995 * (start - mean),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    generator.mapping.w_avg.numpy(), mean + 0.995 * (start - mean), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_truncation_lerps_towards_w_avg_below_the_cutoff(rng):
@@ -76,8 +83,9 @@ def test_mixed_precision_blocks_compute_in_float16_with_float32_weights(rng):
   images = generator(z, noise_mode="const")
   reference = generator(z, noise_mode="const", force_fp32=True)
   assert images.dtype == tf.float32
-  np.testing.assert_allclose(images.numpy(), reference.numpy(), atol=0.05 * np.abs(
-      reference.numpy()).max())
+  np.testing.assert_allclose(
+    images.numpy(), reference.numpy(), atol=0.05 * np.abs(reference.numpy()).max()
+  )
   with tf.GradientTape() as tape:
     loss = tf.reduce_sum(discriminator(generator(z)))
   grads = tape.gradient(loss, generator.trainable_weights)
@@ -163,23 +171,28 @@ def test_save_and_load_networks_round_trip(tmp_path, rng):
   for a, b in zip(generator.weights, generator_ema.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
   generator_ema.mapping.w_avg.assign(np.arange(8, dtype=np.float32))
-  networks.save_networks(tmp_path, config, {"G_ema": generator_ema, "D": discriminator},
-                         extra={"note": "x"})
+  networks.save_networks(
+    tmp_path, config, {"G_ema": generator_ema, "D": discriminator}, extra={"note": "x"}
+  )
   loaded_config, models = networks.load_networks(tmp_path)
   assert loaded_config == config and sorted(models) == ["D", "G_ema"]
   z = rng.standard_normal([2, 8]).astype(np.float32)
   c = np.eye(2, dtype=np.float32)
-  np.testing.assert_array_equal(models["G_ema"]((z, c), noise_mode="const").numpy(),
-                                generator_ema((z, c), noise_mode="const").numpy())
+  np.testing.assert_array_equal(
+    models["G_ema"]((z, c), noise_mode="const").numpy(),
+    generator_ema((z, c), noise_mode="const").numpy(),
+  )
   images = generator_ema((z, c), noise_mode="const")
-  np.testing.assert_array_equal(models["D"]((images, c)).numpy(),
-                                discriminator((images, c)).numpy())
+  np.testing.assert_array_equal(
+    models["D"]((images, c)).numpy(), discriminator((images, c)).numpy()
+  )
 
 
 def test_load_networks_errors_name_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     networks.load_networks(tmp_path)
-  (tmp_path / "config.json").write_text('{"network": {"resolution": 16, "bogus": 1}, '
-                                        '"networks": []}')
+  (tmp_path / "config.json").write_text(
+    '{"network": {"resolution": 16, "bogus": 1}, "networks": []}'
+  )
   with pytest.raises(ValueError, match=r"config.json: unknown network config keys \['bogus'\]"):
     networks.load_networks(tmp_path)

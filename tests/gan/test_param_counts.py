@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfpets.gan import networks
-from tfpets.gan import presets
+from tfpets.gan import networks, presets
 
 
 def _trainable(model) -> int:
@@ -19,12 +18,12 @@ def _non_trainable(model) -> int:
 
 # (preset, resolution, c_dim, num_ws, G trainable, D trainable); spec §2.6.
 SPEC_2_6 = [
-    ("stylegan2", 1024, 0, 18, 30_370_060, 29_012_513),
-    ("paper512", 512, 0, 16, 30_276_583, 28_982_849),
-    ("paper256", 256, 0, 14, 24_767_458, 24_001_089),
-    ("auto", 256, 0, 14, 23_191_522, 24_001_089),
-    ("auto", 128, 0, 12, 22_949_277, 23_882_369),
-    ("cifar", 32, 10, 8, 20_215_315, 20_988_416),
+  ("stylegan2", 1024, 0, 18, 30_370_060, 29_012_513),
+  ("paper512", 512, 0, 16, 30_276_583, 28_982_849),
+  ("paper256", 256, 0, 14, 24_767_458, 24_001_089),
+  ("auto", 256, 0, 14, 23_191_522, 24_001_089),
+  ("auto", 128, 0, 12, 22_949_277, 23_882_369),
+  ("cifar", 32, 10, 8, 20_215_315, 20_988_416),
 ]
 
 
@@ -52,8 +51,13 @@ def test_paper1024_has_the_stylegan2_networks():
 
 
 # Spec §15.6 at channel_base 16384: (preset, resolution, G); D does not depend on the mapping.
-SPEC_15_6_G = [("auto", 32, 19_947_539), ("auto", 64, 22_243_608), ("paper256", 32, 21_523_475),
-               ("paper256", 64, 23_819_544), ("paper256", 128, 24_525_213)]
+SPEC_15_6_G = [
+  ("auto", 32, 19_947_539),
+  ("auto", 64, 22_243_608),
+  ("paper256", 32, 21_523_475),
+  ("paper256", 64, 23_819_544),
+  ("paper256", 128, 24_525_213),
+]
 SPEC_15_6_D = [(32, 21_507_073), (64, 23_407_361)]
 
 

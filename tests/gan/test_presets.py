@@ -10,7 +10,7 @@ from tfpets.gan import presets
 def test_channel_tables_of_spec_2_1():
   full = [512, 512, 512, 512, 512, 256, 128, 64, 32]
   half = [512, 512, 512, 512, 256, 128, 64]
-  resolutions = [2 ** i for i in range(2, 11)]
+  resolutions = [2**i for i in range(2, 11)]
   config = presets.network_config("stylegan2", 1024)
   assert [config.channels(r) for r in resolutions] == full
   config = presets.network_config("paper256", 256)
@@ -21,21 +21,38 @@ def test_channel_tables_of_spec_2_1():
 
 def test_pet_project_configuration_is_auto_at_128():
   config = presets.network_config("auto", 128)
-  assert (config.mapping_layers, config.mbstd_group_size, config.num_fp16_res,
-          config.conv_clamp, config.channel_base, config.channel_max) == (2, 4, 4, 256, 16384, 512)
+  assert (
+    config.mapping_layers,
+    config.mbstd_group_size,
+    config.num_fp16_res,
+    config.conv_clamp,
+    config.channel_base,
+    config.channel_max,
+  ) == (2, 4, 4, 256, 16384, 512)
   assert (config.g_architecture, config.d_architecture, config.c_dim) == ("skip", "resnet", 0)
   assert config.num_ws == 12
   # fp16 in the top 4 resolutions only: 16, 32, 64, 128 (spec §5).
   assert [r for r in config.block_resolutions() if config.use_fp16(r)] == [16, 32, 64, 128]
   train = presets.training_config("auto", 128)
   assert (train.batch, train.mbstd_group_size, train.learning_rate, train.ema_kimg) == (
-      32, 4, 0.0025, 10)
+    32,
+    4,
+    0.0025,
+    10,
+  )
   assert train.r1_gamma == pytest.approx(0.1024)
 
 
-@pytest.mark.parametrize("resolution,batch,gamma,ema", [
-    (32, 32, 0.0064, 10), (64, 32, 0.0256, 10), (256, 16, 0.8192, 5), (512, 8, 6.5536, 2.5),
-    (1024, 4, 52.4288, 1.25)])
+@pytest.mark.parametrize(
+  "resolution,batch,gamma,ema",
+  [
+    (32, 32, 0.0064, 10),
+    (64, 32, 0.0256, 10),
+    (256, 16, 0.8192, 5),
+    (512, 8, 6.5536, 2.5),
+    (1024, 4, 52.4288, 1.25),
+  ],
+)
 def test_auto_formulas_for_one_gpu(resolution, batch, gamma, ema):
   train = presets.training_config("auto", resolution)
   assert train.batch == batch and train.ema_kimg == pytest.approx(ema)

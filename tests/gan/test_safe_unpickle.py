@@ -12,8 +12,7 @@ import pytest
 
 from tests.gan import pickle_writers as pw
 from tfpets.gan import importers
-from tfpets.gan.importers import safe_unpickle
-from tfpets.gan.importers import torch_pickle
+from tfpets.gan.importers import safe_unpickle, torch_pickle
 
 
 class _Call:
@@ -31,14 +30,16 @@ def _shell_touch(marker) -> str:
   return f"touch {marker}"
 
 
-@pytest.mark.parametrize("module,name", [("os", "system"), ("posix", "system"),
-                                         ("subprocess", "getoutput")])
+@pytest.mark.parametrize(
+  "module,name", [("os", "system"), ("posix", "system"), ("subprocess", "getoutput")]
+)
 def test_shell_globals_are_refused_without_running(tmp_path, module, name):
   marker = tmp_path / "ran"
   path = tmp_path / "evil.pkl"
   path.write_bytes(pw.dumps({"G": _Call(module, name, _shell_touch(marker))}))
-  with pytest.raises(importers.UnsafePickleError,
-                     match=rf"evil.pkl: refusing to load global '{module}.{name}'"):
+  with pytest.raises(
+    importers.UnsafePickleError, match=rf"evil.pkl: refusing to load global '{module}.{name}'"
+  ):
     importers.read_network_pickle(path)
   assert not marker.exists()
 
@@ -57,10 +58,18 @@ def test_real_os_system_pickle_is_refused(tmp_path):
   assert not marker.exists()
 
 
-@pytest.mark.parametrize("module,name", [("builtins", "eval"), ("builtins", "exec"),
-                                         ("builtins", "getattr"), ("numpy", "load"),
-                                         ("torch", "load"), ("dnnlib.util", "call_func_by_name"),
-                                         ("copyreg", "_reconstructor")])
+@pytest.mark.parametrize(
+  "module,name",
+  [
+    ("builtins", "eval"),
+    ("builtins", "exec"),
+    ("builtins", "getattr"),
+    ("numpy", "load"),
+    ("torch", "load"),
+    ("dnnlib.util", "call_func_by_name"),
+    ("copyreg", "_reconstructor"),
+  ],
+)
 def test_other_code_execution_routes_are_refused(tmp_path, module, name):
   path = tmp_path / "bad.pkl"
   path.write_bytes(pw.dumps([_Call(module, name, "print(1)")]))
@@ -70,9 +79,14 @@ def test_other_code_execution_routes_are_refused(tmp_path, module, name):
 
 def test_global_hidden_inside_torch_storage_bytes_is_refused(tmp_path):
   marker = tmp_path / "ran"
-  inner = b"".join([pw.dumps(0x1950a86a20f9469cfc6c, 2), pw.dumps(1001, 2),
-                    pw.dumps({"little_endian": True}, 2),
-                    pw.dumps(_Call("os", "system", _shell_touch(marker)), 2)])
+  inner = b"".join(
+    [
+      pw.dumps(0x1950A86A20F9469CFC6C, 2),
+      pw.dumps(1001, 2),
+      pw.dumps({"little_endian": True}, 2),
+      pw.dumps(_Call("os", "system", _shell_touch(marker)), 2),
+    ]
+  )
   path = tmp_path / "storage.pkl"
   path.write_bytes(pw.dumps({"G": _Call("torch.storage", "_load_from_bytes", inner)}))
   with pytest.raises(importers.UnsafePickleError, match="'os.system'"):
@@ -101,11 +115,16 @@ def test_embedded_module_source_is_never_executed(tmp_path):
 
 
 def test_numpy_arrays_and_scalars_load():
-  value = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.float64(0.25),
-           "c": {1, 2}, "d": b"\x00\x01"}
+  value = {
+    "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "b": np.float64(0.25),
+    "c": {1, 2},
+    "d": b"\x00\x01",
+  }
   for protocol in (2, 3, 4, 5):
-    loaded = safe_unpickle.restricted_load(pickle.dumps(value, protocol=protocol),
-                                           safe_unpickle.BASE_GLOBALS, "mem")
+    loaded = safe_unpickle.restricted_load(
+      pickle.dumps(value, protocol=protocol), safe_unpickle.BASE_GLOBALS, "mem"
+    )
     np.testing.assert_array_equal(loaded["a"], value["a"])
     assert loaded["b"] == 0.25 and loaded["c"] == {1, 2} and loaded["d"] == b"\x00\x01"
 
@@ -127,8 +146,9 @@ def test_tensor_strides_must_stay_inside_the_storage(tmp_path):
   good = _Call("torch._utils", "_rebuild_tensor_v2", storage, 1, (2,), (1,), False, None)
   bad = _Call("torch._utils", "_rebuild_tensor_v2", storage, 0, (2, 2), (2, 1), False, None)
   allowed = torch_pickle.torch_globals("mem")
-  np.testing.assert_array_equal(safe_unpickle.restricted_load(pw.dumps(good), allowed, "mem"),
-                                [2.0, 3.0])
+  np.testing.assert_array_equal(
+    safe_unpickle.restricted_load(pw.dumps(good), allowed, "mem"), [2.0, 3.0]
+  )
   with pytest.raises(importers.PickleFormatError, match="exceeds its storage of 3 elements"):
     safe_unpickle.restricted_load(pw.dumps(bad), allowed, "mem")
 

@@ -25,8 +25,9 @@ class BrightBox(keras.layers.Layer):
 
     def extent(profile):
       first = ops.cast(ops.argmax(profile, axis=-1), "float32")
-      last = ops.cast(size - 1, "float32") - ops.cast(ops.argmax(ops.flip(profile, axis=-1),
-                                                                  axis=-1), "float32")
+      last = ops.cast(size - 1, "float32") - ops.cast(
+        ops.argmax(ops.flip(profile, axis=-1), axis=-1), "float32"
+      )
       return first, last
 
     x0, x1 = extent(ops.max(mask, axis=1))
@@ -79,21 +80,23 @@ def handmade_models(config: model_lib.DetectorConfig, head_logit: float = 10.0):
   frames = keras.Input((config.image_size, config.image_size, 3))
   bbox = keras.Model(frames, {"box": BrightBox()(frames), "head": Constant(head_logit)(frames)})
   frames = keras.Input((config.roi_size, config.roi_size, 3))
-  landmarks = keras.Model(frames, {"box": BrightBox()(frames),
-                                   "landmarks": ColourCentroids(config.num_landmarks)(frames)})
+  landmarks = keras.Model(
+    frames, {"box": BrightBox()(frames), "landmarks": ColourCentroids(config.num_landmarks)(frames)}
+  )
   return bbox, landmarks
 
 
-def draw_head(height: int, width: int, head: tuple, blobs: np.ndarray, sigma: float = 2.0
-              ) -> np.ndarray:
+def draw_head(
+  height: int, width: int, head: tuple, blobs: np.ndarray, sigma: float = 2.0
+) -> np.ndarray:
   """A black image with a white head square (x0, y0, x1, y1 inclusive pixel bounds) holding a red,
   a green and a blue Gaussian blob centred at blobs [3, 2]."""
   image = np.zeros((height, width, 3), np.float32)
   x0, y0, x1, y1 = head
-  image[y0:y1 + 1, x0:x1 + 1] = 255.0
+  image[y0 : y1 + 1, x0 : x1 + 1] = 255.0
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
   for c, (bx, by) in enumerate(blobs):
-    alpha = np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * sigma ** 2))
+    alpha = np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * sigma**2))
     colour = np.zeros(3, np.float32)
     colour[c] = 255.0
     image = image * (1 - alpha[..., None]) + colour * alpha[..., None]

@@ -7,32 +7,48 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpets.landmarks import augment
-from tfpets.landmarks import geometry
+from tfpets.landmarks import augment, geometry
 
 HEIGHT, WIDTH = 84, 100
-POINTS = np.array([[40.3, 38.6], [58.7, 40.2], [49.5, 52.8], [34.1, 30.2], [36.4, 22.7],
-                   [42.9, 29.1], [55.2, 30.4], [62.8, 23.5], [64.6, 31.7]], np.float32)
+POINTS = np.array(
+  [
+    [40.3, 38.6],
+    [58.7, 40.2],
+    [49.5, 52.8],
+    [34.1, 30.2],
+    [36.4, 22.7],
+    [42.9, 29.1],
+    [55.2, 30.4],
+    [62.8, 23.5],
+    [64.6, 31.7],
+  ],
+  np.float32,
+)
 BOX = np.array([31.0, 20.0, 67.0, 57.0], np.float32)
 SIGMA = 1.6
 
 
 def _example(image, has_box=True):
-  return {"image": tf.constant(image), "box": tf.constant(BOX), "has_box": tf.constant(has_box),
-          "landmarks": tf.constant(POINTS), "num_landmarks": tf.constant(9)}
+  return {
+    "image": tf.constant(image),
+    "box": tf.constant(BOX),
+    "has_box": tf.constant(has_box),
+    "landmarks": tf.constant(POINTS),
+    "num_landmarks": tf.constant(9),
+  }
 
 
 def _blob(point):
   """One smooth blob centred on point (centre coordinates), as uint8 RGB."""
   yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
-  blob = 255 * np.exp(-((xx - point[0]) ** 2 + (yy - point[1]) ** 2) / (2 * SIGMA ** 2))
+  blob = 255 * np.exp(-((xx - point[0]) ** 2 + (yy - point[1]) ** 2) / (2 * SIGMA**2))
   return np.repeat(np.rint(blob).astype(np.uint8)[..., None], 3, -1)
 
 
 def _centroid(frame):
   weight = np.asarray(frame, np.float64)[..., 0]
   weight = np.where(weight > 8, weight, 0)  # ignore interpolation dust far from the blob
-  yy, xx = np.mgrid[0:weight.shape[0], 0:weight.shape[1]]
+  yy, xx = np.mgrid[0 : weight.shape[0], 0 : weight.shape[1]]
   return np.array([(weight * xx).sum(), (weight * yy).sum()]) / weight.sum()
 
 
@@ -49,8 +65,9 @@ def _locate_each(make_frame, seed):
 
 @pytest.mark.parametrize("seed", [[0, 1], [0, 2], [7, 3]])
 def test_rotation_crop_and_flip_move_landmarks_with_the_pixels(seed):
-  options = augment.AugmentOptions(flip_horizontal=True, rotate_n=40.0, roi_margin=0.3,
-                                   roi_jitter=0.15)
+  options = augment.AugmentOptions(
+    flip_horizontal=True, rotate_n=40.0, roi_margin=0.3, roi_jitter=0.15
+  )
   make = lambda ex, s: augment.landmarks_frame(ex, s, 96, 9, options)
   located, (points, _) = _locate_each(make, seed)
   straight = np.abs(located - points).max()
@@ -64,15 +81,17 @@ def test_flip_happens_about_half_the_time():
   flips = 0
   for i in range(40):
     example = _example(_blob(POINTS[0]))
-    plain = augment.landmarks_frame(example, tf.constant([1, i], tf.int64), 64, 9,
-                                    augment.AugmentOptions())
+    plain = augment.landmarks_frame(
+      example, tf.constant([1, i], tf.int64), 64, 9, augment.AugmentOptions()
+    )
     maybe = augment.landmarks_frame(example, tf.constant([1, i], tf.int64), 64, 9, options)
     if not np.allclose(plain[0].numpy(), maybe[0].numpy()):
       # Same seed, same ROI: a flipped frame is the mirror image, with relabelled mirrored points.
       np.testing.assert_allclose(maybe[0].numpy(), plain[0].numpy()[:, ::-1], atol=1e-3)
       mirrored = np.stack([63.0 - plain[1].numpy()[:, 0], plain[1].numpy()[:, 1]], -1)
-      np.testing.assert_allclose(maybe[1].numpy(), mirrored[list(augment.FLIP_PERMUTATION[9])],
-                                 atol=1e-4)
+      np.testing.assert_allclose(
+        maybe[1].numpy(), mirrored[list(augment.FLIP_PERMUTATION[9])], atol=1e-4
+      )
       flips += 1
   assert 10 <= flips <= 30
 
@@ -81,13 +100,15 @@ def test_balanced_crop_and_negatives_move_the_box_with_the_pixels():
   """Stage 1: a bright head box drawn in the image lands where the returned box says."""
   image = np.zeros((2 * HEIGHT, 2 * WIDTH, 3), np.uint8)  # room for crops that miss the head
   x0, y0, x1, y1 = BOX.astype(int)
-  image[y0:y1 + 1, x0:x1 + 1] = 255
-  options = augment.AugmentOptions(flip_horizontal=True, crop_scale_balanced=True,
-                                   negative_fraction=0.5)
+  image[y0 : y1 + 1, x0 : x1 + 1] = 255
+  options = augment.AugmentOptions(
+    flip_horizontal=True, crop_scale_balanced=True, negative_fraction=0.5
+  )
   heads = 0
   for i in range(12):
-    frame, box, _, is_head, _ = augment.bbox_frame(_example(image), tf.constant([3, i], tf.int64),
-                                                   64, 9, options)
+    frame, box, _, is_head, _ = augment.bbox_frame(
+      _example(image), tf.constant([3, i], tf.int64), 64, 9, options
+    )
     bright = np.argwhere(frame.numpy()[..., 0] > 127.5)
     if float(is_head) == 0.0:
       assert bright.size == 0  # a negative frame misses the head entirely
@@ -103,8 +124,9 @@ def test_rotated_box_is_the_box_of_the_rotated_inscribed_ellipse():
   box = geometry.transform_box(matrix, BOX).numpy()
   a, b = (BOX[2] - BOX[0]) / 2, (BOX[3] - BOX[1]) / 2
   t = np.linspace(0, 2 * np.pi, 3601)
-  ellipse = np.stack([(BOX[0] + BOX[2]) / 2 + a * np.cos(t), (BOX[1] + BOX[3]) / 2 + b * np.sin(t)],
-                     -1)
+  ellipse = np.stack(
+    [(BOX[0] + BOX[2]) / 2 + a * np.cos(t), (BOX[1] + BOX[3]) / 2 + b * np.sin(t)], -1
+  )
   moved = geometry.transform_points(matrix, ellipse).numpy()
   np.testing.assert_allclose(box, np.concatenate([moved.min(0), moved.max(0)]), atol=1e-2)
 
@@ -120,10 +142,20 @@ def test_rotation_matches_pil_convention():
 
 def _upright_face():
   """Named 9-point layout of an upright face, following the records' documented order."""
-  return np.array([[30, 50], [70, 50], [50, 70],          # left eye, right eye, mouth
-                   [20, 30], [25, 5], [40, 25],           # left ear: outer base, tip, inner base
-                   [60, 25], [75, 5], [80, 30]],          # right ear: inner base, tip, outer base
-                  np.float32)
+  return np.array(
+    [
+      [30, 50],
+      [70, 50],
+      [50, 70],  # left eye, right eye, mouth
+      [20, 30],
+      [25, 5],
+      [40, 25],  # left ear: outer base, tip, inner base
+      [60, 25],
+      [75, 5],
+      [80, 30],
+    ],  # right ear: inner base, tip, outer base
+    np.float32,
+  )
 
 
 def _conventions_hold(points):

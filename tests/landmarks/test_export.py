@@ -9,9 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from tfpets.landmarks import export
+from tfpets.landmarks import export, predict
 from tfpets.landmarks import model as model_lib
-from tfpets.landmarks import predict
 
 from .handmade import draw_head
 
@@ -24,8 +23,9 @@ HEAD, BLOBS = (40, 20, 79, 59), np.array([[50.0, 30.0], [70.0, 35.0], [60.0, 50.
 PIPELINE_TOLERANCE_PX, PIPELINE_RTOL = 0.1, 1e-4
 # Three candidates (a heatmap peak and a rescaled box beside stage 1's), so the verifier is
 # exported and picks one of them in the pipeline.
-VERIFIED = dataclasses.replace(CONFIG, roi_candidates=2, roi_candidate_scales=(0.7,),
-                               verifier_size=16)
+VERIFIED = dataclasses.replace(
+  CONFIG, roi_candidates=2, roi_candidate_scales=(0.7,), verifier_size=16
+)
 
 
 def _perturbed(stage, seed):
@@ -42,8 +42,7 @@ def _perturbed(stage, seed):
 @pytest.fixture(scope="module")
 def models():
   keras.utils.set_random_seed(0)  # fixed weights: the same float differences on every run
-  return {stage: _perturbed(stage, i)
-          for i, stage in enumerate(model_lib.stages_of(VERIFIED))}
+  return {stage: _perturbed(stage, i) for i, stage in enumerate(model_lib.stages_of(VERIFIED))}
 
 
 @pytest.mark.slow
@@ -64,10 +63,10 @@ def test_tflite_matches_keras(models, tmp_path):
   image = draw_head(70, 110, HEAD, BLOBS)
   expected = predict.Detector.from_models(VERIFIED, *models.values()).detect(image)
   lite = export.tflite_detector(tmp_path).detect(image)
-  np.testing.assert_allclose(lite.landmarks, expected.landmarks, rtol=PIPELINE_RTOL,
-                             atol=PIPELINE_TOLERANCE_PX)
-  np.testing.assert_allclose(lite.box, expected.box, rtol=PIPELINE_RTOL,
-                             atol=PIPELINE_TOLERANCE_PX)
+  np.testing.assert_allclose(
+    lite.landmarks, expected.landmarks, rtol=PIPELINE_RTOL, atol=PIPELINE_TOLERANCE_PX
+  )
+  np.testing.assert_allclose(lite.box, expected.box, rtol=PIPELINE_RTOL, atol=PIPELINE_TOLERANCE_PX)
   assert lite.head_score == pytest.approx(expected.head_score, abs=1e-4)
 
 
@@ -77,7 +76,10 @@ def test_pipeline_saved_model_matches_keras(models, tmp_path):
   image = draw_head(90, 60, (10, 30, 49, 69), BLOBS - [30, -10])
   expected = predict.Detector.from_models(VERIFIED, *models.values()).detect(image)
   served = export.saved_model_detector(tmp_path)(image)
-  for name, value in (("landmarks", expected.landmarks), ("box", expected.box),
-                      ("roi", expected.roi)):
+  for name, value in (
+    ("landmarks", expected.landmarks),
+    ("box", expected.box),
+    ("roi", expected.roi),
+  ):
     np.testing.assert_allclose(served[name], value, rtol=1e-5, atol=1e-3)
   assert float(served["head_score"]) == pytest.approx(expected.head_score, abs=1e-5)

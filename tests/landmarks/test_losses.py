@@ -6,8 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfpets.landmarks import evaluate
-from tfpets.landmarks import losses
+from tfpets.landmarks import evaluate, losses
 from tfpets.landmarks import model as model_lib
 
 
@@ -32,7 +31,7 @@ def _boxes(rng, n):
 def pairs():
   rng = np.random.default_rng(3)
   truth, predicted = _boxes(rng, 64), _boxes(rng, 64)
-  predicted[:8] = truth[:8]                       # identical
+  predicted[:8] = truth[:8]  # identical
   predicted[8:16] = truth[8:16] + [100, 0, 100, 0]  # disjoint
   centre = (truth[16:24, :2] + truth[16:24, 2:]) / 2
   half = (truth[16:24, 2:] - truth[16:24, :2]) / 4
@@ -58,7 +57,8 @@ def test_iou_metric_loss_and_numpy_evaluation_agree_with_reference(pairs):
   # ... and sample weights drop background frames from it (Keras divides by the batch size).
   weights = (np.arange(64) % 3 != 0).astype(np.float32)
   assert float(loss(truth, predicted, sample_weight=weights)) == pytest.approx(
-      np.sum(weights * (1 - expected)) / 64, abs=1e-4)
+    np.sum(weights * (1 - expected)) / 64, abs=1e-4
+  )
 
 
 def test_rmse_metric_and_evaluation_against_numpy():
@@ -75,11 +75,14 @@ def test_rmse_metric_and_evaluation_against_numpy():
   assert evaluate.rmse((predicted - truth)[:, 3]) == pytest.approx(point3)
 
 
-@pytest.mark.parametrize("norm,raw,expected", [
+@pytest.mark.parametrize(
+  "norm,raw,expected",
+  [
     ("none", [[-1.0, 0.0, 5.5, 30.0]], [[-1.0, 0.0, 5.5, 30.0]]),
     ("center", [[-1.0, 0.0, 5.5, 30.0]], [[31.0, 32.0, 37.5, 62.0]]),
     ("unit", [[-1.0, 0.0, 0.5, 1.0]], [[0.0, 32.0, 48.0, 64.0]]),
-])
+  ],
+)
 def test_frame_coordinates_map_outputs_to_frame_pixels(norm, raw, expected):
   layer = model_lib.FrameCoordinates(64, norm, (2, 2))
   out = np.asarray(layer(np.array(raw, np.float32)))
@@ -98,8 +101,8 @@ def test_heatmap_loss_against_numpy():
   for b in range(2):
     per_point = []
     for c in range(3):
-      d2 = ((centres[None, :] - points[b, c, 0]) ** 2 + (centres[:, None] - points[b, c, 1]) ** 2)
-      target = np.exp(-d2 / (2 * 12.0 ** 2))          # sigma: 1.5 cells of 8 px
+      d2 = (centres[None, :] - points[b, c, 0]) ** 2 + (centres[:, None] - points[b, c, 1]) ** 2
+      target = np.exp(-d2 / (2 * 12.0**2))  # sigma: 1.5 cells of 8 px
       target /= target.sum()
       z = logits[b, ..., c]
       log_p = z - z.max() - np.log(np.exp(z - z.max()).sum())

@@ -29,7 +29,7 @@ def _reference_soft_argmax(logits, frame):
 def test_soft_argmax_against_numpy():
   rng = np.random.default_rng(0)
   logits = rng.normal(0, 2, (2, 8, 8, 3)).astype(np.float32)
-  logits[0, 5, 2, 0] = 60.0                       # one dominant cell: its centre exactly
+  logits[0, 5, 2, 0] = 60.0  # one dominant cell: its centre exactly
   logits[0, :, :, 1] = -60.0
   logits[0, 1, 1, 1] = logits[0, 1, 6, 1] = 60.0  # two equal peaks: their midpoint
   out = np.asarray(model_lib.SoftArgmax(64)(logits))
@@ -48,25 +48,31 @@ def test_centre_size_box_against_numpy():
     p = _softmax(maps[b, ..., 0].reshape(-1))
     centre = _reference_soft_argmax(maps[b, ..., :1], 32)[0]
     size = 8 * (p[:, None] * np.exp(maps[b, ..., 1:].reshape(-1, 2))).sum(0)
-    np.testing.assert_allclose(out[b], np.concatenate([centre - size / 2, centre + size / 2]),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+      out[b], np.concatenate([centre - size / 2, centre + size / 2]), rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("head,stride", [("heatmap", 8), ("heatmap", 4), ("dense", 8)])
 def test_stage_models_outputs_and_save_round_trip(head, stride, tmp_path):
-  config = model_lib.DetectorConfig(image_size=32, roi_size=48, num_landmarks=5, head=head,
-                                    units=16, heatmap_stride=stride)
+  config = model_lib.DetectorConfig(
+    image_size=32, roi_size=48, num_landmarks=5, head=head, units=16, heatmap_stride=stride
+  )
   rng = np.random.default_rng(2)
   for stage, size in (("bbox", 32), ("landmarks", 48)):
     model = model_lib.build_model(stage, config)
     frames = rng.uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     out = {k: np.asarray(v) for k, v in model(frames).items()}
-    expected = {"box": (2, 4), "head": (2, 1)} if stage == "bbox" else {"box": (2, 4),
-                                                                       "landmarks": (2, 5, 2)}
+    expected = (
+      {"box": (2, 4), "head": (2, 1)}
+      if stage == "bbox"
+      else {"box": (2, 4), "landmarks": (2, 5, 2)}
+    )
     if head == "heatmap":  # the maps training supervises, at the stride; stage 1 landmarks too
       grid = size // stride
-      expected.update(centre_map=(2, grid, grid, 1), landmark_maps=(2, grid, grid, 5),
-                      landmarks=(2, 5, 2))
+      expected.update(
+        centre_map=(2, grid, grid, 1), landmark_maps=(2, grid, grid, 5), landmarks=(2, 5, 2)
+      )
     assert {k: v.shape for k, v in out.items()} == expected
     path = tmp_path / f"{head}_{stride}_{stage}.keras"
     model.save(path)
@@ -76,8 +82,9 @@ def test_stage_models_outputs_and_save_round_trip(head, stride, tmp_path):
 
 
 def test_config_round_trip_and_refusals(tmp_path):
-  config = model_lib.DetectorConfig(image_size=96, roi_size=64, num_landmarks=5, roi_margin=0.2,
-                                    roi_candidate_scales=[0.7, 1.2])
+  config = model_lib.DetectorConfig(
+    image_size=96, roi_size=64, num_landmarks=5, roi_margin=0.2, roi_candidate_scales=[0.7, 1.2]
+  )
   assert config.roi_candidate_scales == (0.7, 1.2) and config.num_candidates == 3
   config.save(tmp_path)
   assert model_lib.DetectorConfig.load(tmp_path) == config

@@ -8,15 +8,15 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 import tensorflow as tf
+from PIL import Image
 
-from .handmade import draw_head, handmade_models
 from tfpets.data import decode
 from tfpets.errors import UsageError
-from tfpets.landmarks import augment
+from tfpets.landmarks import augment, predict
 from tfpets.landmarks import model as model_lib
-from tfpets.landmarks import predict
+
+from .handmade import draw_head, handmade_models
 
 CONFIG = model_lib.DetectorConfig(image_size=64, roi_size=64, num_landmarks=9, roi_margin=0.15)
 
@@ -28,9 +28,9 @@ def detector():
 
 # (height, width, head bounds, blob centres): wide, tall and larger-than-frame / smaller-than-frame.
 CASES = [
-    (90, 150, (88, 20, 127, 59), [[100.3, 31.6], [115.8, 44.2], [104.5, 52.0]]),
-    (160, 70, (10, 95, 49, 134), [[20.7, 104.1], [38.2, 110.9], [29.0, 126.4]]),
-    (48, 40, (12, 10, 31, 29), [[17.2, 15.5], [26.6, 17.9], [21.4, 24.8]]),
+  (90, 150, (88, 20, 127, 59), [[100.3, 31.6], [115.8, 44.2], [104.5, 52.0]]),
+  (160, 70, (10, 95, 49, 134), [[20.7, 104.1], [38.2, 110.9], [29.0, 126.4]]),
+  (48, 40, (12, 10, 31, 29), [[17.2, 15.5], [26.6, 17.9], [21.4, 24.8]]),
 ]
 
 
@@ -47,14 +47,16 @@ def test_detection_is_in_original_pixels(detector, height, width, head, blobs):
   x0, y0, x1, y1 = found.stage1_box
   side = max(x1 - x0, y1 - y0) * (1 + 2 * CONFIG.roi_margin)
   cx, cy = (x0 + x1) / 2 + 0.5, (y0 + y1) / 2 + 0.5
-  np.testing.assert_allclose(found.roi, [cx - side / 2, cy - side / 2, cx + side / 2,
-                                         cy + side / 2], atol=1e-3)
+  np.testing.assert_allclose(
+    found.roi, [cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], atol=1e-3
+  )
   assert found.head_found and found.head_score > 0.99
 
 
 def test_cascade_with_a_wide_first_roi_keeps_original_pixels():
-  config = model_lib.DetectorConfig(image_size=64, roi_size=64, roi_margin=0.2, roi_passes=3,
-                                    roi_first_margin=0.8)
+  config = model_lib.DetectorConfig(
+    image_size=64, roi_size=64, roi_margin=0.2, roi_passes=3, roi_first_margin=0.8
+  )
   cascade = predict.Detector.from_models(config, *handmade_models(config))
   height, width, head, blobs = CASES[0]
   found = cascade.detect(draw_head(height, width, head, np.array(blobs, np.float32)))
@@ -75,7 +77,8 @@ def test_mixed_sizes_in_one_call_match_single_calls(detector):
 def test_low_head_score_means_no_head():
   bbox, landmarks = handmade_models(CONFIG, head_logit=-3.0)
   det = predict.Detector.from_models(CONFIG, bbox, landmarks).detect(
-      draw_head(90, 150, *CASES[0][2:3], np.array(CASES[0][3], np.float32)))
+    draw_head(90, 150, *CASES[0][2:3], np.array(CASES[0][3], np.float32))
+  )
   assert not det.head_found and det.head_score == pytest.approx(1 / (1 + np.exp(3)), rel=1e-4)
 
 
@@ -87,7 +90,8 @@ def _write_inputs(folder):
   exif = Image.Exif()
   exif[0x0112] = 6  # stored turned 90 degrees counter-clockwise: viewers turn it back clockwise
   Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90).save(
-      folder / "rotated.jpg", quality=100, subsampling=0, exif=exif)
+    folder / "rotated.jpg", quality=100, subsampling=0, exif=exif
+  )
   Image.fromarray(shown).convert("L").save(folder / "gray.png")
   rgba = np.concatenate([shown, np.full(shown.shape[:2] + (1,), 200, np.uint8)], -1)
   Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
@@ -98,10 +102,16 @@ def _write_inputs(folder):
 def test_predict_files_writes_annotated_image_and_json(detector, tmp_path):
   head, blobs, shown = _write_inputs(tmp_path / "in")
   paths = predict.list_images(str(tmp_path / "in"))
-  assert [p.rsplit("/", 1)[-1] for p in paths] == ["alpha.png", "broken.jpg", "gray.png",
-                                                   "rotated.jpg"]
-  results = {r["path"].rsplit("/", 1)[-1]: r for r in predict.predict_files(
-      detector, paths, tmp_path / "images", tmp_path / "json")}
+  assert [p.rsplit("/", 1)[-1] for p in paths] == [
+    "alpha.png",
+    "broken.jpg",
+    "gray.png",
+    "rotated.jpg",
+  ]
+  results = {
+    r["path"].rsplit("/", 1)[-1]: r
+    for r in predict.predict_files(detector, paths, tmp_path / "images", tmp_path / "json")
+  }
 
   assert "broken.jpg" in results and "error" in results["broken.jpg"]
   for name in ("rotated.jpg", "gray.png", "alpha.png"):
@@ -112,7 +122,7 @@ def test_predict_files_writes_annotated_image_and_json(detector, tmp_path):
     assert (picture.width, picture.height) == (160, 120)
     assert list(record["landmarks"]) == list(CONFIG.point_names)
   assert any("EXIF orientation 6" in n for n in results["rotated.jpg"]["decoder_notes"])
-  for name in ("rotated.jpg", "alpha.png"):   # colour survives; grayscale has no colour blobs
+  for name in ("rotated.jpg", "alpha.png"):  # colour survives; grayscale has no colour blobs
     points = np.array(list(results[name]["landmarks"].values())[:3])
     np.testing.assert_allclose(points, blobs, atol=0.5)
 

@@ -11,11 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpets.landmarks import augment
-from tfpets.landmarks import data
+from tfpets.landmarks import augment, data, train, verifier
 from tfpets.landmarks import model as model_lib
-from tfpets.landmarks import train
-from tfpets.landmarks import verifier
 
 CONFIG = model_lib.DetectorConfig(image_size=32, roi_size=32, units=16)
 
@@ -25,8 +22,9 @@ def test_frames_hold_targets_inside_the_frame(tiny_shards, stage):
   spec = data.FrameSpec(stage, 48, 9)
   assert data.count_usable(tiny_shards, "train", spec) == 12
   options = augment.AugmentOptions(flip_horizontal=True, rotate_n=20, negative_fraction=0.2)
-  frames, targets, *weights = next(iter(data.frames(tiny_shards, "train", spec, batch_size=8,
-                                                    training=True, options=options)))
+  frames, targets, *weights = next(
+    iter(data.frames(tiny_shards, "train", spec, batch_size=8, training=True, options=options))
+  )
   assert frames.shape == (8, 48, 48, 3) and frames.dtype == "float32"
   assert -1e-3 <= float(np.min(frames)) and float(np.max(frames)) <= 255.0 + 1e-3
   box = targets["box"].numpy()
@@ -86,10 +84,17 @@ def test_training_datasets_have_no_autotune_thread(tiny_shards):
 @pytest.mark.slow
 def test_killed_stage_resumes_from_its_last_epoch(tiny_shards, tmp_path):
   paths = train.RunPaths(tmp_path / "checkpoints", tmp_path / "models", tmp_path / "logs")
-  options = train.TrainOptions(epochs=3, steps_per_epoch=1, batch_size=4, plateau_patience=1,
-                               learning_rate=0.01, batch_norm_batches=2)
-  run = lambda callbacks: train.train_stage("landmarks", CONFIG, tiny_shards, paths,
-                                            augment.EVAL, options, extra_callbacks=callbacks)
+  options = train.TrainOptions(
+    epochs=3,
+    steps_per_epoch=1,
+    batch_size=4,
+    plateau_patience=1,
+    learning_rate=0.01,
+    batch_norm_batches=2,
+  )
+  run = lambda callbacks: train.train_stage(
+    "landmarks", CONFIG, tiny_shards, paths, augment.EVAL, options, extra_callbacks=callbacks
+  )
   kill = _KillAtEpoch(2)
   with pytest.raises(_Killed):
     run([kill])
@@ -98,15 +103,15 @@ def test_killed_stage_resumes_from_its_last_epoch(tiny_shards, tmp_path):
 
   record = _Record()
   _, summary = run([record])
-  assert record.epochs == [2]                 # only the epoch the kill prevented
-  assert record.start_iterations == 2         # the optimizer state came back too
+  assert record.epochs == [2]  # only the epoch the kill prevented
+  assert record.start_iterations == 2  # the optimizer state came back too
   for restored, saved in zip(record.start_weights, kill.weights_before_kill):
     np.testing.assert_array_equal(restored, saved)
   assert summary["epochs_run"] == 3
   assert (paths.models / "landmarks.keras").is_file()
 
   again = _Record()
-  model, _ = run([again])                     # done: the saved model is loaded, nothing trains
+  model, _ = run([again])  # done: the saved model is loaded, nothing trains
   assert again.epochs == [] and model.name == "landmarks_detector"
 
 
@@ -120,16 +125,30 @@ class _SignalAtEpochEnd(keras.callbacks.Callback):
 
 
 def _stage_job(stage, tiny_shards, paths, epochs, more_callbacks=()):
-  options = train.TrainOptions(epochs=epochs, steps_per_epoch=1, batch_size=4, plateau_patience=1,
-                               learning_rate=0.01, batch_norm_batches=1)
-  return lambda callbacks: train.train_stage(stage, CONFIG, tiny_shards, paths, augment.EVAL,
-                                             options, extra_callbacks=[*callbacks, *more_callbacks])
+  options = train.TrainOptions(
+    epochs=epochs,
+    steps_per_epoch=1,
+    batch_size=4,
+    plateau_patience=1,
+    learning_rate=0.01,
+    batch_norm_batches=1,
+  )
+  return lambda callbacks: train.train_stage(
+    stage,
+    CONFIG,
+    tiny_shards,
+    paths,
+    augment.EVAL,
+    options,
+    extra_callbacks=[*callbacks, *more_callbacks],
+  )
 
 
 def test_stages_trained_concurrently_each_finish_and_save(tiny_shards, tmp_path):
   paths = train.RunPaths(tmp_path / "checkpoints", tmp_path / "models", tmp_path / "logs")
   (bbox, bbox_summary), (landmarks, landmarks_summary) = train.train_concurrently(
-      _stage_job("bbox", tiny_shards, paths, 2), _stage_job("landmarks", tiny_shards, paths, 2))
+    _stage_job("bbox", tiny_shards, paths, 2), _stage_job("landmarks", tiny_shards, paths, 2)
+  )
   assert (bbox.name, landmarks.name) == ("bbox_detector", "landmarks_detector")
   assert bbox_summary["epochs_run"] == landmarks_summary["epochs_run"] == 2
   for stage in ("bbox", "landmarks"):
@@ -145,8 +164,9 @@ def test_a_failed_stage_cancels_the_concurrent_one_which_stays_resumable(tiny_sh
     assert first_epoch_saved.wait(timeout=300)
     raise ValueError("broken records")
 
-  landmarks = _stage_job("landmarks", tiny_shards, paths, 1000,
-                         [_SignalAtEpochEnd(first_epoch_saved)])
+  landmarks = _stage_job(
+    "landmarks", tiny_shards, paths, 1000, [_SignalAtEpochEnd(first_epoch_saved)]
+  )
   with pytest.raises(ValueError, match="broken records"):
     train.train_concurrently(broken_stage, landmarks)
   state = train.read_state(paths.checkpoints / "landmarks")
@@ -166,23 +186,27 @@ def test_recomputed_batch_norm_statistics_are_the_batches_statistics():
   after = model(frames, training=False)["landmarks"].numpy()
   np.testing.assert_allclose(after, expected, atol=1e-3)
   assert np.abs(before - expected).max() > 1e-2  # it did change something
-  assert all(layer.momentum == model_lib.BN_MOMENTUM
-             for layer in train._batch_norm_layers(model))
+  assert all(layer.momentum == model_lib.BN_MOMENTUM for layer in train._batch_norm_layers(model))
 
 
 def test_recomputed_batch_norm_statistics_average_the_batches():
   """The moving statistics become the plain mean of the batches' means and (biased) variances."""
   model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=0.9)])
   rng = np.random.default_rng(1)
-  batches = [rng.normal(loc, scale, (8, 3)).astype(np.float32)
-             for loc, scale in ((0.0, 1.0), (5.0, 2.0), (-3.0, 0.5))]
-  train.recompute_batch_norm(model, tf.data.Dataset.from_tensor_slices(
-      (np.stack(batches), np.zeros(3))), 3)
+  batches = [
+    rng.normal(loc, scale, (8, 3)).astype(np.float32)
+    for loc, scale in ((0.0, 1.0), (5.0, 2.0), (-3.0, 0.5))
+  ]
+  train.recompute_batch_norm(
+    model, tf.data.Dataset.from_tensor_slices((np.stack(batches), np.zeros(3))), 3
+  )
   layer = model.layers[0]
-  np.testing.assert_allclose(layer.moving_mean.numpy(),
-                             np.mean([b.mean(0) for b in batches], 0), rtol=1e-5)
-  np.testing.assert_allclose(layer.moving_variance.numpy(),
-                             np.mean([b.var(0) for b in batches], 0), rtol=1e-5)
+  np.testing.assert_allclose(
+    layer.moving_mean.numpy(), np.mean([b.mean(0) for b in batches], 0), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    layer.moving_variance.numpy(), np.mean([b.var(0) for b in batches], 0), rtol=1e-5
+  )
   assert layer.momentum == 0.9
 
 
@@ -216,8 +240,9 @@ def test_time_budget_does_not_judge_later_epochs_by_a_slow_first_one():
   x = np.zeros((4, 2), np.float32)
   budget = train.TimeBudget(seconds=4.0)
   start = time.monotonic()
-  history = model.fit(x, x[:, :1], epochs=200, verbose=0,
-                      callbacks=[_SlowEpochs(0.1, first=1.0), budget])
+  history = model.fit(
+    x, x[:, :1], epochs=200, verbose=0, callbacks=[_SlowEpochs(0.1, first=1.0), budget]
+  )
   used = time.monotonic() - start
   # Expecting every epoch to last as long as the first (>= 1 s) would stop with over 1 s unused;
   # judged by the 0.1 s epochs, the run ends within about one of them of the budget.

@@ -12,10 +12,8 @@ import pytest
 import tensorflow as tf
 
 from tfpets.errors import UsageError
-from tfpets.landmarks import evaluate
+from tfpets.landmarks import evaluate, predict, verifier
 from tfpets.landmarks import model as model_lib
-from tfpets.landmarks import predict
-from tfpets.landmarks import verifier
 
 from .handmade import draw_head, handmade_models
 
@@ -26,7 +24,7 @@ def _local_maxima_numpy(logits: np.ndarray, count: int):
   found = []
   for r in range(rows):
     for c in range(cols):
-      window = logits[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2]
+      window = logits[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2]
       if logits[r, c] >= window.max():
         found.append((logits[r, c], r, c))
   return [(r, c) for _, r, c in sorted(found, reverse=True)[:count]]
@@ -37,10 +35,12 @@ def test_candidates_are_own_box_then_strongest_local_maxima_then_rescaled_boxes(
   logits = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
   own = np.array([[10, 12, 30, 40], [0, 5, 16, 9]], np.float32)
   count, frame, scales = 4, 64, (0.7, 1.5)
-  config = model_lib.DetectorConfig(image_size=frame, roi_size=frame, roi_candidates=count,
-                                    roi_candidate_scales=scales)
-  got = predict.candidate_boxes({"box": tf.constant(own), "centre_map": tf.constant(logits)},
-                                config).numpy()
+  config = model_lib.DetectorConfig(
+    image_size=frame, roi_size=frame, roi_candidates=count, roi_candidate_scales=scales
+  )
+  got = predict.candidate_boxes(
+    {"box": tf.constant(own), "centre_map": tf.constant(logits)}, config
+  ).numpy()
   assert got.shape == (2, count + len(scales), 4)
   np.testing.assert_array_equal(got[:, 0], own)
   stride = frame / 8
@@ -48,13 +48,14 @@ def test_candidates_are_own_box_then_strongest_local_maxima_then_rescaled_boxes(
     half = (own[n, 2:] - own[n, :2]) / 2
     for k, (r, c) in enumerate(_local_maxima_numpy(logits[n, ..., 0], count - 1)):
       centre = np.array([(c + 0.5) * stride - 0.5, (r + 0.5) * stride - 0.5])
-      np.testing.assert_allclose(got[n, k + 1], np.concatenate([centre - half, centre + half]),
-                                 atol=1e-5)
+      np.testing.assert_allclose(
+        got[n, k + 1], np.concatenate([centre - half, centre + half]), atol=1e-5
+      )
     middle = (own[n, :2] + own[n, 2:]) / 2
     for k, scale in enumerate(scales):
       np.testing.assert_allclose(
-          got[n, count + k], np.concatenate([middle - scale * half, middle + scale * half]),
-          atol=1e-5)
+        got[n, count + k], np.concatenate([middle - scale * half, middle + scale * half]), atol=1e-5
+      )
 
 
 def test_select_takes_each_images_best_candidate():
@@ -66,10 +67,14 @@ def test_select_takes_each_images_best_candidate():
 
 def test_example_boxes_are_labelled_with_the_quality_of_their_overlap():
   truth = np.array([40, 30, 70, 60], np.float32)
-  candidates = np.array([truth + 1,                 # the head
-                         truth + [15, 0, 15, 0],    # IoU 1/3: barely above quality 0
-                         [2, 2, 32, 32]],           # background
-                        np.float32)
+  candidates = np.array(
+    [
+      truth + 1,  # the head
+      truth + [15, 0, 15, 0],  # IoU 1/3: barely above quality 0
+      [2, 2, 32, 32],
+    ],  # background
+    np.float32,
+  )
   rng = np.random.default_rng(0)
   jittered = verifier.JITTERED_BOXES
   for _ in range(20):
@@ -80,7 +85,7 @@ def test_example_boxes_are_labelled_with_the_quality_of_their_overlap():
     assert np.all(np.abs(shift) <= verifier.JITTER_SHIFT + 1e-5)
     ratio = (boxes[:jittered, 2:] - boxes[:jittered, :2]) / 30
     assert np.all(np.abs(np.log(ratio)) <= verifier.JITTER_SCALE + 1e-5)
-    np.testing.assert_array_equal(boxes[jittered:jittered + 3], candidates)
+    np.testing.assert_array_equal(boxes[jittered : jittered + 3], candidates)
     # The label: IoU 0.3 -> 0, 0.9 -> 1, linear between (numpy IoU written out here).
     low = np.maximum(boxes[:, :2], truth[:2])
     high = np.minimum(boxes[:, 2:], truth[2:])
@@ -89,8 +94,8 @@ def test_example_boxes_are_labelled_with_the_quality_of_their_overlap():
     np.testing.assert_allclose(labels, np.clip((inter / union - 0.3) / 0.6, 0, 1), atol=1e-5)
     assert labels[jittered + 1] == pytest.approx((1 / 3 - 0.3) / 0.6, abs=1e-5)
     # Boxes beside the head and elsewhere miss it.
-    assert np.all(inter[jittered + 3:] / union[jittered + 3:] <= verifier.NEGATIVE_IOU)
-    assert np.all(labels[jittered + 2:] == 0)
+    assert np.all(inter[jittered + 3 :] / union[jittered + 3 :] <= verifier.NEGATIVE_IOU)
+    assert np.all(labels[jittered + 2 :] == 0)
 
 
 def _bright_square_verifier(frames):
@@ -105,32 +110,38 @@ def _decoy_stage_one(frames):
   n = tf.shape(frames)[0]
   logits = np.full((1, 8, 8, 1), -5.0, np.float32)
   logits[0, 1, 1, 0], logits[0, 5, 5, 0] = 3.0, 2.0
-  return {"box": tf.tile(tf.constant([[6.5, 6.5, 16.5, 16.5]]), [n, 1]),
-          "centre_map": tf.tile(tf.constant(logits), [n, 1, 1, 1]),
-          "head": tf.fill([n, 1], 10.0)}
+  return {
+    "box": tf.tile(tf.constant([[6.5, 6.5, 16.5, 16.5]]), [n, 1]),
+    "centre_map": tf.tile(tf.constant(logits), [n, 1, 1, 1]),
+    "head": tf.fill([n, 1], 10.0),
+  }
 
 
 def test_pipeline_keeps_the_candidate_the_verifier_prefers():
-  config = model_lib.DetectorConfig(image_size=64, roi_size=64, roi_margin=0.15,
-                                    roi_candidates=3, verifier_size=16)
+  config = model_lib.DetectorConfig(
+    image_size=64, roi_size=64, roi_margin=0.15, roi_candidates=3, verifier_size=16
+  )
   head = (39, 39, 48, 48)  # around cell (5, 5)'s centre, 43.5
   image = draw_head(64, 64, head, np.array([[41.0, 42], [46, 42], [43.5, 46]]))
   _, landmarks_model = handmade_models(config)
   landmarks_fn = predict.keras_stage(landmarks_model)
-  chosen = predict.Detector(config, _decoy_stage_one, landmarks_fn,
-                            _bright_square_verifier).detect(image)
+  chosen = predict.Detector(config, _decoy_stage_one, landmarks_fn, _bright_square_verifier).detect(
+    image
+  )
   np.testing.assert_allclose(chosen.stage1_box, [38.5, 38.5, 48.5, 48.5], atol=1e-4)
   np.testing.assert_allclose(chosen.box, head, atol=1.2)
   # Stage 1's own box alone stays on the background.
-  alone = predict.Detector(dataclasses.replace(config, roi_candidates=1), _decoy_stage_one,
-                           landmarks_fn).detect(image)
+  alone = predict.Detector(
+    dataclasses.replace(config, roi_candidates=1), _decoy_stage_one, landmarks_fn
+  ).detect(image)
   assert evaluate.box_iou(alone.box, np.array(head, np.float32)) < 0.1
 
 
 @pytest.mark.parametrize("candidates, scales", [(2, ()), (1, (0.7,))])
 def test_candidates_without_a_verifier_are_refused(candidates, scales):
-  config = model_lib.DetectorConfig(image_size=64, roi_size=64, roi_candidates=candidates,
-                                    roi_candidate_scales=scales)
+  config = model_lib.DetectorConfig(
+    image_size=64, roi_size=64, roi_candidates=candidates, roi_candidate_scales=scales
+  )
   assert model_lib.stages_of(config) == ("bbox", "landmarks", "verifier")
   detector = predict.Detector(config, _decoy_stage_one, _bright_square_verifier)
   with pytest.raises(UsageError, match="2 candidates .* need the head verifier"):
@@ -144,8 +155,7 @@ def test_candidates_need_the_heatmap_head():
 
 @pytest.mark.slow
 def test_trained_verifier_is_saved_and_reloaded(tiny_shards, tmp_path):
-  config = model_lib.DetectorConfig(image_size=32, roi_size=32, roi_candidates=3,
-                                    verifier_size=16)
+  config = model_lib.DetectorConfig(image_size=32, roi_size=32, roi_candidates=3, verifier_size=16)
   bbox_fn = predict.keras_stage(model_lib.build_model("bbox", config))
   train = evaluate.collect(tiny_shards, "train", 9)
   val = evaluate.collect(tiny_shards, "val", 9)

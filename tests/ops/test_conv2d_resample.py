@@ -15,11 +15,16 @@ import tensorflow as tf
 import tfpets.ops as ops
 
 # tfpets.ops.conv2d_resample is also the name of the function it exports.
-conv2d_resample_lib = importlib.import_module('tfpets.ops.conv2d_resample')
+conv2d_resample_lib = importlib.import_module("tfpets.ops.conv2d_resample")
 
 # (kernel size, padding (x0, x1, y0, y1)): 'same', none, asymmetric, even.
-CASES = [(3, (1, 1, 1, 1)), (3, (0, 0, 0, 0)), (3, (2, 0, 1, 2)),
-         (2, (1, 0, 0, 1)), (4, (3, 1, 2, 0))]
+CASES = [
+  (3, (1, 1, 1, 1)),
+  (3, (0, 0, 0, 0)),
+  (3, (2, 0, 1, 2)),
+  (2, (1, 0, 0, 1)),
+  (4, (3, 1, 2, 0)),
+]
 
 
 def numpy_conv_grads(x, w, pads, probe, stride=1):
@@ -35,9 +40,9 @@ def numpy_conv_grads(x, w, pads, probe, stride=1):
     for j in range(kw):
       rows = slice(i, i + stride * (oh - 1) + 1, stride)
       cols = slice(j, j + stride * (ow - 1) + 1, stride)
-      dw[i, j] = np.einsum('nhwc,nhwd->cd', xpad[:, rows, cols], probe)
-      dxpad[:, rows, cols] += np.einsum('nhwd,cd->nhwc', probe, w[i, j])
-  dx = dxpad[:, py0:xpad.shape[1] - py1, px0:xpad.shape[2] - px1, :]
+      dw[i, j] = np.einsum("nhwc,nhwd->cd", xpad[:, rows, cols], probe)
+      dxpad[:, rows, cols] += np.einsum("nhwd,cd->nhwc", probe, w[i, j])
+  dx = dxpad[:, py0 : xpad.shape[1] - py1, px0 : xpad.shape[2] - px1, :]
   return dx, dw
 
 
@@ -51,13 +56,12 @@ def _first_order(fn, x, w, rng):
   return [g.numpy() for g in tape.gradient(loss, [x_t, w_t])], probe
 
 
-@pytest.mark.parametrize('kernel, pads', CASES)
+@pytest.mark.parametrize("kernel, pads", CASES)
 def test_first_order_gradients_match_numpy(kernel, pads):
   rng = np.random.default_rng(kernel + sum(pads))
   x = rng.normal(size=(2, 7, 6, 3))
   w = rng.normal(size=(kernel, kernel, 3, 4))
-  (dx, dw), probe = _first_order(
-      lambda x, w: ops.conv2d_resample(x, w, padding=pads), x, w, rng)
+  (dx, dw), probe = _first_order(lambda x, w: ops.conv2d_resample(x, w, padding=pads), x, w, rng)
   want_dx, want_dw = numpy_conv_grads(x, w, pads, probe)
   np.testing.assert_allclose(dx, want_dx, rtol=1e-10, atol=1e-10)
   np.testing.assert_allclose(dw, want_dw, rtol=1e-10, atol=1e-10)
@@ -68,19 +72,20 @@ def test_first_order_gradients_match_numpy(kernel, pads):
 STRIDED_CASES = [(3, 9, 2), (3, 8, 2), (2, 7, 3), (4, 10, 2), (1, 5, 2)]
 
 
-@pytest.mark.parametrize('kernel, size, stride', STRIDED_CASES)
+@pytest.mark.parametrize("kernel, size, stride", STRIDED_CASES)
 def test_strided_conv_gradients_match_numpy(kernel, size, stride):
   rng = np.random.default_rng(kernel * size * stride)
   x = rng.normal(size=(2, size, size + 1, 3))
   w = rng.normal(size=(kernel, kernel, 3, 4))
   (dx, dw), probe = _first_order(
-      lambda x, w: conv2d_resample_lib._strided_conv(x, w, stride), x, w, rng)
+    lambda x, w: conv2d_resample_lib._strided_conv(x, w, stride), x, w, rng
+  )
   want_dx, want_dw = numpy_conv_grads(x, w, (0, 0, 0, 0), probe, stride)
   np.testing.assert_allclose(dx, want_dx, rtol=1e-10, atol=1e-10)
   np.testing.assert_allclose(dw, want_dw, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize('kernel, size, factor', STRIDED_CASES)
+@pytest.mark.parametrize("kernel, size, factor", STRIDED_CASES)
 def test_transposed_conv_gradients_match_numpy(kernel, size, factor):
   """The transposed convolution is the correlation of the zero-upsampled
   image, padded by kernel - 1, with w."""
@@ -88,17 +93,16 @@ def test_transposed_conv_gradients_match_numpy(kernel, size, factor):
   x = rng.normal(size=(2, size, size - 1, 3))
   w = rng.normal(size=(kernel, kernel, 3, 4))
   (dx, dw), probe = _first_order(
-      lambda x, w: conv2d_resample_lib._transposed_conv(x, w, factor), x, w,
-      rng)
+    lambda x, w: conv2d_resample_lib._transposed_conv(x, w, factor), x, w, rng
+  )
   upsampled = np.zeros((2, factor * (size - 1) + 1, factor * (size - 2) + 1, 3))
   upsampled[:, ::factor, ::factor] = x
   want_dup, want_dw = numpy_conv_grads(upsampled, w, (kernel - 1,) * 4, probe)
-  np.testing.assert_allclose(dx, want_dup[:, ::factor, ::factor], rtol=1e-10,
-                             atol=1e-10)
+  np.testing.assert_allclose(dx, want_dup[:, ::factor, ::factor], rtol=1e-10, atol=1e-10)
   np.testing.assert_allclose(dw, want_dw, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize('up, down', [(2, 1), (1, 2)])
+@pytest.mark.parametrize("up, down", [(2, 1), (1, 2)])
 def test_resampling_second_order_against_finite_differences(up, down):
   """R1 through D's downsampling convolution, path length through G's
   upsampling one."""
@@ -110,7 +114,7 @@ def test_resampling_second_order_against_finite_differences(up, down):
   def input_grad_energy(x, w):
     with tf.GradientTape() as tape:
       tape.watch(x)
-      y = ops.conv2d_resample(x, w, up=up, down=down, impl='ref')
+      y = ops.conv2d_resample(x, w, up=up, down=down, impl="ref")
       loss = tf.reduce_sum(tf.sin(y) * probe)
     return tf.reduce_sum(tf.square(tape.gradient(loss, x)))
 
@@ -119,7 +123,7 @@ def test_resampling_second_order_against_finite_differences(up, down):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('kernel, pads', CASES[:3] + CASES[4:])
+@pytest.mark.parametrize("kernel, pads", CASES[:3] + CASES[4:])
 def test_second_order_gradients_against_finite_differences(kernel, pads):
   """The R1 shape: the gradient of |d loss / dx|^2 with respect to x and w."""
   rng = np.random.default_rng(10 + kernel)
@@ -141,7 +145,7 @@ def test_second_order_gradients_against_finite_differences(kernel, pads):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('up, down', [(1, 1), (2, 1), (1, 2)])
+@pytest.mark.parametrize("up, down", [(1, 1), (2, 1), (1, 2)])
 def test_gradients_under_xla_match_eager(up, down):
   rng = np.random.default_rng(3)
   x = tf.constant(rng.normal(size=(2, 6, 6, 4)), tf.float32)
@@ -150,12 +154,11 @@ def test_gradients_under_xla_match_eager(up, down):
   def grads(x, w):
     with tf.GradientTape() as tape:
       tape.watch([x, w])
-      y = ops.conv2d_resample(x, w, up=up, down=down, impl='ref')
+      y = ops.conv2d_resample(x, w, up=up, down=down, impl="ref")
       loss = tf.reduce_sum(tf.square(y))
     return tape.gradient(loss, [x, w])
 
   eager = grads(x, w)
   compiled = tf.function(grads, jit_compile=True)(x, w)
   for got, want in zip(compiled, eager):
-    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4,
-                               atol=1e-3)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-3)

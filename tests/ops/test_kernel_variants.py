@@ -32,8 +32,7 @@ import pytest
 from tests.ops import cpu
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-ACTIVATIONS = ('linear', 'relu', 'lrelu', 'tanh', 'sigmoid', 'elu', 'selu',
-               'softplus', 'swish')
+ACTIVATIONS = ("linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish")
 
 
 def compute_outputs(ops) -> dict[str, np.ndarray]:
@@ -43,6 +42,7 @@ def compute_outputs(ops) -> dict[str, np.ndarray]:
   their scalar tails both run.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(11)
   x = tf.constant(rng.normal(size=(3, 5, 7, 37)) * 3, tf.float32)
   b = tf.constant(rng.normal(size=37), tf.float32)
@@ -53,77 +53,85 @@ def compute_outputs(ops) -> dict[str, np.ndarray]:
   outputs = {}
   for act in ACTIVATIONS:
     for clamp in (None, 1.5):
-      for name, xs, bs, axis in (('nhwc', x, b, -1),
-                                 ('nchw', x_nchw, b_nchw, 1)):
+      for name, xs, bs, axis in (("nhwc", x, b, -1), ("nchw", x_nchw, b_nchw, 1)):
         with tf.GradientTape() as outer:
           outer.watch([xs, bs])
           with tf.GradientTape() as inner:
             inner.watch([xs, bs])
-            y = ops.fused_bias_act(xs, bs, axis=axis, act=act, clamp=clamp,
-                                   impl='custom')
+            y = ops.fused_bias_act(xs, bs, axis=axis, act=act, clamp=clamp, impl="custom")
             loss = tf.reduce_sum(y * y)
           dx, db = inner.gradient(loss, [xs, bs])
           loss_of_grads = tf.reduce_sum(dx * dx) + tf.reduce_sum(db)
         ddx, ddb = outer.gradient(
-            loss_of_grads, [xs, bs],
-            unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        key = f'bias_act/{act}/{clamp}/{name}'
-        for part, value in (('y', y), ('dx', dx), ('db', db), ('ddx', ddx),
-                            ('ddb', ddb)):
-          outputs[f'{key}/{part}'] = value.numpy()
+          loss_of_grads, [xs, bs], unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        key = f"bias_act/{act}/{clamp}/{name}"
+        for part, value in (("y", y), ("dx", dx), ("db", db), ("ddx", ddx), ("ddb", ddb)):
+          outputs[f"{key}/{part}"] = value.numpy()
   resamplers = {
-      'up': lambda t: ops.upsample2d(t, kernel, impl='custom'),
-      'down': lambda t: ops.downsample2d(t, kernel, impl='custom'),
-      'filter': lambda t: ops.upfirdn2d(t, kernel, pad=2, impl='custom'),
-      'up_down': lambda t: ops.upfirdn2d(t, kernel, up=3, down=2, pad=(1, 2),
-                                         impl='custom'),
+    "up": lambda t: ops.upsample2d(t, kernel, impl="custom"),
+    "down": lambda t: ops.downsample2d(t, kernel, impl="custom"),
+    "filter": lambda t: ops.upfirdn2d(t, kernel, pad=2, impl="custom"),
+    "up_down": lambda t: ops.upfirdn2d(t, kernel, up=3, down=2, pad=(1, 2), impl="custom"),
   }
   for name, run in resamplers.items():
     with tf.GradientTape() as tape:
       tape.watch(img)
       y = run(img)
       loss = tf.reduce_sum(y * y)
-    outputs[f'upfirdn2d/{name}/y'] = y.numpy()
-    outputs[f'upfirdn2d/{name}/dx'] = tape.gradient(loss, img).numpy()
+    outputs[f"upfirdn2d/{name}/y"] = y.numpy()
+    outputs[f"upfirdn2d/{name}/dx"] = tape.gradient(loss, img).numpy()
   return outputs
 
 
-def _outputs_in_subprocess(custom_ops, out_path: pathlib.Path,
-                           **env_extra: str) -> dict[str, np.ndarray]:
-  env = dict(os.environ, TFPETS_OPS_LIBRARY=custom_ops.library_path(),
-             PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='3', **env_extra)
-  env.pop('TFPETS_OPS_DISABLE', None)
-  result = subprocess.run([sys.executable, __file__, str(out_path)],
-                          capture_output=True, text=True, check=False,
-                          env=env, cwd=REPO, timeout=300)
+def _outputs_in_subprocess(
+  custom_ops, out_path: pathlib.Path, **env_extra: str
+) -> dict[str, np.ndarray]:
+  env = dict(
+    os.environ,
+    TFPETS_OPS_LIBRARY=custom_ops.library_path(),
+    PYTHONPATH=str(REPO),
+    TF_CPP_MIN_LOG_LEVEL="3",
+    **env_extra,
+  )
+  env.pop("TFPETS_OPS_DISABLE", None)
+  result = subprocess.run(
+    [sys.executable, __file__, str(out_path)],
+    capture_output=True,
+    text=True,
+    check=False,
+    env=env,
+    cwd=REPO,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return dict(np.load(out_path))
 
 
-def _assert_identical(ours: dict[str, np.ndarray],
-                      theirs: dict[str, np.ndarray]) -> None:
+def _assert_identical(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> None:
   assert sorted(theirs) == sorted(ours)
   for key, value in ours.items():
     np.testing.assert_array_equal(value, theirs[key], err_msg=key)
 
 
-@pytest.mark.skipif(not cpu.has_avx2(), reason='this CPU has no AVX2')
-def test_baseline_and_avx2_builds_give_identical_results(custom_ops,
-                                                         tmp_path):
-  baseline = _outputs_in_subprocess(custom_ops, tmp_path / 'baseline.npz',
-                                    TFPETS_OPS_ISA='baseline')
+@pytest.mark.skipif(not cpu.has_avx2(), reason="this CPU has no AVX2")
+def test_baseline_and_avx2_builds_give_identical_results(custom_ops, tmp_path):
+  baseline = _outputs_in_subprocess(
+    custom_ops, tmp_path / "baseline.npz", TFPETS_OPS_ISA="baseline"
+  )
   _assert_identical(compute_outputs(custom_ops), baseline)
 
 
 def test_streamed_and_in_place_outputs_are_identical(custom_ops, tmp_path):
-  streamed = _outputs_in_subprocess(custom_ops, tmp_path / 'streamed.npz',
-                                    TFPETS_OPS_STREAM_MIN_BYTES='0')
+  streamed = _outputs_in_subprocess(
+    custom_ops, tmp_path / "streamed.npz", TFPETS_OPS_STREAM_MIN_BYTES="0"
+  )
   _assert_identical(compute_outputs(custom_ops), streamed)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   import tfpets.ops as tfpets_ops  # pylint: disable=g-import-not-at-top
+
   if not tfpets_ops.library_loaded():
-    sys.exit(f'custom op library not loaded from '
-             f'{os.environ.get("TFPETS_OPS_LIBRARY")}')
+    sys.exit(f"custom op library not loaded from {os.environ.get('TFPETS_OPS_LIBRARY')}")
   np.savez(sys.argv[1], **compute_outputs(tfpets_ops))

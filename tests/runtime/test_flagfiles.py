@@ -5,8 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from absl import flags
-from absl import logging
+from absl import flags, logging
 
 from tests.conftest import REPO
 from tfpets import cli

@@ -4,15 +4,19 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.conftest import REPO
 
 
 def launch(*args, cwd=None):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, "-m", "tfpets.launch", *args], cwd=cwd or REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "tfpets.launch", *args],
+    cwd=cwd or REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_unknown_stage_lists_the_valid_stages_without_traceback():
@@ -31,9 +35,15 @@ def test_bad_flag_value_lists_choices():
 def test_helpfull_documents_every_tfpets_flag():
   result = launch("--helpfull")  # absl exits 1 after printing help
   from absl import flags
+
   import tfpets.cli  # noqa: F401  (defines the flags in this process too)
-  names = [f.name for module, fs in flags.FLAGS.flags_by_module_dict().items()
-           if module.startswith("tfpets") for f in fs]
+
+  names = [
+    f.name
+    for module, fs in flags.FLAGS.flags_by_module_dict().items()
+    if module.startswith("tfpets")
+    for f in fs
+  ]
   assert len(names) > 20
   for name in names:
     assert f"--{name}:" in result.stdout or f"--[no]{name}:" in result.stdout, name
@@ -41,8 +51,13 @@ def test_helpfull_documents_every_tfpets_flag():
 
 def test_user_error_is_one_line_and_flags_are_saved_as_a_reproducing_flagfile(tmp_path):
   workdir = tmp_path / "run"
-  result = launch("--stage=inspect", f"--records={tmp_path / 'missing'}", f"--workdir={workdir}",
-                  "--seed=7", "--strategy=cpu")
+  result = launch(
+    "--stage=inspect",
+    f"--records={tmp_path / 'missing'}",
+    f"--workdir={workdir}",
+    "--seed=7",
+    "--strategy=cpu",
+  )
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("tfpets: error: --records=")
   assert "Traceback" not in result.stderr
@@ -55,6 +70,7 @@ def test_user_error_is_one_line_and_flags_are_saved_as_a_reproducing_flagfile(tm
 
 def test_launcher_defaults_to_the_bfc_allocator_but_keeps_the_users_choice():
   from tfpets import launch
+
   environ = {}
   launch.set_allocator_defaults(environ)
   assert environ == {"TF_CPU_ALLOCATOR_USE_BFC": "true"}

@@ -60,27 +60,42 @@ def run_workers(kind, records, num_workers):
   for i in range(num_workers):
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     if kind == "multiworker":
-      env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                                     "task": {"type": "worker", "index": i}})
-    procs.append(subprocess.Popen([sys.executable, "-c", WORKER, kind, str(records)], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+      env["TF_CONFIG"] = json.dumps(
+        {
+          "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+          "task": {"type": "worker", "index": i},
+        }
+      )
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, "-c", WORKER, kind, str(records)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+    )
   outputs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
-  return [json.loads(line.split(" ", 2)[2]) and line for out, _ in outputs
-          for line in out.splitlines() if line.startswith("RESULT")]
+  return [
+    json.loads(line.split(" ", 2)[2]) and line
+    for out, _ in outputs
+    for line in out.splitlines()
+    if line.startswith("RESULT")
+  ]
 
 
 def test_multiworker_on_loopback_trains_in_lockstep(tmp_path):
   write_split(tmp_path, n=24)
   results = run_workers("multiworker", tmp_path, num_workers=2)
   assert len(results) == 2 and results[0] == results[1]
-  assert results[0].split(" ")[1] == "2"   # two replicas in sync, one per worker
+  assert results[0].split(" ")[1] == "2"  # two replicas in sync, one per worker
 
 
 def test_mirrored_over_logical_cpus(tmp_path):
   write_split(tmp_path, n=24)
-  result, = run_workers("mirrored", tmp_path, num_workers=1)
+  (result,) = run_workers("mirrored", tmp_path, num_workers=1)
   assert result.split(" ")[1] == "2"
 
 
@@ -95,21 +110,28 @@ def test_bad_strategy_and_missing_tf_config_are_usage_errors(monkeypatch):
 
 
 def test_op_threads_are_set_before_tensorflow_starts():
-  code = ("import tensorflow as tf; from tfpets.runtime import strategy; "
-          "strategy.set_op_threads(1, 2); print(float(tf.reduce_sum(tf.ones([4, 4]) @ "
-          "tf.ones([4, 4]))), tf.config.threading.get_intra_op_parallelism_threads(), "
-          "tf.config.threading.get_inter_op_parallelism_threads())")
+  code = (
+    "import tensorflow as tf; from tfpets.runtime import strategy; "
+    "strategy.set_op_threads(1, 2); print(float(tf.reduce_sum(tf.ones([4, 4]) @ "
+    "tf.ones([4, 4]))), tf.config.threading.get_intra_op_parallelism_threads(), "
+    "tf.config.threading.get_inter_op_parallelism_threads())"
+  )
   env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=300, check=True).stdout
+  out = subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=True
+  ).stdout
   assert out.split() == ["64.0", "1", "2"]
 
 
 def test_op_threads_after_tensorflow_started_are_a_usage_error():
   import tensorflow as tf
+
   float(tf.constant(1.0) + 1.0)  # TensorFlow is running from here on
   current = tf.config.threading.get_intra_op_parallelism_threads()
   strategy_lib.set_op_threads(current, 0)  # what is set already is no change
-  with pytest.raises(UsageError, match=f"--intra_op_threads={current + 3}: cannot change "
-                     "TensorFlow's thread pools after it initialised"):
+  with pytest.raises(
+    UsageError,
+    match=f"--intra_op_threads={current + 3}: cannot change "
+    "TensorFlow's thread pools after it initialised",
+  ):
     strategy_lib.set_op_threads(current + 3, 0)

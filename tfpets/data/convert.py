@@ -33,22 +33,27 @@ _PROCESS_POOL_MIN_JOBS = 5000
 DEDUPE_MODES = ("off", "report", "remove")
 
 # Source split names that mean "training data" and "held-out data".
-_SOURCE_SPLITS = {"train": "train", "trainval": "train", "val": "val", "validation": "val",
-                  "test": "test"}
+_SOURCE_SPLITS = {
+  "train": "train",
+  "trainval": "train",
+  "val": "val",
+  "validation": "val",
+  "test": "test",
+}
 
 
 @dataclasses.dataclass
 class ConvertOptions:
-  splits: str = "auto"          # 'auto' | 'source' | 'train=0.8,val=0.1,test=0.1'
-  subset: str = "1.0"           # applied to the train split only
-  dedupe: str = "report"       # 'off' | 'report' (list duplicates, keep them) | 'remove'
-  max_hamming: Optional[int] = subsets.DEFAULT_MAX_HAMMING   # None: exact duplicates only
-  gan_resolution: int = 128     # 0 writes no StyleGAN records
+  splits: str = "auto"  # 'auto' | 'source' | 'train=0.8,val=0.1,test=0.1'
+  subset: str = "1.0"  # applied to the train split only
+  dedupe: str = "report"  # 'off' | 'report' (list duplicates, keep them) | 'remove'
+  max_hamming: Optional[int] = subsets.DEFAULT_MAX_HAMMING  # None: exact duplicates only
+  gan_resolution: int = 128  # 0 writes no StyleGAN records
   gan_split: str = "train"
   square: str = "center"
   head_margin: float = 0.2
   records_per_shard: int = 1024
-  workers: int = 0              # 0: one per core
+  workers: int = 0  # 0: one per core
   strict: bool = False
   seed: int = 0
 
@@ -78,8 +83,16 @@ def _with_progress(results: Iterable, total: int, every: int = 1000) -> list:
 
 def prepare_all(records: Sequence[ImageRecord], options: ConvertOptions, gan_paths: set):
   """Decodes and checks every record, in worker processes for large inputs; keeps input order."""
-  jobs = [(r, options.gan_resolution if r.path in gan_paths else 0, options.square,
-           options.head_margin, options.dedupe != "off") for r in records]
+  jobs = [
+    (
+      r,
+      options.gan_resolution if r.path in gan_paths else 0,
+      options.square,
+      options.head_margin,
+      options.dedupe != "off",
+    )
+    for r in records
+  ]
   workers = options.workers or os.cpu_count() or 1
   if workers == 1 or len(jobs) < 64:
     return _with_progress(map(prepare_lib.prepare_or_error, jobs), len(jobs))
@@ -97,8 +110,10 @@ def parse_split_fractions(text: str) -> Dict[str, float]:
   try:
     fractions = {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
   except ValueError:
-    raise UsageError(f"--splits={text!r}: expected auto, source or name=fraction,... "
-                     "(for example train=0.75,val=0.25)") from None
+    raise UsageError(
+      f"--splits={text!r}: expected auto, source or name=fraction,... "
+      "(for example train=0.75,val=0.25)"
+    ) from None
   if abs(sum(fractions.values()) - 1.0) > 1e-6 or min(fractions.values()) < 0:
     raise UsageError(f"--splits={text!r}: fractions must be >= 0 and sum to 1")
   return fractions
@@ -118,8 +133,9 @@ def assign_splits(records: List[ImageRecord], spec: str, seed: int) -> Dict[str,
   return subsets.split_records(records, fractions, seed)
 
 
-def _write_reports(reports_dir: pathlib.Path, report: rejects_lib.RejectsReport,
-                   summary: dict) -> str:
+def _write_reports(
+  reports_dir: pathlib.Path, report: rejects_lib.RejectsReport, summary: dict
+) -> str:
   reports_dir.mkdir(parents=True, exist_ok=True)
   csv_path = report.write_csv(str(reports_dir / "rejects.csv"))
   (reports_dir / "conversion.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -132,27 +148,40 @@ def _write_member_list(path: pathlib.Path, records: Sequence[ImageRecord]) -> No
   path.write_text("".join(f"{r.path}\t{r.class_name}\n" for r in records))
 
 
-def convert(source: SourceResult, records_dir: str | os.PathLike, reports_dir: str | os.PathLike,
-            options: ConvertOptions = ConvertOptions()) -> ConvertResult:
+def convert(
+  source: SourceResult,
+  records_dir: str | os.PathLike,
+  reports_dir: str | os.PathLike,
+  options: ConvertOptions = ConvertOptions(),
+) -> ConvertResult:
   """Converts a loaded source; writes records_dir/{shards,stylegan}/ and reports_dir/."""
   from tfpets.data.tfrecord import multires, shards  # TensorFlow only in the parent process
+
   start = time.time()
   records_dir, reports_dir = pathlib.Path(records_dir), pathlib.Path(reports_dir)
   report = rejects_lib.RejectsReport()
   report.extend(source.rejects)
   if not source.records:
     _write_reports(reports_dir, report, {"images_written": 0})
-    raise UsageError(f"the source has no usable images ({report.summary()}); "
-                     f"see {reports_dir / 'rejects.csv'}")
+    raise UsageError(
+      f"the source has no usable images ({report.summary()}); see {reports_dir / 'rejects.csv'}"
+    )
 
   split_map = assign_splits(list(source.records), options.splits, options.seed)
   if "train" in split_map and options.subset not in ("1", "1.0"):
-    kept = subsets.stratified_subset(split_map["train"], subsets.parse_subset(options.subset),
-                                     options.seed)
-    logging.info("--subset=%s keeps %d of %d training images", options.subset, len(kept),
-                 len(split_map["train"]))
+    kept = subsets.stratified_subset(
+      split_map["train"], subsets.parse_subset(options.subset), options.seed
+    )
+    logging.info(
+      "--subset=%s keeps %d of %d training images",
+      options.subset,
+      len(kept),
+      len(split_map["train"]),
+    )
     split_map["train"] = kept
-  gan_paths = {r.path for r in split_map.get(options.gan_split, [])} if options.gan_resolution else set()
+  gan_paths = (
+    {r.path for r in split_map.get(options.gan_split, [])} if options.gan_resolution else set()
+  )
 
   ordered = [r for split in sorted(split_map) for r in split_map[split]]
   results = prepare_all(ordered, options, gan_paths)
@@ -170,19 +199,24 @@ def convert(source: SourceResult, records_dir: str | os.PathLike, reports_dir: s
   if options.dedupe != "off":
     items = list(prepared_by_path.values())
     duplicates = subsets.find_duplicates_by_fingerprint(
-        [p.record for p in items], [p.fingerprint for p in items], options.max_hamming)
+      [p.record for p in items], [p.fingerprint for p in items], options.max_hamming
+    )
     for dup in duplicates.removed:
       if options.dedupe == "remove":
         report.add(dup.record.path, dup.reason, rejects_lib.SKIPPED)
         del prepared_by_path[dup.record.path]
       else:
-        report.add(dup.record.path, f"{dup.reason}; kept (--dedupe=remove drops it)",
-                   rejects_lib.DUPLICATE_KEPT)
+        report.add(
+          dup.record.path,
+          f"{dup.reason}; kept (--dedupe=remove drops it)",
+          rejects_lib.DUPLICATE_KEPT,
+        )
 
   if not prepared_by_path:
     _write_reports(reports_dir, report, {"images_written": 0})
-    raise UsageError(f"no usable image remains ({report.summary()}); "
-                     f"see {reports_dir / 'rejects.csv'}")
+    raise UsageError(
+      f"no usable image remains ({report.summary()}); see {reports_dir / 'rejects.csv'}"
+    )
 
   shards_dir = records_dir / "shards"
   split_counts, files, per_class = {}, {}, {}
@@ -212,20 +246,41 @@ def convert(source: SourceResult, records_dir: str | os.PathLike, reports_dir: s
   empty = [name for name, n in per_class.get("train", {}).items() if n == 0]
   for name in empty:
     report.add(name, "class has no usable training image", "empty_class")
-  shards.write_manifest(shards_dir, source.class_names, per_class, files, extra={
-      "seed": options.seed, "subset": options.subset, "split_spec": options.splits,
+  shards.write_manifest(
+    shards_dir,
+    source.class_names,
+    per_class,
+    files,
+    extra={
+      "seed": options.seed,
+      "subset": options.subset,
+      "split_spec": options.splits,
       "gan_records": str(gan_dir) if gan_dir else None,
-      "gan_resolution": options.gan_resolution if gan_dir else 0})
+      "gan_resolution": options.gan_resolution if gan_dir else 0,
+    },
+  )
   seconds = time.time() - start
-  summary = {"images_written": sum(split_counts.values()), "split_counts": split_counts,
-             "rejects": dict(report.counts()), "seconds": round(seconds, 2),
-             "images_per_second": round(len(ordered) / max(seconds, 1e-9), 1)}
+  summary = {
+    "images_written": sum(split_counts.values()),
+    "split_counts": split_counts,
+    "rejects": dict(report.counts()),
+    "seconds": round(seconds, 2),
+    "images_per_second": round(len(ordered) / max(seconds, 1e-9), 1),
+  }
   csv_path = _write_reports(reports_dir, report, summary)
-  logging.info("converted %d images in %.1fs (%s); %s -> %s", summary["images_written"], seconds,
-               ", ".join(f"{k} {v}" for k, v in split_counts.items()), report.summary(), csv_path)
+  logging.info(
+    "converted %d images in %.1fs (%s); %s -> %s",
+    summary["images_written"],
+    seconds,
+    ", ".join(f"{k} {v}" for k, v in split_counts.items()),
+    report.summary(),
+    csv_path,
+  )
   skipped = report.paths(rejects_lib.SKIPPED)
   if options.strict and skipped:
-    raise UsageError(f"--strict: {len(skipped)} file(s) skipped, first {skipped[0]}; "
-                     f"see {csv_path}")
-  return ConvertResult(str(shards_dir), str(gan_dir) if gan_dir else None, split_counts, report,
-                       csv_path, seconds)
+    raise UsageError(
+      f"--strict: {len(skipped)} file(s) skipped, first {skipped[0]}; see {csv_path}"
+    )
+  return ConvertResult(
+    str(shards_dir), str(gan_dir) if gan_dir else None, split_counts, report, csv_path, seconds
+  )

@@ -32,10 +32,10 @@ class ImageDecodeError(ValueError):
 
 @dataclasses.dataclass
 class DecodedImage:
-  pixels: np.ndarray          # [H, W, 3] uint8 RGB
-  format: str                 # container format actually found ('JPEG', 'PNG', 'GIF', ...)
-  notes: List[str]            # conversions applied, empty for a clean 8-bit RGB JPEG
-  orientation: int = 1        # EXIF orientation that was applied (1: none)
+  pixels: np.ndarray  # [H, W, 3] uint8 RGB
+  format: str  # container format actually found ('JPEG', 'PNG', 'GIF', ...)
+  notes: List[str]  # conversions applied, empty for a clean 8-bit RGB JPEG
+  orientation: int = 1  # EXIF orientation that was applied (1: none)
 
   @property
   def height(self) -> int:
@@ -76,9 +76,17 @@ def _to_rgb8(img: Image.Image, notes: List[str]) -> np.ndarray:
     gray = np.clip(np.rint(np.asarray(img, np.float64)), 0, 255).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=-1)
   if mode != "RGB":
-    notes.append({"L": "grayscale to RGB", "1": "bilevel to RGB", "P": "palette to RGB",
-                  "CMYK": "CMYK to RGB", "RGBA": "alpha dropped", "LA": "grayscale+alpha to RGB",
-                  "PA": "palette+alpha to RGB"}.get(mode, f"{mode} to RGB"))
+    notes.append(
+      {
+        "L": "grayscale to RGB",
+        "1": "bilevel to RGB",
+        "P": "palette to RGB",
+        "CMYK": "CMYK to RGB",
+        "RGBA": "alpha dropped",
+        "LA": "grayscale+alpha to RGB",
+        "PA": "palette+alpha to RGB",
+      }.get(mode, f"{mode} to RGB")
+    )
     if mode == "P" and "transparency" in img.info:
       img = img.convert("RGBA")
     img = img.convert("RGB")
@@ -121,8 +129,9 @@ def decode_image(data: bytes, path: str = "<bytes>") -> DecodedImage:
   pixels = _to_rgb8(img, notes)
   if pixels.ndim != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
     raise ImageDecodeError(path, f"decoded to an empty array of shape {pixels.shape}")
-  return DecodedImage(pixels=np.ascontiguousarray(pixels), format=fmt, notes=notes,
-                      orientation=orientation)
+  return DecodedImage(
+    pixels=np.ascontiguousarray(pixels), format=fmt, notes=notes, orientation=orientation
+  )
 
 
 def _open(data: bytes, path: str, fmt: str) -> Image.Image:
@@ -157,8 +166,16 @@ def orient_points(points: np.ndarray, orientation: int, width: int, height: int)
   """
   x, y = np.asarray(points, np.float32).reshape(-1, 2).T
   w, h = float(width), float(height)
-  moved = {1: (x, y), 2: (w - x, y), 3: (w - x, h - y), 4: (x, h - y), 5: (y, x),
-           6: (h - y, x), 7: (h - y, w - x), 8: (y, w - x)}[orientation]
+  moved = {
+    1: (x, y),
+    2: (w - x, y),
+    3: (w - x, h - y),
+    4: (x, h - y),
+    5: (y, x),
+    6: (h - y, x),
+    7: (h - y, w - x),
+    8: (y, w - x),
+  }[orientation]
   return np.stack(moved, axis=-1).astype(np.float32)
 
 
@@ -175,8 +192,9 @@ def read_image(path: str) -> DecodedImage:
 def encode_jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:
   """Encodes [H, W, 3] uint8 RGB as a baseline JPEG, full-resolution chroma (4:4:4)."""
   buf = io.BytesIO()
-  Image.fromarray(np.asarray(pixels, np.uint8)).save(buf, format="JPEG", quality=quality,
-                                                      subsampling=0)
+  Image.fromarray(np.asarray(pixels, np.uint8)).save(
+    buf, format="JPEG", quality=quality, subsampling=0
+  )
   return buf.getvalue()
 
 

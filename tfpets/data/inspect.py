@@ -10,8 +10,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from tfpets.data.tfrecord import multires
-from tfpets.data.tfrecord import shards
+from tfpets.data.tfrecord import multires, shards
 from tfpets.runtime.tensorboard import make_grid
 
 
@@ -52,8 +51,9 @@ def inspect_shards(shards_dir: str | os.PathLike) -> Dict:
         n += 1
     counts[split] = n
     if n != info["num_examples"]:
-      problems.append(f"{shards_dir}: split {split} has {n} records, manifest says "
-                      f"{info['num_examples']}")
+      problems.append(
+        f"{shards_dir}: split {split} has {n} records, manifest says {info['num_examples']}"
+      )
   return {"counts": counts, "problems": problems, "class_names": manifest["class_names"]}
 
 
@@ -66,24 +66,30 @@ def inspect_multires(gan_dir: str | os.PathLike) -> Dict:
   n = 0
   while True:
     levels = [next(r, None) for r in readers]
-    if all(l is None for l in levels):
+    if all(level is None for level in levels):
       break
-    if any(l is None for l in levels):
+    if any(level is None for level in levels):
       problems.append(f"{gan_dir}: level files hold different record counts (record {n})")
       break
     for lod, level in enumerate(levels):
       expected = 2 ** (top - lod)
       if tuple(level.shape[1:]) != (expected, expected) or level.shape[0] not in (1, 3):
-        problems.append(f"{files[lod]} record {n}: shape {tuple(level.shape)}, expected "
-                        f"[C, {expected}, {expected}]")
+        problems.append(
+          f"{files[lod]} record {n}: shape {tuple(level.shape)}, expected "
+          f"[C, {expected}, {expected}]"
+        )
       elif lod and not _is_box_average(levels[lod - 1].numpy(), level.numpy()):
         problems.append(f"{files[lod]} record {n}: not the 2x2 average of the level above")
     n += 1
   labels = multires.read_labels(gan_dir)
   if labels is not None and len(labels) != n:
     problems.append(f"{multires.labels_path(gan_dir)}: {len(labels)} labels for {n} records")
-  return {"count": n, "resolution": 2 ** top, "problems": problems,
-          "num_classes": 0 if labels is None else int(labels.shape[1])}
+  return {
+    "count": n,
+    "resolution": 2**top,
+    "problems": problems,
+    "num_classes": 0 if labels is None else int(labels.shape[1]),
+  }
 
 
 def _is_box_average(upper: np.ndarray, lower: np.ndarray) -> bool:
@@ -98,20 +104,25 @@ def draw_annotations(image: np.ndarray, example: Dict) -> np.ndarray:
   if bool(example["has_box"]):
     x0, y0, x1, y1 = [int(round(float(v))) for v in example["box"]]
     cv2.rectangle(image, (x0, y0), (x1, y1), (0, 255, 0), 1, cv2.LINE_AA)
-  for x, y in np.asarray(example["landmarks"])[:int(example["num_landmarks"])]:
+  for x, y in np.asarray(example["landmarks"])[: int(example["num_landmarks"])]:
     cv2.circle(image, (int(round(x)), int(round(y))), 2, (255, 0, 0), -1, cv2.LINE_AA)
   return image
 
 
-def contact_sheet(shards_dir: str | os.PathLike, split: str, per_class: int = 4,
-                  size: int = 96, max_classes: int = 37) -> np.ndarray:
+def contact_sheet(
+  shards_dir: str | os.PathLike,
+  split: str,
+  per_class: int = 4,
+  size: int = 96,
+  max_classes: int = 37,
+) -> np.ndarray:
   """A grid with `per_class` images of each class (a row each), boxes and landmarks drawn."""
   manifest = shards.read_manifest(shards_dir)
   num_classes = min(manifest["num_classes"], max_classes)
   tiles = np.zeros((num_classes, per_class, size, size, 3), np.uint8)
   filled = np.zeros(num_classes, np.int64)
   for path in shards.split_files(shards_dir, split):
-    for serialized in _records(path, []):   # inspect_shards reports the problems
+    for serialized in _records(path, []):  # inspect_shards reports the problems
       try:
         ex = shards.parse(serialized)
       except tf.errors.OpError:
@@ -122,8 +133,11 @@ def contact_sheet(shards_dir: str | os.PathLike, split: str, per_class: int = 4,
       h, w = int(ex["height"]), int(ex["width"])
       scale = np.array([size / w, size / h], np.float32)
       resized = cv2.resize(ex["image"].numpy(), (size, size), interpolation=cv2.INTER_AREA)
-      ex = dict(ex, box=np.asarray(ex["box"]) * np.tile(scale, 2),
-                landmarks=np.asarray(ex["landmarks"]) * scale)
+      ex = dict(
+        ex,
+        box=np.asarray(ex["box"]) * np.tile(scale, 2),
+        landmarks=np.asarray(ex["landmarks"]) * scale,
+      )
       tiles[label, filled[label]] = draw_annotations(resized, ex)
       filled[label] += 1
       if filled.min() >= per_class:
@@ -137,11 +151,15 @@ def multires_sheet(gan_dir: str | os.PathLike, count: int = 8) -> np.ndarray:
   top = None
   rows = []
   for path in files:
-    levels = [np.transpose(c.numpy(), (1, 2, 0)) for c in
-              tf.data.TFRecordDataset(path).map(multires.parse_level).take(count)]
+    levels = [
+      np.transpose(c.numpy(), (1, 2, 0))
+      for c in tf.data.TFRecordDataset(path).map(multires.parse_level).take(count)
+    ]
     top = top or levels[0].shape[0]
-    rows += [cv2.resize(l, (top, top), interpolation=cv2.INTER_NEAREST).reshape(top, top, -1)
-             for l in levels]
+    rows += [
+      cv2.resize(level, (top, top), interpolation=cv2.INTER_NEAREST).reshape(top, top, -1)
+      for level in levels
+    ]
   return make_grid(np.stack(rows), columns=count)
 
 

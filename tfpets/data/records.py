@@ -14,9 +14,15 @@ import numpy as np
 
 # Kaggle CAT point order (datasets.md §3, landmarks.md §2.2).
 LANDMARK_NAMES_9 = (
-    "left_eye", "right_eye", "mouth",
-    "left_ear_1", "left_ear_2", "left_ear_3",
-    "right_ear_1", "right_ear_2", "right_ear_3",
+  "left_eye",
+  "right_eye",
+  "mouth",
+  "left_ear_1",
+  "left_ear_2",
+  "left_ear_3",
+  "right_ear_1",
+  "right_ear_2",
+  "right_ear_3",
 )
 # The 5-point variant keeps 0-based points [0, 1, 2, 4, 7] of the 9 (landmarks.md §2.3).
 FIVE_OF_NINE = (0, 1, 2, 4, 7)

@@ -8,10 +8,10 @@ import dataclasses
 import os
 from typing import List
 
-SKIPPED = "skipped"            # the item is not in the output
-CONVERTED = "converted"        # the item is in the output, changed (re-encoded, alpha dropped, ...)
+SKIPPED = "skipped"  # the item is not in the output
+CONVERTED = "converted"  # the item is in the output, changed (re-encoded, alpha dropped, ...)
 ANNOTATION_DROPPED = "annotation_dropped"  # the image is kept, a bad annotation is not
-IGNORED = "ignored"            # a file that is not part of the dataset (stray .mat, README, ...)
+IGNORED = "ignored"  # a file that is not part of the dataset (stray .mat, README, ...)
 DUPLICATE_KEPT = "duplicate_kept"  # a duplicate found and reported, left in (--dedupe=report)
 
 

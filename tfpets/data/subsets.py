@@ -34,11 +34,12 @@ from tfpets.data.records import ImageRecord
 
 SubsetSize = Union[float, int]
 DEFAULT_MAX_HAMMING = 10
-_BLOCK_ROWS = 512   # rows of a bucket's distance matrix computed at once
+_BLOCK_ROWS = 512  # rows of a bucket's distance matrix computed at once
 
 
 # ---------------------------------------------------------------------------------------------
 # Subsets
+
 
 def parse_subset(text: str) -> SubsetSize:
   """'0.1' / '10%' -> 0.1 (fraction of each class); '20' -> 20 (images per class).
@@ -46,8 +47,10 @@ def parse_subset(text: str) -> SubsetSize:
   A whole number is a count: '1' is one image per class, '1.0' is every image.
   """
   value = str(text).strip()
-  error = ValueError(f"invalid subset {text!r}: expected a fraction in (0, 1] such as 0.1, 0.5, "
-                     "1.0 (or 10%), or a whole number of images per class such as 20")
+  error = ValueError(
+    f"invalid subset {text!r}: expected a fraction in (0, 1] such as 0.1, 0.5, "
+    "1.0 (or 10%), or a whole number of images per class such as 20"
+  )
   try:
     if value.endswith("%"):
       fraction = float(value[:-1]) / 100.0
@@ -65,16 +68,21 @@ def parse_subset(text: str) -> SubsetSize:
   return fraction
 
 
-def stratified_subset(records: Sequence[ImageRecord], fraction_or_count: SubsetSize,
-                      seed: int) -> List[ImageRecord]:
+def stratified_subset(
+  records: Sequence[ImageRecord], fraction_or_count: SubsetSize, seed: int
+) -> List[ImageRecord]:
   """Per-class nested subset, returned in the input order (see the module docstring)."""
   take = _take_rule(fraction_or_count)
   chosen = set()
   for class_key, indices in _class_orders(records, seed).items():
     k = take(len(indices))
     if isinstance(fraction_or_count, int) and k < fraction_or_count:
-      logging.warning("class %s has only %d images, fewer than the %d requested", class_key[1],
-                      len(indices), fraction_or_count)
+      logging.warning(
+        "class %s has only %d images, fewer than the %d requested",
+        class_key[1],
+        len(indices),
+        fraction_or_count,
+      )
     chosen.update(indices[:k])
   return [r for i, r in enumerate(records) if i in chosen]
 
@@ -88,8 +96,10 @@ def _take_rule(fraction_or_count: SubsetSize) -> Callable[[int], int]:
     return lambda n: min(int(fraction_or_count), n)
   fraction = float(fraction_or_count)
   if not 0.0 < fraction <= 1.0:
-    raise ValueError(f"subset fraction must be in (0, 1], got {fraction_or_count!r}; "
-                     "pass an int for a per-class count")
+    raise ValueError(
+      f"subset fraction must be in (0, 1], got {fraction_or_count!r}; "
+      "pass an int for a per-class count"
+    )
   # Half-up, not Python's banker's rounding: 10 % of 25 images is 3, not 2.
   return lambda n: min(n, max(1, math.floor(fraction * n + 0.5)))
 
@@ -115,8 +125,10 @@ def _class_orders(records: Sequence[ImageRecord], seed: int) -> Dict[Tuple[int, 
 # ---------------------------------------------------------------------------------------------
 # Splits
 
-def split_records(records: Sequence[ImageRecord], fractions: Mapping[str, float],
-                  seed: int) -> Dict[str, List[ImageRecord]]:
+
+def split_records(
+  records: Sequence[ImageRecord], fractions: Mapping[str, float], seed: int
+) -> Dict[str, List[ImageRecord]]:
   """Per-class stratified, disjoint split covering every record, e.g. {'train': .75, 'val': .25}.
 
   Each list keeps the input order. Per class, piece sizes use largest-remainder rounding of
@@ -124,14 +136,18 @@ def split_records(records: Sequence[ImageRecord], fractions: Mapping[str, float]
   """
   names = list(fractions)
   weights = np.array([fractions[n] for n in names], np.float64)
-  if not names or np.any(~np.isfinite(weights)) or np.any(weights < 0) or not math.isclose(
-      weights.sum(), 1.0, abs_tol=1e-6):
+  if (
+    not names
+    or np.any(~np.isfinite(weights))
+    or np.any(weights < 0)
+    or not math.isclose(weights.sum(), 1.0, abs_tol=1e-6)
+  ):
     raise ValueError(f"split fractions must be non-negative and sum to 1, got {dict(fractions)}")
   assignment = {}
   for indices in _class_orders(records, seed).values():
     start = 0
     for name, size in zip(names, _largest_remainder(weights, len(indices))):
-      for i in indices[start:start + size]:
+      for i in indices[start : start + size]:
         assignment[i] = name
       start += size
   return {name: [r for i, r in enumerate(records) if assignment[i] == name] for name in names}
@@ -141,13 +157,14 @@ def _largest_remainder(weights: np.ndarray, n: int) -> List[int]:
   exact = weights * n
   sizes = np.floor(exact).astype(int)
   order = sorted(range(len(weights)), key=lambda j: (-(exact[j] - sizes[j]), j))
-  for j in order[:n - int(sizes.sum())]:
+  for j in order[: n - int(sizes.sum())]:
     sizes[j] += 1
   return sizes.tolist()
 
 
-def split_by_source(records: Sequence[ImageRecord],
-                    mapping: Mapping[str, Optional[str]]) -> Dict[str, List[ImageRecord]]:
+def split_by_source(
+  records: Sequence[ImageRecord], mapping: Mapping[str, Optional[str]]
+) -> Dict[str, List[ImageRecord]]:
   """Groups records by their source split renamed through mapping, e.g. {'trainval': 'train',
   'test': 'test'}; a None target drops that split. An unmapped source split is a ValueError."""
   unmapped = collections.Counter(r.split for r in records if r.split not in mapping)
@@ -165,6 +182,7 @@ def split_by_source(records: Sequence[ImageRecord],
 # ---------------------------------------------------------------------------------------------
 # Duplicates
 
+
 def phash(pixels: np.ndarray) -> int:
   """64-bit DCT perceptual hash of an RGB or grayscale uint8 image.
 
@@ -179,8 +197,7 @@ def phash(pixels: np.ndarray) -> int:
     luma = array.astype(np.float32)
   else:
     raise ValueError(f"phash needs an [H, W] or [H, W, C] image, got shape {array.shape}")
-  small = np.asarray(Image.fromarray(luma).resize((32, 32), Image.Resampling.BOX),
-                     np.float64)
+  small = np.asarray(Image.fromarray(luma).resize((32, 32), Image.Resampling.BOX), np.float64)
   coefficients = scipy.fft.dctn(small, type=2, norm="ortho")[1:9, 1:9].reshape(-1)
   bits = coefficients > np.median(coefficients)
   return int.from_bytes(np.packbits(bits).tobytes(), "big")
@@ -200,9 +217,9 @@ def pixel_digest(pixels: np.ndarray) -> str:
 
 @dataclasses.dataclass
 class Duplicate:
-  record: ImageRecord          # the removed record
-  original: ImageRecord        # the kept record it duplicates
-  distance: int                # Hamming distance of the hashes; 0 for exact duplicates
+  record: ImageRecord  # the removed record
+  original: ImageRecord  # the kept record it duplicates
+  distance: int  # Hamming distance of the hashes; 0 for exact duplicates
   reason: str
 
 
@@ -223,17 +240,22 @@ def fingerprint(pixels: np.ndarray) -> Tuple[str, int]:
   return pixel_digest(pixels), phash(pixels)
 
 
-def find_duplicates(records: Sequence[ImageRecord], pixels_fn: Callable[[ImageRecord], np.ndarray],
-                    max_hamming: Optional[int] = DEFAULT_MAX_HAMMING) -> DuplicateReport:
+def find_duplicates(
+  records: Sequence[ImageRecord],
+  pixels_fn: Callable[[ImageRecord], np.ndarray],
+  max_hamming: Optional[int] = DEFAULT_MAX_HAMMING,
+) -> DuplicateReport:
   """Removes exact and near duplicates; pixels_fn(record) returns the decoded uint8 array."""
   return find_duplicates_by_fingerprint(
-      records, [fingerprint(pixels_fn(r)) for r in records], max_hamming)
+    records, [fingerprint(pixels_fn(r)) for r in records], max_hamming
+  )
 
 
-def find_duplicates_by_fingerprint(records: Sequence[ImageRecord],
-                                   fingerprints: Sequence[Tuple[str, int]],
-                                   max_hamming: Optional[int] = DEFAULT_MAX_HAMMING
-                                   ) -> DuplicateReport:
+def find_duplicates_by_fingerprint(
+  records: Sequence[ImageRecord],
+  fingerprints: Sequence[Tuple[str, int]],
+  max_hamming: Optional[int] = DEFAULT_MAX_HAMMING,
+) -> DuplicateReport:
   """Removes exact and near duplicates, keeping the first record of each group.
 
   A record is removed as a near duplicate of the earliest kept record within max_hamming bits
@@ -257,16 +279,16 @@ def find_duplicates_by_fingerprint(records: Sequence[ImageRecord],
     survivors = [i for i in range(len(records)) if i not in removed]
     hash_array = np.array([hashes[i] for i in survivors], np.uint64)
     for a, b, d in near_duplicate_pairs(hash_array, max_hamming):
-      i, j = survivors[a], survivors[b]   # a < b, so i comes first
+      i, j = survivors[a], survivors[b]  # a < b, so i comes first
       if j not in removed and i not in removed:
-        removed[j] = Duplicate(records[j], records[i], d,
-                               f"near duplicate of {records[i].path} (hamming {d})")
+        removed[j] = Duplicate(
+          records[j], records[i], d, f"near duplicate of {records[i].path} (hamming {d})"
+        )
   kept = [r for i, r in enumerate(records) if i not in removed]
   return DuplicateReport(kept, [removed[i] for i in sorted(removed)])
 
 
-def near_duplicate_pairs(hashes: np.ndarray,
-                         max_hamming: int) -> List[Tuple[int, int, int]]:
+def near_duplicate_pairs(hashes: np.ndarray, max_hamming: int) -> List[Tuple[int, int, int]]:
   """(a, b, distance) for indices a < b of uint64 hashes within max_hamming bits.
 
   Sorted by b then a, so that scanning the pairs meets each record's earliest match first.
@@ -292,16 +314,16 @@ def _bands(count: int) -> List[Tuple[int, int]]:
   return [((1 << int(hi - lo)) - 1, int(lo)) for lo, hi in zip(edges[:-1], edges[1:])]
 
 
-def _close_in_group(hashes: np.ndarray, group: np.ndarray,
-                    max_hamming: int) -> List[Tuple[int, int, int]]:
+def _close_in_group(
+  hashes: np.ndarray, group: np.ndarray, max_hamming: int
+) -> List[Tuple[int, int, int]]:
   """Pairs within one bucket, checked with vectorised popcounts in row blocks (bounded memory)."""
   sub = hashes[group]
   pairs = []
   for start in range(0, len(group), _BLOCK_ROWS):
-    rows = sub[start:start + _BLOCK_ROWS]
+    rows = sub[start : start + _BLOCK_ROWS]
     distances = np.bitwise_count(rows[:, None] ^ sub[None, :])
     row_ids = np.arange(start, start + len(rows))[:, None]
     a, b = np.nonzero((distances <= max_hamming) & (np.arange(len(group))[None, :] > row_ids))
-    pairs.extend((int(group[start + x]), int(group[y]), int(distances[x, y]))
-                 for x, y in zip(a, b))
+    pairs.extend((int(group[start + x]), int(group[y]), int(distances[x, y])) for x, y in zip(a, b))
   return pairs

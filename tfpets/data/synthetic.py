@@ -44,34 +44,34 @@ from absl import logging
 
 from tfpets.data import decode
 
-
 RGB = Tuple[int, int, int]
 
 CSV_NAME = "pets.csv"
-CSV_HEADER = (["path", "label", "species", "split", "xmin", "ymin", "xmax", "ymax"]
-              + [f"lm{k}_{axis}" for k in range(9) for axis in ("x", "y")])
+CSV_HEADER = ["path", "label", "species", "split", "xmin", "ymin", "xmax", "ymax"] + [
+  f"lm{k}_{axis}" for k in range(9) for axis in ("x", "y")
+]
 MIN_SIZE = 32
 ROLL_LIMIT_DEGREES = 30.0
-HEAD_FRACTION_RANGE = (0.10, 0.35)   # head box side / shorter image side
+HEAD_FRACTION_RANGE = (0.10, 0.35)  # head box side / shorter image side
 _LOG_EVERY = 500
-_SEED_SALT = 0x9E75                  # keeps these streams apart from other users of the same seed
+_SEED_SALT = 0x9E75  # keeps these streams apart from other users of the same seed
 
 # Fixed-point precision of the OpenCV drawing calls (coordinates * 2**_SHIFT).
 _SHIFT = 4
 _ONE = 1 << _SHIFT
-_GAIN_ONE = 128.0   # fixed-point unit of the 8-bit illumination gain map
+_GAIN_ONE = 128.0  # fixed-point unit of the 8-bit illumination gain map
 
-EYE_COLORS: Dict[str, RGB] = {   # chosen at least 0.09 apart in chromaticity (rgb / sum)
-    "amber": (230, 165, 25),
-    "blue": (60, 120, 235),
-    "copper": (215, 80, 25),
-    "green": (100, 185, 50),
-    "aqua": (60, 195, 185),
-    "gold": (225, 210, 40),
-    "brown": (120, 58, 30),
-    "hazel": (130, 125, 60),
-    "ice": (165, 205, 240),
-    "dark": (60, 40, 38),
+EYE_COLORS: Dict[str, RGB] = {  # chosen at least 0.09 apart in chromaticity (rgb / sum)
+  "amber": (230, 165, 25),
+  "blue": (60, 120, 235),
+  "copper": (215, 80, 25),
+  "green": (100, 185, 50),
+  "aqua": (60, 195, 185),
+  "gold": (225, 210, 40),
+  "brown": (120, 58, 30),
+  "hazel": (130, 125, 60),
+  "ice": (165, 205, 240),
+  "dark": (60, 40, 38),
 }
 _WHITE: RGB = (240, 238, 232)
 _DARK: RGB = (45, 35, 30)
@@ -85,12 +85,32 @@ _GINGER: RGB = (205, 115, 45)
 
 # Coat colours are drawn per image, independent of the breed, so the body says nothing about it.
 _COATS: Tuple[RGB, ...] = (
-    (230, 210, 175), (205, 160, 110), (210, 125, 60), (125, 85, 55), (90, 62, 45),
-    (140, 140, 145), (105, 110, 125), (55, 50, 50), (185, 185, 190), (200, 180, 140),
+  (230, 210, 175),
+  (205, 160, 110),
+  (210, 125, 60),
+  (125, 85, 55),
+  (90, 62, 45),
+  (140, 140, 145),
+  (105, 110, 125),
+  (55, 50, 50),
+  (185, 185, 190),
+  (200, 180, 140),
 )
 
-MARKINGS = ("none", "tabby", "mask", "blaze", "spots", "patch_left", "patch_right", "eyebrows",
-            "bib", "spectacles", "cap", "split")
+MARKINGS = (
+  "none",
+  "tabby",
+  "mask",
+  "blaze",
+  "spots",
+  "patch_left",
+  "patch_right",
+  "eyebrows",
+  "bib",
+  "spectacles",
+  "cap",
+  "split",
+)
 EAR_KINDS = ("erect", "folded")
 
 
@@ -139,86 +159,292 @@ class BreedSpec:
 
 
 def _cat(name: str, eye: str, marking: str, mark: RGB = _DARK, **cues) -> BreedSpec:
-  return BreedSpec(name=name, species="cat", eye_color=EYE_COLORS[eye], marking=marking,
-                   mark_color=mark, **cues)
+  return BreedSpec(
+    name=name, species="cat", eye_color=EYE_COLORS[eye], marking=marking, mark_color=mark, **cues
+  )
 
 
 def _dog(name: str, eye: str, marking: str, mark: RGB = _DARK, **cues) -> BreedSpec:
-  cues = {"eye_radius": 0.17, "nose_color": _BLACK, "inner_ear_color": (150, 105, 95),
-          "face_ry": 0.98, "ear_round": 0.25, **cues}
-  return BreedSpec(name=name, species="dog", eye_color=EYE_COLORS[eye], marking=marking,
-                   mark_color=mark, **cues)
+  cues = {
+    "eye_radius": 0.17,
+    "nose_color": _BLACK,
+    "inner_ear_color": (150, 105, 95),
+    "face_ry": 0.98,
+    "ear_round": 0.25,
+    **cues,
+  }
+  return BreedSpec(
+    name=name, species="dog", eye_color=EYE_COLORS[eye], marking=marking, mark_color=mark, **cues
+  )
 
 
 _FOLD = {"ear_kind": "folded"}
 # 12 cats + 25 dogs, as in Oxford-IIIT Pet. The first 6 of each species form the default table and
 # are chosen so that every pair differs in several head cues.
 _CATS = (
-    _cat("Amber_Tabby", "amber", "tabby", nose_color=_BRICK),
-    _cat("Bluepoint", "blue", "mask", ear_height=0.95, ear_span=16, ear_tilt=12),
-    _cat("Copper_Fold", "copper", "none", ear_height=0.35, ear_span=17, ear_position=36, **_FOLD),
-    _cat("Emerald_Spotted", "green", "spots", ear_round=0.3, ear_height=0.7),
-    _cat("Frost_Rex", "aqua", "bib", mark=_WHITE, ear_height=1.0, ear_span=26, ear_tilt=28,
-         ear_round=0.35, face_ry=0.84),
-    _cat("Golden_Lynx", "gold", "blaze", mark=_WHITE, ear_height=1.05, ear_span=15, ear_tilt=8,
-         ear_position=34, muzzle_color=_WHITE),
-    _cat("Harbor_Mau", "green", "tabby", mark=_GREY, ear_height=0.85, ear_tilt=14),
-    _cat("Ivory_Angora", "blue", "none", muzzle_color=_WHITE, ear_height=0.9, ear_round=0.2),
-    _cat("Juniper_Shorthair", "copper", "patch_left", ear_height=0.6, ear_round=0.45,
-         face_ry=0.92),
-    _cat("Maple_Curl", "amber", "spots", mark=_GINGER, ear_tilt=35, ear_height=0.75),
-    _cat("Onyx_Bombay", "gold", "mask", mark=_BLACK, ear_round=0.3, nose_color=_BLACK),
-    _cat("Sable_Burmilla", "green", "eyebrows", mark=_CREAM, ear_height=0.7, ear_span=24),
+  _cat("Amber_Tabby", "amber", "tabby", nose_color=_BRICK),
+  _cat("Bluepoint", "blue", "mask", ear_height=0.95, ear_span=16, ear_tilt=12),
+  _cat("Copper_Fold", "copper", "none", ear_height=0.35, ear_span=17, ear_position=36, **_FOLD),
+  _cat("Emerald_Spotted", "green", "spots", ear_round=0.3, ear_height=0.7),
+  _cat(
+    "Frost_Rex",
+    "aqua",
+    "bib",
+    mark=_WHITE,
+    ear_height=1.0,
+    ear_span=26,
+    ear_tilt=28,
+    ear_round=0.35,
+    face_ry=0.84,
+  ),
+  _cat(
+    "Golden_Lynx",
+    "gold",
+    "blaze",
+    mark=_WHITE,
+    ear_height=1.05,
+    ear_span=15,
+    ear_tilt=8,
+    ear_position=34,
+    muzzle_color=_WHITE,
+  ),
+  _cat("Harbor_Mau", "green", "tabby", mark=_GREY, ear_height=0.85, ear_tilt=14),
+  _cat("Ivory_Angora", "blue", "none", muzzle_color=_WHITE, ear_height=0.9, ear_round=0.2),
+  _cat("Juniper_Shorthair", "copper", "patch_left", ear_height=0.6, ear_round=0.45, face_ry=0.92),
+  _cat("Maple_Curl", "amber", "spots", mark=_GINGER, ear_tilt=35, ear_height=0.75),
+  _cat("Onyx_Bombay", "gold", "mask", mark=_BLACK, ear_round=0.3, nose_color=_BLACK),
+  _cat("Sable_Burmilla", "green", "eyebrows", mark=_CREAM, ear_height=0.7, ear_span=24),
 )
 _DOGS = (
-    _dog("alpine_shepherd", "brown", "mask", ear_height=1.05, ear_span=17, ear_tilt=14,
-         ear_round=0.05, muzzle_color=_BLACK, muzzle_length=0.42),
-    _dog("bramble_terrier", "dark", "eyebrows", mark=_TAN, ear_height=0.4, ear_span=18,
-         ear_position=42, muzzle_color=_GREY, muzzle_length=0.4, **_FOLD),
-    _dog("copper_corgi", "hazel", "blaze", mark=_WHITE, ear_height=1.0, ear_span=28,
-         ear_tilt=24, ear_round=0.35, muzzle_color=_WHITE),
-    _dog("frost_husky", "ice", "spectacles", mark=_WHITE, ear_height=0.75, ear_span=20,
-         ear_tilt=10, ear_round=0.15, muzzle_color=_WHITE, muzzle_length=0.36),
-    _dog("ember_spitz", "amber", "none", ear_height=0.55, ear_span=16, ear_tilt=6,
-         ear_round=0.0, muzzle_length=0.28),
-    _dog("glen_bulldog", "brown", "patch_right", ear_height=0.45, ear_span=16, ear_tilt=65,
-         ear_position=52, muzzle_color=_CREAM, muzzle_length=0.26),
-    _dog("harbor_retriever", "hazel", "none", ear_height=0.45, ear_tilt=68, ear_position=55,
-         muzzle_length=0.45),
-    _dog("island_pinscher", "brown", "eyebrows", mark=_TAN, ear_height=1.15, ear_span=13,
-         ear_tilt=10, ear_round=0.0, muzzle_color=_TAN, muzzle_length=0.45),
-    _dog("juniper_beagle", "brown", "blaze", mark=_WHITE, ear_height=0.45, muzzle_color=_WHITE,
-         **_FOLD),
-    _dog("kettle_boxer", "brown", "mask", mark=_BLACK, ear_height=0.4, ear_tilt=62,
-         ear_position=50, muzzle_color=_BLACK, muzzle_length=0.25),
-    _dog("lantern_collie", "amber", "blaze", mark=_WHITE, ear_height=0.42, ear_span=15,
-         muzzle_color=_WHITE, muzzle_length=0.46, **_FOLD),
-    _dog("meadow_schnauzer", "dark", "eyebrows", mark=_GREY, ear_height=0.35,
-         muzzle_color=_GREY, **_FOLD),
-    _dog("nugget_pug", "dark", "mask", mark=_BLACK, ear_height=0.38, ear_tilt=60,
-         ear_position=50, muzzle_color=_BLACK, muzzle_length=0.22),
-    _dog("oak_hound", "hazel", "cap", ear_height=0.45, ear_span=22, **_FOLD),
-    _dog("pebble_papillon", "brown", "split", ear_height=1.2, ear_span=27, ear_tilt=35,
-         ear_round=0.4, muzzle_length=0.3),
-    _dog("quill_whippet", "amber", "none", ear_height=0.42, ear_tilt=70, ear_position=48,
-         muzzle_length=0.48),
-    _dog("river_malamute", "brown", "cap", ear_height=0.7, ear_span=20, ear_tilt=16,
-         ear_round=0.2, muzzle_color=_WHITE),
-    _dog("saffron_shiba", "brown", "bib", mark=_CREAM, ear_height=0.6, ear_span=18,
-         ear_tilt=12, muzzle_color=_CREAM, muzzle_length=0.3),
-    _dog("thistle_westie", "dark", "none", ear_height=0.55, ear_span=14, ear_round=0.0,
-         muzzle_color=_WHITE, muzzle_length=0.3),
-    _dog("umber_dachshund", "brown", "eyebrows", mark=_TAN, ear_height=0.48, ear_span=22,
-         muzzle_color=_TAN, **_FOLD),
-    _dog("velvet_weimaraner", "ice", "none", ear_height=0.44, ear_span=22, **_FOLD),
-    _dog("willow_setter", "hazel", "spots", ear_height=0.45, ear_tilt=66, ear_position=52,
-         muzzle_length=0.42),
-    _dog("yarrow_spaniel", "brown", "patch_left", ear_height=0.46, ear_span=24,
-         muzzle_color=_WHITE, **_FOLD),
-    _dog("zephyr_greyhound", "hazel", "blaze", mark=_WHITE, ear_height=0.4, ear_tilt=72,
-         ear_position=50, muzzle_length=0.5),
-    _dog("birch_akita", "dark", "spectacles", mark=_CREAM, ear_height=0.6, ear_span=19,
-         ear_tilt=14, ear_round=0.3, muzzle_color=_CREAM, muzzle_length=0.32),
+  _dog(
+    "alpine_shepherd",
+    "brown",
+    "mask",
+    ear_height=1.05,
+    ear_span=17,
+    ear_tilt=14,
+    ear_round=0.05,
+    muzzle_color=_BLACK,
+    muzzle_length=0.42,
+  ),
+  _dog(
+    "bramble_terrier",
+    "dark",
+    "eyebrows",
+    mark=_TAN,
+    ear_height=0.4,
+    ear_span=18,
+    ear_position=42,
+    muzzle_color=_GREY,
+    muzzle_length=0.4,
+    **_FOLD,
+  ),
+  _dog(
+    "copper_corgi",
+    "hazel",
+    "blaze",
+    mark=_WHITE,
+    ear_height=1.0,
+    ear_span=28,
+    ear_tilt=24,
+    ear_round=0.35,
+    muzzle_color=_WHITE,
+  ),
+  _dog(
+    "frost_husky",
+    "ice",
+    "spectacles",
+    mark=_WHITE,
+    ear_height=0.75,
+    ear_span=20,
+    ear_tilt=10,
+    ear_round=0.15,
+    muzzle_color=_WHITE,
+    muzzle_length=0.36,
+  ),
+  _dog(
+    "ember_spitz",
+    "amber",
+    "none",
+    ear_height=0.55,
+    ear_span=16,
+    ear_tilt=6,
+    ear_round=0.0,
+    muzzle_length=0.28,
+  ),
+  _dog(
+    "glen_bulldog",
+    "brown",
+    "patch_right",
+    ear_height=0.45,
+    ear_span=16,
+    ear_tilt=65,
+    ear_position=52,
+    muzzle_color=_CREAM,
+    muzzle_length=0.26,
+  ),
+  _dog(
+    "harbor_retriever",
+    "hazel",
+    "none",
+    ear_height=0.45,
+    ear_tilt=68,
+    ear_position=55,
+    muzzle_length=0.45,
+  ),
+  _dog(
+    "island_pinscher",
+    "brown",
+    "eyebrows",
+    mark=_TAN,
+    ear_height=1.15,
+    ear_span=13,
+    ear_tilt=10,
+    ear_round=0.0,
+    muzzle_color=_TAN,
+    muzzle_length=0.45,
+  ),
+  _dog(
+    "juniper_beagle", "brown", "blaze", mark=_WHITE, ear_height=0.45, muzzle_color=_WHITE, **_FOLD
+  ),
+  _dog(
+    "kettle_boxer",
+    "brown",
+    "mask",
+    mark=_BLACK,
+    ear_height=0.4,
+    ear_tilt=62,
+    ear_position=50,
+    muzzle_color=_BLACK,
+    muzzle_length=0.25,
+  ),
+  _dog(
+    "lantern_collie",
+    "amber",
+    "blaze",
+    mark=_WHITE,
+    ear_height=0.42,
+    ear_span=15,
+    muzzle_color=_WHITE,
+    muzzle_length=0.46,
+    **_FOLD,
+  ),
+  _dog(
+    "meadow_schnauzer", "dark", "eyebrows", mark=_GREY, ear_height=0.35, muzzle_color=_GREY, **_FOLD
+  ),
+  _dog(
+    "nugget_pug",
+    "dark",
+    "mask",
+    mark=_BLACK,
+    ear_height=0.38,
+    ear_tilt=60,
+    ear_position=50,
+    muzzle_color=_BLACK,
+    muzzle_length=0.22,
+  ),
+  _dog("oak_hound", "hazel", "cap", ear_height=0.45, ear_span=22, **_FOLD),
+  _dog(
+    "pebble_papillon",
+    "brown",
+    "split",
+    ear_height=1.2,
+    ear_span=27,
+    ear_tilt=35,
+    ear_round=0.4,
+    muzzle_length=0.3,
+  ),
+  _dog(
+    "quill_whippet",
+    "amber",
+    "none",
+    ear_height=0.42,
+    ear_tilt=70,
+    ear_position=48,
+    muzzle_length=0.48,
+  ),
+  _dog(
+    "river_malamute",
+    "brown",
+    "cap",
+    ear_height=0.7,
+    ear_span=20,
+    ear_tilt=16,
+    ear_round=0.2,
+    muzzle_color=_WHITE,
+  ),
+  _dog(
+    "saffron_shiba",
+    "brown",
+    "bib",
+    mark=_CREAM,
+    ear_height=0.6,
+    ear_span=18,
+    ear_tilt=12,
+    muzzle_color=_CREAM,
+    muzzle_length=0.3,
+  ),
+  _dog(
+    "thistle_westie",
+    "dark",
+    "none",
+    ear_height=0.55,
+    ear_span=14,
+    ear_round=0.0,
+    muzzle_color=_WHITE,
+    muzzle_length=0.3,
+  ),
+  _dog(
+    "umber_dachshund",
+    "brown",
+    "eyebrows",
+    mark=_TAN,
+    ear_height=0.48,
+    ear_span=22,
+    muzzle_color=_TAN,
+    **_FOLD,
+  ),
+  _dog("velvet_weimaraner", "ice", "none", ear_height=0.44, ear_span=22, **_FOLD),
+  _dog(
+    "willow_setter",
+    "hazel",
+    "spots",
+    ear_height=0.45,
+    ear_tilt=66,
+    ear_position=52,
+    muzzle_length=0.42,
+  ),
+  _dog(
+    "yarrow_spaniel",
+    "brown",
+    "patch_left",
+    ear_height=0.46,
+    ear_span=24,
+    muzzle_color=_WHITE,
+    **_FOLD,
+  ),
+  _dog(
+    "zephyr_greyhound",
+    "hazel",
+    "blaze",
+    mark=_WHITE,
+    ear_height=0.4,
+    ear_tilt=72,
+    ear_position=50,
+    muzzle_length=0.5,
+  ),
+  _dog(
+    "birch_akita",
+    "dark",
+    "spectacles",
+    mark=_CREAM,
+    ear_height=0.6,
+    ear_span=19,
+    ear_tilt=14,
+    ear_round=0.3,
+    muzzle_color=_CREAM,
+    muzzle_length=0.32,
+  ),
 )
 BREEDS: Tuple[BreedSpec, ...] = _CATS + _DOGS
 
@@ -233,7 +459,7 @@ def breed_table(num_breeds: int = 12) -> Tuple[BreedSpec, ...]:
   if not 1 <= num_breeds <= len(BREEDS):
     raise ValueError(f"num_breeds must be between 1 and {len(BREEDS)}, got {num_breeds}")
   num_cats = min(len(_CATS), (num_breeds + 1) // 2)
-  chosen = _CATS[:num_cats] + _DOGS[:num_breeds - num_cats]
+  chosen = _CATS[:num_cats] + _DOGS[: num_breeds - num_cats]
   return tuple(sorted(chosen, key=lambda breed: breed.name.lower()))
 
 
@@ -267,17 +493,17 @@ class RenderedPet:
 
 @dataclasses.dataclass
 class _Op:
-  points: np.ndarray          # [N, 2] head-frame (or image-frame, for the body) polygon/polyline
+  points: np.ndarray  # [N, 2] head-frame (or image-frame, for the body) polygon/polyline
   color: Tuple[float, ...]
-  width: float = 0.0          # 0 = filled polygon, else stroke width in the same units
+  width: float = 0.0  # 0 = filled polygon, else stroke width in the same units
   closed: bool = False
 
 
 @dataclasses.dataclass
 class _Head:
   ops: List[_Op]
-  silhouette: np.ndarray      # [N, 2] points whose bounding box is the head box
-  landmarks: np.ndarray       # [9, 2]
+  silhouette: np.ndarray  # [N, 2] points whose bounding box is the head box
+  landmarks: np.ndarray  # [9, 2]
 
 
 _CIRCLES: Dict[int, np.ndarray] = {}
@@ -301,7 +527,7 @@ def _bezier(p0: np.ndarray, ctrl: np.ndarray, p1: np.ndarray, n: int) -> np.ndar
   """n points of the quadratic Bezier curve from p0 to p1 pulled towards ctrl."""
   if n not in _BEZIER_WEIGHTS:
     t = np.linspace(0.0, 1.0, n)
-    _BEZIER_WEIGHTS[n] = np.stack([(1 - t) ** 2, 2 * (1 - t) * t, t ** 2], axis=1)
+    _BEZIER_WEIGHTS[n] = np.stack([(1 - t) ** 2, 2 * (1 - t) * t, t**2], axis=1)
   return _BEZIER_WEIGHTS[n] @ np.array([p0, ctrl, p1], np.float64)
 
 
@@ -332,7 +558,7 @@ class _EarPose:
   position: float
 
 
-_Feature = Tuple[List[_Op], np.ndarray, np.ndarray]   # (ops, silhouette, landmark points)
+_Feature = Tuple[List[_Op], np.ndarray, np.ndarray]  # (ops, silhouette, landmark points)
 
 
 def _erect_ear(spec: BreedSpec, pose: _EarPose, face_ry: float, coat) -> _Feature:
@@ -345,18 +571,23 @@ def _erect_ear(spec: BreedSpec, pose: _EarPose, face_ry: float, coat) -> _Featur
   near_outer = tip + spec.ear_round * (outer - tip)
   near_inner = tip + spec.ear_round * (inner - tip)
   side = near_outer - outer
-  bulge = 0.12 * np.array([side[1], -side[0]])   # the outer edge bows outwards (to the left)
+  bulge = 0.12 * np.array([side[1], -side[0]])  # the outer edge bows outwards (to the left)
   if bulge[0] > 0:
     bulge = -bulge
-  polygon = np.concatenate([
+  polygon = np.concatenate(
+    [
       _bezier(outer, (outer + near_outer) / 2 + bulge, near_outer, 6),
       _bezier(near_outer, tip, near_inner, 5)[1:],
-      inner[None]])
-  apex = 0.25 * near_outer + 0.5 * tip + 0.25 * near_inner   # the rounded tip's outermost point
+      inner[None],
+    ]
+  )
+  apex = 0.25 * near_outer + 0.5 * tip + 0.25 * near_inner  # the rounded tip's outermost point
   centre = mid + 0.3 * (apex - mid)
-  ops = [_Op(polygon, coat),
-         _Op(centre + 0.55 * (polygon - centre), spec.inner_ear_color),
-         _Op(polygon, _shade(coat, 0.6), width=0.03)]
+  ops = [
+    _Op(polygon, coat),
+    _Op(centre + 0.55 * (polygon - centre), spec.inner_ear_color),
+    _Op(polygon, _shade(coat, 0.6), width=0.03),
+  ]
   return ops, polygon, np.stack([outer, apex, inner])
 
 
@@ -368,12 +599,14 @@ def _folded_ear(spec: BreedSpec, pose: _EarPose, face_ry: float, coat) -> _Featu
   outward = mid / np.linalg.norm(mid)
   crease = _bezier(outer, mid + 0.9 * pose.height * outward, inner, 8)
   # The flap folds forward and down towards the face centre; 0.8 keeps its tip above the eyes.
-  lean = math.radians(pose.tilt - spec.ear_tilt)   # only the per-image jitter
+  lean = math.radians(pose.tilt - spec.ear_tilt)  # only the per-image jitter
   inward = -outward @ _rotation(math.degrees(lean)).T
   tip = mid + 0.8 * pose.height * inward
   polygon = np.concatenate([crease, tip[None]])
-  ops = [_Op(polygon, _shade(coat, 0.82)), _Op(polygon, _shade(coat, 0.5), width=0.035,
-                                                closed=True)]
+  ops = [
+    _Op(polygon, _shade(coat, 0.82)),
+    _Op(polygon, _shade(coat, 0.5), width=0.035, closed=True),
+  ]
   return ops, polygon, np.stack([outer, tip, inner])
 
 
@@ -386,10 +619,12 @@ def _mirror_ops(ops: List[_Op]) -> List[_Op]:
 
 
 def _ear_pose(spec: BreedSpec, rng: np.random.Generator) -> _EarPose:
-  return _EarPose(height=spec.ear_height * rng.uniform(0.9, 1.1),
-                  span=spec.ear_span * rng.uniform(0.92, 1.08),
-                  tilt=spec.ear_tilt + rng.uniform(-5.0, 5.0),
-                  position=spec.ear_position + rng.uniform(-3.0, 3.0))
+  return _EarPose(
+    height=spec.ear_height * rng.uniform(0.9, 1.1),
+    span=spec.ear_span * rng.uniform(0.92, 1.08),
+    tilt=spec.ear_tilt + rng.uniform(-5.0, 5.0),
+    position=spec.ear_position + rng.uniform(-3.0, 3.0),
+  )
 
 
 def _ears(spec: BreedSpec, rng: np.random.Generator, face_ry: float, coat):
@@ -411,8 +646,14 @@ def _ears(spec: BreedSpec, rng: np.random.Generator, face_ry: float, coat):
   return behind, front, silhouette, landmarks
 
 
-def _marking_ops(spec: BreedSpec, rng: np.random.Generator, face_ry: float, eye_x: float,
-                 eye_y: float, eye_r: float) -> List[_Op]:
+def _marking_ops(
+  spec: BreedSpec,
+  rng: np.random.Generator,
+  face_ry: float,
+  eye_x: float,
+  eye_y: float,
+  eye_r: float,
+) -> List[_Op]:
   """The breed's marking pattern, kept inside the face outline."""
   color, kind = spec.mark_color, spec.marking
 
@@ -420,10 +661,15 @@ def _marking_ops(spec: BreedSpec, rng: np.random.Generator, face_ry: float, eye_
     return _Op(_inside_face(points, face_ry, limit), color)
 
   if kind == "tabby":
-    stripes = [((-0.2, -0.72), (-0.13, -0.42)), ((0.0, -0.8), (0.0, -0.45)),
-               ((0.2, -0.72), (0.13, -0.42)), ((-0.88, 0.08), (-0.62, 0.05)),
-               ((-0.84, 0.24), (-0.6, 0.19)), ((0.88, 0.08), (0.62, 0.05)),
-               ((0.84, 0.24), (0.6, 0.19))]
+    stripes = [
+      ((-0.2, -0.72), (-0.13, -0.42)),
+      ((0.0, -0.8), (0.0, -0.45)),
+      ((0.2, -0.72), (0.13, -0.42)),
+      ((-0.88, 0.08), (-0.62, 0.05)),
+      ((-0.84, 0.24), (-0.6, 0.19)),
+      ((0.88, 0.08), (0.62, 0.05)),
+      ((0.84, 0.24), (0.6, 0.19)),
+    ]
     return [_Op(_inside_face(np.array(s), face_ry, 0.85), color, width=0.07) for s in stripes]
   if kind == "mask":
     return [fill(_ellipse(0.0, 0.1, 0.68, 0.55))]
@@ -431,8 +677,9 @@ def _marking_ops(spec: BreedSpec, rng: np.random.Generator, face_ry: float, eye_
     return [fill(np.array([(-0.07, -0.9), (0.07, -0.9), (0.17, 0.2), (-0.17, 0.2)]))]
   if kind == "spots":
     centres = rng.uniform((-0.7, -0.7), (0.7, 0.55), size=(6, 2))
-    return [fill(_ellipse(x, y, r, r, 12), 0.88)
-            for (x, y), r in zip(centres, rng.uniform(0.05, 0.09, 6))]
+    return [
+      fill(_ellipse(x, y, r, r, 12), 0.88) for (x, y), r in zip(centres, rng.uniform(0.05, 0.09, 6))
+    ]
   if kind in ("patch_left", "patch_right"):
     x = -eye_x if kind == "patch_left" else eye_x
     return [fill(_ellipse(x, eye_y, 0.3, 0.27))]
@@ -451,18 +698,23 @@ def _marking_ops(spec: BreedSpec, rng: np.random.Generator, face_ry: float, eye_
   return []
 
 
-def _eye_ops(spec: BreedSpec, rng: np.random.Generator, centres: np.ndarray,
-             radius: float) -> List[_Op]:
+def _eye_ops(
+  spec: BreedSpec, rng: np.random.Generator, centres: np.ndarray, radius: float
+) -> List[_Op]:
   iris = tuple(float(np.clip(c + rng.uniform(-5, 5), 0, 255)) for c in spec.eye_color)
   pupil_rx = 0.2 * radius if spec.species == "cat" else 0.4 * radius
   pupil_ry = 0.8 * radius if spec.species == "cat" else 0.4 * radius
   ops = []
   for x, y in centres:
-    ops += [_Op(_ellipse(x, y, 1.2 * radius, 1.08 * radius), (30, 24, 24)),
-            _Op(_ellipse(x, y, radius, 0.92 * radius), iris),
-            _Op(_ellipse(x, y, pupil_rx, pupil_ry, 16), (12, 10, 10)),
-            _Op(_ellipse(x - 0.35 * radius, y - 0.38 * radius, 0.14 * radius, 0.14 * radius, 8),
-                (250, 250, 250))]
+    ops += [
+      _Op(_ellipse(x, y, 1.2 * radius, 1.08 * radius), (30, 24, 24)),
+      _Op(_ellipse(x, y, radius, 0.92 * radius), iris),
+      _Op(_ellipse(x, y, pupil_rx, pupil_ry, 16), (12, 10, 10)),
+      _Op(
+        _ellipse(x - 0.35 * radius, y - 0.38 * radius, 0.14 * radius, 0.14 * radius, 8),
+        (250, 250, 250),
+      ),
+    ]
   return ops
 
 
@@ -484,12 +736,12 @@ def _cat_mouth(spec: BreedSpec, face_ry: float, coat) -> _Feature:
     for dy in (0.0, 0.06, 0.12):
       whisker = np.array([(sign * 0.24, 0.26 + dy), (sign * 0.85, 0.18 + 1.6 * dy)])
       ops.append(_Op(_inside_face(whisker, face_ry, 0.9), (235, 232, 225), width=0.015))
-  ops += [_Op(np.array([(-0.1, 0.13), (0.1, 0.13), (0.0, 0.23)]), spec.nose_color),
-          _Op(np.array([(0.0, 0.23), mouth]), line, width=0.035),
-          _Op(_bezier(mouth, np.array([-0.07, 0.42]), np.array([-0.16, 0.35]), 5), line,
-              width=0.035),
-          _Op(_bezier(mouth, np.array([0.07, 0.42]), np.array([0.16, 0.35]), 5), line,
-              width=0.035)]
+  ops += [
+    _Op(np.array([(-0.1, 0.13), (0.1, 0.13), (0.0, 0.23)]), spec.nose_color),
+    _Op(np.array([(0.0, 0.23), mouth]), line, width=0.035),
+    _Op(_bezier(mouth, np.array([-0.07, 0.42]), np.array([-0.16, 0.35]), 5), line, width=0.035),
+    _Op(_bezier(mouth, np.array([0.07, 0.42]), np.array([0.16, 0.35]), 5), line, width=0.035),
+  ]
   return ops, np.zeros((0, 2)), mouth
 
 
@@ -502,14 +754,18 @@ def _dog_mouth(spec: BreedSpec, rng: np.random.Generator, coat) -> _Feature:
   nose_y = cy - 0.45 * length
   mouth = np.array([0.0, cy + 0.5 * length])
   line = _line_color(color)
-  ops = [_Op(muzzle, color), _Op(muzzle, _shade(coat, 0.6), width=0.03, closed=True),
-         _Op(_ellipse(0.0, nose_y, 0.16, 0.1, 16), spec.nose_color),
-         _Op(_ellipse(-0.04, nose_y - 0.04, 0.06, 0.03, 8), (150.0, 150.0, 155.0)),  # wet shine
-         _Op(np.array([(0.0, nose_y + 0.08), mouth]), line, width=0.035)]
+  ops = [
+    _Op(muzzle, color),
+    _Op(muzzle, _shade(coat, 0.6), width=0.03, closed=True),
+    _Op(_ellipse(0.0, nose_y, 0.16, 0.1, 16), spec.nose_color),
+    _Op(_ellipse(-0.04, nose_y - 0.04, 0.06, 0.03, 8), (150.0, 150.0, 155.0)),  # wet shine
+    _Op(np.array([(0.0, nose_y + 0.08), mouth]), line, width=0.035),
+  ]
   for sign in (-1.0, 1.0):
     corner = np.array([sign * 0.24, cy + 0.3 * length])
-    ops.append(_Op(_bezier(mouth, np.array([sign * 0.12, cy + 0.65 * length]), corner, 5), line,
-                   width=0.035))
+    ops.append(
+      _Op(_bezier(mouth, np.array([sign * 0.12, cy + 0.65 * length]), corner, 5), line, width=0.035)
+    )
   return ops, muzzle, mouth
 
 
@@ -525,9 +781,14 @@ def _build_head(spec: BreedSpec, rng: np.random.Generator, coat) -> _Head:
     mouth_ops, mouth_silhouette, mouth = _cat_mouth(spec, face_ry, coat)
   else:
     mouth_ops, mouth_silhouette, mouth = _dog_mouth(spec, rng, coat)
-  ops = (behind + [_Op(face, coat), _Op(face, _shade(coat, 0.6), width=0.03, closed=True)]
-         + _marking_ops(spec, rng, face_ry, eye_x, eye_y, eye_r) + mouth_ops
-         + _eye_ops(spec, rng, eyes, eye_r) + front)
+  ops = (
+    behind
+    + [_Op(face, coat), _Op(face, _shade(coat, 0.6), width=0.03, closed=True)]
+    + _marking_ops(spec, rng, face_ry, eye_x, eye_y, eye_r)
+    + mouth_ops
+    + _eye_ops(spec, rng, eyes, eye_r)
+    + front
+  )
   landmarks = np.concatenate([eyes, mouth[None], ear_points])
   silhouette = np.concatenate([face, ear_silhouette, mouth_silhouette])
   return _Head(ops=ops, silhouette=silhouette, landmarks=landmarks)
@@ -541,15 +802,16 @@ def _fixed(points: np.ndarray) -> np.ndarray:
   return np.round(np.asarray(points) * _ONE).astype(np.int32)
 
 
-def _draw_all(canvas: np.ndarray, ops: List[_Op], to_image: Callable[[np.ndarray], np.ndarray],
-              scale: float) -> None:
+def _draw_all(
+  canvas: np.ndarray, ops: List[_Op], to_image: Callable[[np.ndarray], np.ndarray], scale: float
+) -> None:
   """Draws ops in order after mapping all their points to image pixels in one go; stroke widths
   are in units of `scale` pixels."""
   lengths = [len(op.points) for op in ops]
   fixed = _fixed(to_image(np.concatenate([op.points for op in ops])))
   start = 0
   for op, length in zip(ops, lengths):
-    pts = fixed[start:start + length]
+    pts = fixed[start : start + length]
     start += length
     if op.width == 0.0:
       cv2.fillPoly(canvas, [pts], op.color, cv2.LINE_AA, _SHIFT)
@@ -570,9 +832,13 @@ def _clutter_box(canvas, centre, color, p, side) -> None:
   """Rotated box (furniture, frames)."""
   half_w, half_h = (0.04 + 0.31 * p[0]) * side, (0.04 + 0.31 * p[1]) * side
   cos, sin = math.cos(math.pi * p[2]), math.sin(math.pi * p[2])
-  corners = [(_px(centre[0] + sx * half_w * cos - sy * half_h * sin),
-              _px(centre[1] + sx * half_w * sin + sy * half_h * cos))
-             for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+  corners = [
+    (
+      _px(centre[0] + sx * half_w * cos - sy * half_h * sin),
+      _px(centre[1] + sx * half_w * sin + sy * half_h * cos),
+    )
+    for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))
+  ]
   cv2.fillPoly(canvas, [np.array(corners, np.int32)], color, cv2.LINE_AA, _SHIFT)
 
 
@@ -581,8 +847,7 @@ def _clutter_disc(canvas, centre, color, p, side) -> None:
   if p[0] < 0.3:
     color = _EYE_PALETTE[int(p[1] * len(_EYE_PALETTE))]
   radius = (0.01 + 0.14 * p[2]) * side
-  cv2.circle(canvas, (_px(centre[0]), _px(centre[1])), _px(radius), color, -1, cv2.LINE_AA,
-             _SHIFT)
+  cv2.circle(canvas, (_px(centre[0]), _px(centre[1])), _px(radius), color, -1, cv2.LINE_AA, _SHIFT)
 
 
 def _clutter_pole(canvas, centre, color, p, side) -> None:
@@ -599,8 +864,9 @@ def _clutter_stripes(canvas, centre, color, p, side) -> None:
   lines = []
   for k in range(3 + int(5 * p[3])):
     x, y = centre[0] - k * gap * sin, centre[1] + k * gap * cos
-    lines.append(np.array([(_px(x), _px(y)), (_px(x + length * cos), _px(y + length * sin))],
-                          np.int32))
+    lines.append(
+      np.array([(_px(x), _px(y)), (_px(x + length * cos), _px(y + length * sin))], np.int32)
+    )
   cv2.polylines(canvas, lines, False, color, max(1, int(gap * 0.4)), cv2.LINE_AA, _SHIFT)
 
 
@@ -636,30 +902,53 @@ def _body_ops(rng: np.random.Generator, centre: np.ndarray, scale: float, coat) 
   """Torso, neck, legs and tail in image pixels; upright whatever the head roll."""
   body = _shade(coat, rng.uniform(0.85, 1.0))
   outline = _shade(coat, 0.55)
-  if rng.random() < 0.5:   # sitting: torso below the head, front legs down
+  if rng.random() < 0.5:  # sitting: torso below the head, front legs down
     torso_c = centre + scale * np.array([rng.uniform(-0.4, 0.4), 2.0])
     rx, ry = scale * rng.uniform(1.1, 1.5), scale * rng.uniform(1.6, 2.2)
-    legs = [np.stack([torso_c + scale * np.array([dx, 0.6]), torso_c + scale * np.array([dx, 2.6])])
-            for dx in (-0.55, 0.55)]
-  else:                    # lying: torso to one side, front legs forward
+    legs = [
+      np.stack([torso_c + scale * np.array([dx, 0.6]), torso_c + scale * np.array([dx, 2.6])])
+      for dx in (-0.55, 0.55)
+    ]
+  else:  # lying: torso to one side, front legs forward
     side = 1.0 if rng.random() < 0.5 else -1.0
     torso_c = centre + scale * np.array([side * 1.7, 1.4])
     rx, ry = scale * rng.uniform(2.2, 3.0), scale * rng.uniform(0.9, 1.2)
-    legs = [np.stack([torso_c + scale * np.array([-side * 1.0, dy]),
-                      torso_c + scale * np.array([-side * 3.2, dy + 0.1])]) for dy in (0.5, 0.85)]
+    legs = [
+      np.stack(
+        [
+          torso_c + scale * np.array([-side * 1.0, dy]),
+          torso_c + scale * np.array([-side * 3.2, dy + 0.1]),
+        ]
+      )
+      for dy in (0.5, 0.85)
+    ]
   angle = math.radians(rng.uniform(-15, 15))
-  torso = _unit_circle(40) * (rx, ry) @ np.array(
-      [[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]]) + torso_c
+  torso = (
+    _unit_circle(40)
+    * (rx, ry)
+    @ np.array([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]])
+    + torso_c
+  )
   tail_root = torso_c + np.array([rx * rng.choice([-0.9, 0.9]), ry * 0.5])
-  tail = _bezier(tail_root, tail_root + scale * rng.uniform(-2.0, 2.0, 2),
-                 tail_root + scale * rng.uniform(-2.5, 2.5, 2), 8)
-  ops = [_Op(tail, body, width=0.32),
-         _Op(np.stack([centre, torso_c]), body, width=1.1),
-         _Op(torso, body), _Op(torso, outline, width=0.03, closed=True)]
+  tail = _bezier(
+    tail_root,
+    tail_root + scale * rng.uniform(-2.0, 2.0, 2),
+    tail_root + scale * rng.uniform(-2.5, 2.5, 2),
+    8,
+  )
+  ops = [
+    _Op(tail, body, width=0.32),
+    _Op(np.stack([centre, torso_c]), body, width=1.1),
+    _Op(torso, body),
+    _Op(torso, outline, width=0.03, closed=True),
+  ]
   ops += [_Op(leg, body, width=0.42) for leg in legs]
-  if rng.random() < 0.35:   # a pale chest patch, breed-independent
-    ops.append(_Op(_unit_circle(20) * (rx * 0.45, ry * 0.35) + torso_c - (0.0, ry * 0.3),
-                   _shade(_WHITE, 0.97)))
+  if rng.random() < 0.35:  # a pale chest patch, breed-independent
+    ops.append(
+      _Op(
+        _unit_circle(20) * (rx * 0.45, ry * 0.35) + torso_c - (0.0, ry * 0.3), _shade(_WHITE, 0.97)
+      )
+    )
   return ops
 
 
@@ -667,10 +956,10 @@ def _relight(rng: np.random.Generator, canvas: np.ndarray) -> np.ndarray:
   """Uneven, slightly coloured illumination and sensor noise, all in 8-bit arithmetic (float
   images of this size cost more in allocation than in arithmetic)."""
   height, width = canvas.shape[:2]
-  corners = (rng.uniform(0.82, 1.15, (2, 2, 1)) * rng.uniform(0.8, 1.15)
-             * rng.uniform(0.97, 1.03, 3))
-  gain = cv2.resize(np.round(corners * _GAIN_ONE).astype(np.uint8), (width, height),
-                    interpolation=cv2.INTER_LINEAR)
+  corners = rng.uniform(0.82, 1.15, (2, 2, 1)) * rng.uniform(0.8, 1.15) * rng.uniform(0.97, 1.03, 3)
+  gain = cv2.resize(
+    np.round(corners * _GAIN_ONE).astype(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR
+  )
   lit = cv2.multiply(canvas, gain.reshape(canvas.shape), scale=1.0 / _GAIN_ONE)
   # Uniform noise of 2**bits levels from raw random bytes: much cheaper than Gaussian draws.
   bits = int(rng.integers(0, 5))
@@ -717,8 +1006,14 @@ def _check_image_args(size: int, aspect_range: Tuple[float, float]) -> None:
     raise ValueError(f"aspect range must satisfy 0.25 <= low <= high <= 4, got {aspect_range}")
 
 
-def render_pet(seed: int, index: int, breed_id: int, size: int = 128, num_breeds: int = 12,
-               aspect_range: Tuple[float, float] = (1.0, 1.0)) -> RenderedPet:
+def render_pet(
+  seed: int,
+  index: int,
+  breed_id: int,
+  size: int = 128,
+  num_breeds: int = 12,
+  aspect_range: Tuple[float, float] = (1.0, 1.0),
+) -> RenderedPet:
   """Renders image `index` of the dataset with `seed`, showing breed `breed_id` of
   `breed_table(num_breeds)`. The longer image side is `size`; width / height is drawn from
   `aspect_range` (default square)."""
@@ -730,8 +1025,9 @@ def render_pet(seed: int, index: int, breed_id: int, size: int = 128, num_breeds
   rng = np.random.default_rng([_SEED_SALT, seed, index])
   height, width = _image_shape(rng, size, aspect_range)
   canvas = _background(rng, height, width)
-  coat = tuple(float(np.clip(c + rng.uniform(-12, 12), 0, 255))
-               for c in _COATS[int(rng.integers(len(_COATS)))])
+  coat = tuple(
+    float(np.clip(c + rng.uniform(-12, 12), 0, 255)) for c in _COATS[int(rng.integers(len(_COATS)))]
+  )
   head = _build_head(spec, rng, coat)
   roll, rotation, scale, centre = _place_head(rng, head.silhouette, height, width)
   _draw_all(canvas, _body_ops(rng, centre, scale, coat), lambda pts: pts, scale)
@@ -742,14 +1038,24 @@ def render_pet(seed: int, index: int, breed_id: int, size: int = 128, num_breeds
   _draw_all(canvas, head.ops, to_image, scale)
   box_points = to_image(head.silhouette)
   box = np.concatenate([box_points.min(axis=0), box_points.max(axis=0)])
-  return RenderedPet(image=_relight(rng, canvas),
-                     landmarks=to_image(head.landmarks).astype(np.float32),
-                     box=box.astype(np.float32), species=spec.species, class_name=spec.name,
-                     breed_id=breed_id, roll_degrees=float(roll))
+  return RenderedPet(
+    image=_relight(rng, canvas),
+    landmarks=to_image(head.landmarks).astype(np.float32),
+    box=box.astype(np.float32),
+    species=spec.species,
+    class_name=spec.name,
+    breed_id=breed_id,
+    roll_degrees=float(roll),
+  )
 
 
-def render_pets(num_breeds: int = 12, images_per_breed: int = 10, size: int = 128, seed: int = 0,
-                aspect_range: Tuple[float, float] = (1.0, 1.0)) -> Iterator[RenderedPet]:
+def render_pets(
+  num_breeds: int = 12,
+  images_per_breed: int = 10,
+  size: int = 128,
+  seed: int = 0,
+  aspect_range: Tuple[float, float] = (1.0, 1.0),
+) -> Iterator[RenderedPet]:
   """In-memory version of `write_dataset`: image i has breed i % num_breeds."""
   for index in range(num_breeds * images_per_breed):
     yield render_pet(seed, index, index % num_breeds, size, num_breeds, aspect_range)
@@ -775,8 +1081,9 @@ def cat_sidecar_text(landmarks: np.ndarray) -> str:
   return " ".join([str(len(pts))] + [_number(v) for v in pts.reshape(-1)]) + "\n"
 
 
-def _write_one(out_dir: str, seed: int, index: int, num_breeds: int, size: int,
-               aspect_range: Tuple[float, float]) -> List[str]:
+def _write_one(
+  out_dir: str, seed: int, index: int, num_breeds: int, size: int, aspect_range: Tuple[float, float]
+) -> List[str]:
   pet = render_pet(seed, index, index % num_breeds, size, num_breeds, aspect_range)
   relpath = image_relpath(pet.class_name, index)
   path = os.path.join(out_dir, relpath)
@@ -784,8 +1091,11 @@ def _write_one(out_dir: str, seed: int, index: int, num_breeds: int, size: int,
     f.write(decode.encode_jpeg(pet.image))
   with open(path + ".cat", "w", encoding="ascii") as f:
     f.write(cat_sidecar_text(pet.landmarks))
-  return ([relpath, pet.class_name, pet.species, ""] + [_number(v) for v in pet.box]
-          + [_number(v) for v in pet.landmarks.reshape(-1)])
+  return (
+    [relpath, pet.class_name, pet.species, ""]
+    + [_number(v) for v in pet.box]
+    + [_number(v) for v in pet.landmarks.reshape(-1)]
+  )
 
 
 def _write_chunk(args) -> List[List[str]]:
@@ -794,13 +1104,19 @@ def _write_chunk(args) -> List[List[str]]:
 
 
 def _init_worker() -> None:
-  cv2.setNumThreads(1)   # one process per core already; extra OpenCV threads only contend
+  cv2.setNumThreads(1)  # one process per core already; extra OpenCV threads only contend
 
 
-def write_dataset(out_dir: str, num_breeds: int = 12, images_per_breed: int = 50, size: int = 128,
-                  seed: int = 0, workers: int = 1,
-                  progress: Optional[Callable[[int, int], None]] = None,
-                  aspect_range: Tuple[float, float] = (1.0, 1.0)) -> str:
+def write_dataset(
+  out_dir: str,
+  num_breeds: int = 12,
+  images_per_breed: int = 50,
+  size: int = 128,
+  seed: int = 0,
+  workers: int = 1,
+  progress: Optional[Callable[[int, int], None]] = None,
+  aspect_range: Tuple[float, float] = (1.0, 1.0),
+) -> str:
   """Renders the dataset as JPEG class folders with `.jpg.cat` sidecars and `pets.csv`.
 
   Args:
@@ -826,23 +1142,33 @@ def write_dataset(out_dir: str, num_breeds: int = 12, images_per_breed: int = 50
     os.makedirs(os.path.join(out_dir, breed.name), exist_ok=True)
   total = num_breeds * images_per_breed
   chunk = 64
-  jobs = [(out_dir, seed, range(start, min(total, start + chunk)), num_breeds, size,
-           tuple(aspect_range)) for start in range(0, total, chunk)]
+  jobs = [
+    (out_dir, seed, range(start, min(total, start + chunk)), num_breeds, size, tuple(aspect_range))
+    for start in range(0, total, chunk)
+  ]
   rows: List[List[str]] = []
-  logging.info("Rendering %d synthetic pets (%d breeds, %d px, seed %d) into %s",
-               total, num_breeds, size, seed, out_dir)
+  logging.info(
+    "Rendering %d synthetic pets (%d breeds, %d px, seed %d) into %s",
+    total,
+    num_breeds,
+    size,
+    seed,
+    out_dir,
+  )
   if workers == 1:
     _collect(map(_write_chunk, jobs), rows, total, progress)
   else:
     # Spawned, not forked: the parent may hold TensorFlow or OpenCV threads.
-    with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker) as pool:
+    with futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+    ) as pool:
       _collect(pool.map(_write_chunk, jobs), rows, total, progress)
   return _write_csv(out_dir, rows)
 
 
-def _collect(results, rows: List[List[str]], total: int,
-             progress: Optional[Callable[[int, int], None]]) -> None:
+def _collect(
+  results, rows: List[List[str]], total: int, progress: Optional[Callable[[int, int], None]]
+) -> None:
   next_log = _LOG_EVERY
   for chunk_rows in results:
     rows.extend(chunk_rows)

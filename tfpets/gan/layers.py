@@ -49,9 +49,16 @@ def _activation_gain(activation: str) -> float:
 class EqualizedDense(keras.layers.Layer):
   """Fully-connected layer with equalised learning rate and fused bias + activation."""
 
-  def __init__(self, in_features: int, units: int, activation: str = "linear",
-               lr_multiplier: float = 1.0, use_bias: bool = True, bias_init: float = 0.0,
-               **kwargs):
+  def __init__(
+    self,
+    in_features: int,
+    units: int,
+    activation: str = "linear",
+    lr_multiplier: float = 1.0,
+    use_bias: bool = True,
+    bias_init: float = 0.0,
+    **kwargs,
+  ):
     super().__init__(**_layer_kwargs(kwargs))
     self.in_features = int(in_features)
     self.units = int(units)
@@ -60,12 +67,16 @@ class EqualizedDense(keras.layers.Layer):
     self.use_bias = use_bias
     self.bias_init = float(bias_init)
     self.weight_gain = self.lr_multiplier / math.sqrt(self.in_features)
-    self.weight = self.add_weight(name="weight", shape=(self.in_features, self.units),
-                                  initializer=_normal(1.0 / self.lr_multiplier))
+    self.weight = self.add_weight(
+      name="weight",
+      shape=(self.in_features, self.units),
+      initializer=_normal(1.0 / self.lr_multiplier),
+    )
     self.bias = None
     if use_bias:
-      self.bias = self.add_weight(name="bias", shape=(self.units,),
-                                  initializer=keras.initializers.Constant(self.bias_init))
+      self.bias = self.add_weight(
+        name="bias", shape=(self.units,), initializer=keras.initializers.Constant(self.bias_init)
+      )
     self.built = True
 
   def call(self, x: tf.Tensor) -> tf.Tensor:
@@ -78,9 +89,15 @@ class EqualizedDense(keras.layers.Layer):
     return ops.fused_bias_act(y, b, act=self.activation)
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "in_features": self.in_features, "units": self.units,
-            "activation": self.activation, "lr_multiplier": self.lr_multiplier,
-            "use_bias": self.use_bias, "bias_init": self.bias_init}
+    return {
+      **super().get_config(),
+      "in_features": self.in_features,
+      "units": self.units,
+      "activation": self.activation,
+      "lr_multiplier": self.lr_multiplier,
+      "use_bias": self.use_bias,
+      "bias_init": self.bias_init,
+    }
 
 
 class EqualizedConv2D(keras.layers.Layer):
@@ -88,10 +105,19 @@ class EqualizedConv2D(keras.layers.Layer):
   fused bias + activation and the conv clamp. `call(x, gain)` scales the activation gain and the
   clamp together, as the resnet branches need (x * sqrt(0.5))."""
 
-  def __init__(self, in_channels: int, filters: int, kernel_size: int, use_bias: bool = True,
-               activation: str = "linear", up: int = 1, down: int = 1,
-               resample_filter: Sequence[float] = DEFAULT_FILTER,
-               conv_clamp: float | None = None, **kwargs):
+  def __init__(
+    self,
+    in_channels: int,
+    filters: int,
+    kernel_size: int,
+    use_bias: bool = True,
+    activation: str = "linear",
+    up: int = 1,
+    down: int = 1,
+    resample_filter: Sequence[float] = DEFAULT_FILTER,
+    conv_clamp: float | None = None,
+    **kwargs,
+  ):
     super().__init__(**_layer_kwargs(kwargs))
     self.in_channels = int(in_channels)
     self.filters = int(filters)
@@ -102,11 +128,13 @@ class EqualizedConv2D(keras.layers.Layer):
     self.down = int(down)
     self.resample_filter = tuple(resample_filter)
     self.conv_clamp = conv_clamp
-    self.weight_gain = 1.0 / math.sqrt(self.in_channels * self.kernel_size ** 2)
+    self.weight_gain = 1.0 / math.sqrt(self.in_channels * self.kernel_size**2)
     self.act_gain = _activation_gain(activation)
     self.weight = self.add_weight(
-        name="weight", shape=(self.kernel_size, self.kernel_size, self.in_channels, self.filters),
-        initializer=_normal(1.0))
+      name="weight",
+      shape=(self.kernel_size, self.kernel_size, self.in_channels, self.filters),
+      initializer=_normal(1.0),
+    )
     self.bias = None
     if use_bias:
       self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
@@ -120,10 +148,18 @@ class EqualizedConv2D(keras.layers.Layer):
     return ops.fused_bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "in_channels": self.in_channels, "filters": self.filters,
-            "kernel_size": self.kernel_size, "use_bias": self.use_bias,
-            "activation": self.activation, "up": self.up, "down": self.down,
-            "resample_filter": list(self.resample_filter), "conv_clamp": self.conv_clamp}
+    return {
+      **super().get_config(),
+      "in_channels": self.in_channels,
+      "filters": self.filters,
+      "kernel_size": self.kernel_size,
+      "use_bias": self.use_bias,
+      "activation": self.activation,
+      "up": self.up,
+      "down": self.down,
+      "resample_filter": list(self.resample_filter),
+      "conv_clamp": self.conv_clamp,
+    }
 
 
 class ModulatedConv2D(keras.layers.Layer):
@@ -136,9 +172,17 @@ class ModulatedConv2D(keras.layers.Layer):
   demodulation cancels. Without demodulation (ToRGB) the styles carry the 1/sqrt(fan_in) gain.
   """
 
-  def __init__(self, in_channels: int, filters: int, kernel_size: int, w_dim: int,
-               demodulate: bool = True, up: int = 1,
-               resample_filter: Sequence[float] = DEFAULT_FILTER, **kwargs):
+  def __init__(
+    self,
+    in_channels: int,
+    filters: int,
+    kernel_size: int,
+    w_dim: int,
+    demodulate: bool = True,
+    up: int = 1,
+    resample_filter: Sequence[float] = DEFAULT_FILTER,
+    **kwargs,
+  ):
     super().__init__(**_layer_kwargs(kwargs))
     self.in_channels = int(in_channels)
     self.filters = int(filters)
@@ -147,11 +191,13 @@ class ModulatedConv2D(keras.layers.Layer):
     self.demodulate = demodulate
     self.up = int(up)
     self.resample_filter = tuple(resample_filter)
-    self.fan_in = self.in_channels * self.kernel_size ** 2
+    self.fan_in = self.in_channels * self.kernel_size**2
     self.affine = EqualizedDense(self.w_dim, self.in_channels, bias_init=1.0, name="affine")
     self.weight = self.add_weight(
-        name="weight", shape=(self.kernel_size, self.kernel_size, self.in_channels, self.filters),
-        initializer=_normal(1.0))
+      name="weight",
+      shape=(self.kernel_size, self.kernel_size, self.in_channels, self.filters),
+      initializer=_normal(1.0),
+    )
     self.built = True
 
   def call(self, x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
@@ -160,8 +206,9 @@ class ModulatedConv2D(keras.layers.Layer):
     if not self.demodulate:
       styles = styles * (1.0 / math.sqrt(self.fan_in))
     elif x.dtype == tf.float16:
-      weight = weight * (math.sqrt(1.0 / self.fan_in) /
-                         tf.reduce_max(tf.abs(weight), axis=[0, 1, 2], keepdims=True))
+      weight = weight * (
+        math.sqrt(1.0 / self.fan_in) / tf.reduce_max(tf.abs(weight), axis=[0, 1, 2], keepdims=True)
+      )
       styles = styles / tf.reduce_max(tf.abs(styles), axis=1, keepdims=True)
     x = x * tf.cast(styles[:, tf.newaxis, tf.newaxis, :], x.dtype)
     x = ops.conv2d_resample(x, tf.cast(weight, x.dtype), k=self.resample_filter, up=self.up)
@@ -172,10 +219,16 @@ class ModulatedConv2D(keras.layers.Layer):
     return x
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "in_channels": self.in_channels, "filters": self.filters,
-            "kernel_size": self.kernel_size, "w_dim": self.w_dim,
-            "demodulate": self.demodulate, "up": self.up,
-            "resample_filter": list(self.resample_filter)}
+    return {
+      **super().get_config(),
+      "in_channels": self.in_channels,
+      "filters": self.filters,
+      "kernel_size": self.kernel_size,
+      "w_dim": self.w_dim,
+      "demodulate": self.demodulate,
+      "up": self.up,
+      "resample_filter": list(self.resample_filter),
+    }
 
 
 class NoiseInjection(keras.layers.Layer):
@@ -190,11 +243,13 @@ class NoiseInjection(keras.layers.Layer):
   def __init__(self, resolution: int, **kwargs):
     super().__init__(**_layer_kwargs(kwargs))
     self.resolution = int(resolution)
-    self.noise_const = self.add_weight(name="noise_const",
-                                       shape=(self.resolution, self.resolution),
-                                       initializer=_normal(1.0), trainable=False)
-    self.noise_strength = self.add_weight(name="noise_strength", shape=(),
-                                          initializer="zeros")
+    self.noise_const = self.add_weight(
+      name="noise_const",
+      shape=(self.resolution, self.resolution),
+      initializer=_normal(1.0),
+      trainable=False,
+    )
+    self.noise_strength = self.add_weight(name="noise_strength", shape=(), initializer="zeros")
     self.built = True
 
   def call(self, x: tf.Tensor, noise_mode: str = "random") -> tf.Tensor:
@@ -215,10 +270,20 @@ class NoiseInjection(keras.layers.Layer):
 class SynthesisLayer(keras.layers.Layer):
   """Modulated conv -> noise -> bias + lrelu (gain sqrt 2) + clamp; one generator conv layer."""
 
-  def __init__(self, in_channels: int, filters: int, w_dim: int, resolution: int,
-               kernel_size: int = 3, up: int = 1, use_noise: bool = True,
-               activation: str = "lrelu", resample_filter: Sequence[float] = DEFAULT_FILTER,
-               conv_clamp: float | None = None, **kwargs):
+  def __init__(
+    self,
+    in_channels: int,
+    filters: int,
+    w_dim: int,
+    resolution: int,
+    kernel_size: int = 3,
+    up: int = 1,
+    use_noise: bool = True,
+    activation: str = "lrelu",
+    resample_filter: Sequence[float] = DEFAULT_FILTER,
+    conv_clamp: float | None = None,
+    **kwargs,
+  ):
     super().__init__(**_layer_kwargs(kwargs))
     self.in_channels = int(in_channels)
     self.filters = int(filters)
@@ -231,41 +296,72 @@ class SynthesisLayer(keras.layers.Layer):
     self.resample_filter = tuple(resample_filter)
     self.conv_clamp = conv_clamp
     self.act_gain = _activation_gain(activation)
-    self.conv = ModulatedConv2D(self.in_channels, self.filters, self.kernel_size, self.w_dim,
-                                up=self.up, resample_filter=self.resample_filter, name="conv")
+    self.conv = ModulatedConv2D(
+      self.in_channels,
+      self.filters,
+      self.kernel_size,
+      self.w_dim,
+      up=self.up,
+      resample_filter=self.resample_filter,
+      name="conv",
+    )
     self.noise = NoiseInjection(self.resolution, name="noise") if use_noise else None
     self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
     self.built = True
 
-  def call(self, x: tf.Tensor, w: tf.Tensor, noise_mode: str = "random",
-           gain: float = 1.0) -> tf.Tensor:
+  def call(
+    self, x: tf.Tensor, w: tf.Tensor, noise_mode: str = "random", gain: float = 1.0
+  ) -> tf.Tensor:
     x = self.conv(x, w)
     if self.noise is not None:
       x = self.noise(x, noise_mode=noise_mode)
     clamp = None if self.conv_clamp is None else self.conv_clamp * gain
-    return ops.fused_bias_act(x, tf.cast(self.bias, x.dtype), act=self.activation,
-                              gain=self.act_gain * gain, clamp=clamp)
+    return ops.fused_bias_act(
+      x, tf.cast(self.bias, x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp
+    )
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "in_channels": self.in_channels, "filters": self.filters,
-            "w_dim": self.w_dim, "resolution": self.resolution, "kernel_size": self.kernel_size,
-            "up": self.up, "use_noise": self.use_noise, "activation": self.activation,
-            "resample_filter": list(self.resample_filter), "conv_clamp": self.conv_clamp}
+    return {
+      **super().get_config(),
+      "in_channels": self.in_channels,
+      "filters": self.filters,
+      "w_dim": self.w_dim,
+      "resolution": self.resolution,
+      "kernel_size": self.kernel_size,
+      "up": self.up,
+      "use_noise": self.use_noise,
+      "activation": self.activation,
+      "resample_filter": list(self.resample_filter),
+      "conv_clamp": self.conv_clamp,
+    }
 
 
 class ToRGB(keras.layers.Layer):
   """Modulated 1x1 conv without demodulation, then bias + clamp (linear)."""
 
-  def __init__(self, in_channels: int, img_channels: int, w_dim: int, kernel_size: int = 1,
-               conv_clamp: float | None = None, **kwargs):
+  def __init__(
+    self,
+    in_channels: int,
+    img_channels: int,
+    w_dim: int,
+    kernel_size: int = 1,
+    conv_clamp: float | None = None,
+    **kwargs,
+  ):
     super().__init__(**_layer_kwargs(kwargs))
     self.in_channels = int(in_channels)
     self.img_channels = int(img_channels)
     self.w_dim = int(w_dim)
     self.kernel_size = int(kernel_size)
     self.conv_clamp = conv_clamp
-    self.conv = ModulatedConv2D(self.in_channels, self.img_channels, self.kernel_size, self.w_dim,
-                                demodulate=False, name="conv")
+    self.conv = ModulatedConv2D(
+      self.in_channels,
+      self.img_channels,
+      self.kernel_size,
+      self.w_dim,
+      demodulate=False,
+      name="conv",
+    )
     self.bias = self.add_weight(name="bias", shape=(self.img_channels,), initializer="zeros")
     self.built = True
 
@@ -274,9 +370,14 @@ class ToRGB(keras.layers.Layer):
     return ops.fused_bias_act(x, tf.cast(self.bias, x.dtype), clamp=self.conv_clamp)
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "in_channels": self.in_channels,
-            "img_channels": self.img_channels, "w_dim": self.w_dim,
-            "kernel_size": self.kernel_size, "conv_clamp": self.conv_clamp}
+    return {
+      **super().get_config(),
+      "in_channels": self.in_channels,
+      "img_channels": self.img_channels,
+      "w_dim": self.w_dim,
+      "kernel_size": self.kernel_size,
+      "conv_clamp": self.conv_clamp,
+    }
 
 
 class MinibatchStdDev(keras.layers.Layer):
@@ -306,8 +407,9 @@ class MinibatchStdDev(keras.layers.Layer):
     _, height, width, channels = x.shape
     groups = self._groups(x)
     features = self.num_channels
-    y = tf.reshape(tf.cast(x, tf.float32),
-                   [groups, -1, height, width, features, channels // features])
+    y = tf.reshape(
+      tf.cast(x, tf.float32), [groups, -1, height, width, features, channels // features]
+    )
     y = y - tf.reduce_mean(y, axis=0)
     y = tf.sqrt(tf.reduce_mean(tf.square(y), axis=0) + 1e-8)  # [n, H, W, F, c]
     y = tf.reduce_mean(y, axis=[1, 2, 4])  # [n, F]
@@ -315,5 +417,8 @@ class MinibatchStdDev(keras.layers.Layer):
     return tf.concat([x, tf.cast(y, x.dtype)], axis=-1)
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "group_size": self.group_size,
-            "num_channels": self.num_channels}
+    return {
+      **super().get_config(),
+      "group_size": self.group_size,
+      "num_channels": self.num_channels,
+    }

@@ -58,10 +58,20 @@ class MappingNetwork(keras.layers.Layer):
   Also serves as the discriminator's label mapping (z_dim = 0, num_ws = None, no W average).
   """
 
-  def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int | None,
-               num_layers: int = 8, embed_features: int | None = None,
-               layer_features: int | None = None, activation: str = "lrelu",
-               lr_multiplier: float = 0.01, w_avg_beta: float | None = 0.995, **kwargs):
+  def __init__(
+    self,
+    z_dim: int,
+    c_dim: int,
+    w_dim: int,
+    num_ws: int | None,
+    num_layers: int = 8,
+    embed_features: int | None = None,
+    layer_features: int | None = None,
+    activation: str = "lrelu",
+    lr_multiplier: float = 0.01,
+    w_avg_beta: float | None = 0.995,
+    **kwargs,
+  ):
     super().__init__(**layers._layer_kwargs(kwargs))  # pylint: disable=protected-access
     self.z_dim, self.c_dim, self.w_dim = int(z_dim), int(c_dim), int(w_dim)
     self.num_ws = num_ws
@@ -76,18 +86,33 @@ class MappingNetwork(keras.layers.Layer):
     features = [z_dim + embed] + [hidden] * (self.num_layers - 1) + [w_dim]
     self.embed = layers.EqualizedDense(c_dim, embed, name="embed") if c_dim else None
     for idx in range(self.num_layers):
-      setattr(self, f"fc{idx}", layers.EqualizedDense(
-          features[idx], features[idx + 1], activation=activation, lr_multiplier=lr_multiplier,
-          name=f"fc{idx}"))
+      setattr(
+        self,
+        f"fc{idx}",
+        layers.EqualizedDense(
+          features[idx],
+          features[idx + 1],
+          activation=activation,
+          lr_multiplier=lr_multiplier,
+          name=f"fc{idx}",
+        ),
+      )
     self.w_avg = None
     if num_ws is not None and w_avg_beta is not None:
-      self.w_avg = self.add_weight(name="w_avg", shape=(self.w_dim,), initializer="zeros",
-                                   trainable=False, aggregation="mean")
+      self.w_avg = self.add_weight(
+        name="w_avg", shape=(self.w_dim,), initializer="zeros", trainable=False, aggregation="mean"
+      )
     self.built = True
 
-  def call(self, z: tf.Tensor | None, c: tf.Tensor | None = None, training: bool = False,
-           truncation_psi: Any = 1.0, truncation_cutoff: int | None = None,
-           skip_w_avg_update: bool = False) -> tf.Tensor:
+  def call(
+    self,
+    z: tf.Tensor | None,
+    c: tf.Tensor | None = None,
+    training: bool = False,
+    truncation_psi: Any = 1.0,
+    truncation_cutoff: int | None = None,
+    skip_w_avg_update: bool = False,
+  ) -> tf.Tensor:
     parts = []
     if self.z_dim:
       parts.append(layers.normalize_2nd_moment(tf.cast(z, tf.float32)))
@@ -115,21 +140,39 @@ class MappingNetwork(keras.layers.Layer):
     return tf.where(layer_idx < cutoff, truncated, x)
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "z_dim": self.z_dim, "c_dim": self.c_dim,
-            "w_dim": self.w_dim, "num_ws": self.num_ws, "num_layers": self.num_layers,
-            "embed_features": self.embed_features, "layer_features": self.layer_features,
-            "activation": self.activation, "lr_multiplier": self.lr_multiplier,
-            "w_avg_beta": self.w_avg_beta}
+    return {
+      **super().get_config(),
+      "z_dim": self.z_dim,
+      "c_dim": self.c_dim,
+      "w_dim": self.w_dim,
+      "num_ws": self.num_ws,
+      "num_layers": self.num_layers,
+      "embed_features": self.embed_features,
+      "layer_features": self.layer_features,
+      "activation": self.activation,
+      "lr_multiplier": self.lr_multiplier,
+      "w_avg_beta": self.w_avg_beta,
+    }
 
 
 class SynthesisBlock(keras.layers.Layer):
   """One generator resolution: const or conv0 (up 2x), conv1, ToRGB and/or resnet skip."""
 
-  def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
-               img_channels: int, is_last: bool, architecture: str = "skip",
-               resample_filter: Sequence[float] = layers.DEFAULT_FILTER,
-               conv_clamp: float | None = None, use_fp16: bool = False,
-               use_noise: bool = True, **kwargs):
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    w_dim: int,
+    resolution: int,
+    img_channels: int,
+    is_last: bool,
+    architecture: str = "skip",
+    resample_filter: Sequence[float] = layers.DEFAULT_FILTER,
+    conv_clamp: float | None = None,
+    use_fp16: bool = False,
+    use_noise: bool = True,
+    **kwargs,
+  ):
     super().__init__(**layers._layer_kwargs(kwargs))  # pylint: disable=protected-access
     self.in_channels, self.out_channels = int(in_channels), int(out_channels)
     self.w_dim, self.resolution = int(w_dim), int(resolution)
@@ -138,28 +181,49 @@ class SynthesisBlock(keras.layers.Layer):
     self.resample_filter = tuple(resample_filter)
     self.conv_clamp = conv_clamp
     self.use_fp16, self.use_noise = bool(use_fp16), bool(use_noise)
-    common = dict(w_dim=w_dim, resolution=resolution, use_noise=use_noise,
-                  resample_filter=self.resample_filter, conv_clamp=conv_clamp)
+    common = dict(
+      w_dim=w_dim,
+      resolution=resolution,
+      use_noise=use_noise,
+      resample_filter=self.resample_filter,
+      conv_clamp=conv_clamp,
+    )
     self.const = self.conv0 = self.torgb = self.skip = None
     if in_channels == 0:
-      self.const = self.add_weight(name="const", shape=(resolution, resolution, out_channels),
-                                   initializer=keras.initializers.RandomNormal(0.0, 1.0))
+      self.const = self.add_weight(
+        name="const",
+        shape=(resolution, resolution, out_channels),
+        initializer=keras.initializers.RandomNormal(0.0, 1.0),
+      )
     else:
       self.conv0 = layers.SynthesisLayer(in_channels, out_channels, up=2, name="conv0", **common)
     self.conv1 = layers.SynthesisLayer(out_channels, out_channels, name="conv1", **common)
     if is_last or architecture == "skip":
-      self.torgb = layers.ToRGB(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp,
-                                name="torgb")
+      self.torgb = layers.ToRGB(
+        out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp, name="torgb"
+      )
     if in_channels != 0 and architecture == "resnet":
-      self.skip = layers.EqualizedConv2D(in_channels, out_channels, 1, use_bias=False, up=2,
-                                         resample_filter=self.resample_filter, name="skip")
+      self.skip = layers.EqualizedConv2D(
+        in_channels,
+        out_channels,
+        1,
+        use_bias=False,
+        up=2,
+        resample_filter=self.resample_filter,
+        name="skip",
+      )
     self.num_conv = 1 if in_channels == 0 else 2
     self.num_torgb = 1 if self.torgb is not None else 0
     self.built = True
 
-  def call(self, x: tf.Tensor | None, img: tf.Tensor | None, ws: tf.Tensor,
-           noise_mode: str = "random", force_fp32: bool = False
-           ) -> tuple[tf.Tensor, tf.Tensor | None]:
+  def call(
+    self,
+    x: tf.Tensor | None,
+    img: tf.Tensor | None,
+    ws: tf.Tensor,
+    noise_mode: str = "random",
+    force_fp32: bool = False,
+  ) -> tuple[tf.Tensor, tf.Tensor | None]:
     dtype = tf.float16 if self.use_fp16 and not force_fp32 else tf.float32
     w_iter = iter(tf.unstack(ws, axis=1))
     if self.const is not None:
@@ -182,12 +246,20 @@ class SynthesisBlock(keras.layers.Layer):
     return x, img
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "in_channels": self.in_channels,
-            "out_channels": self.out_channels, "w_dim": self.w_dim,
-            "resolution": self.resolution, "img_channels": self.img_channels,
-            "is_last": self.is_last, "architecture": self.architecture,
-            "resample_filter": list(self.resample_filter), "conv_clamp": self.conv_clamp,
-            "use_fp16": self.use_fp16, "use_noise": self.use_noise}
+    return {
+      **super().get_config(),
+      "in_channels": self.in_channels,
+      "out_channels": self.out_channels,
+      "w_dim": self.w_dim,
+      "resolution": self.resolution,
+      "img_channels": self.img_channels,
+      "is_last": self.is_last,
+      "architecture": self.architecture,
+      "resample_filter": list(self.resample_filter),
+      "conv_clamp": self.conv_clamp,
+      "use_fp16": self.use_fp16,
+      "use_noise": self.use_noise,
+    }
 
 
 class SynthesisNetwork(keras.layers.Layer):
@@ -201,11 +273,19 @@ class SynthesisNetwork(keras.layers.Layer):
     self.num_ws = cfg.num_ws
     for res in self.block_resolutions:
       block = SynthesisBlock(
-          cfg.channels(res // 2) if res > 4 else 0, cfg.channels(res), w_dim=cfg.w_dim,
-          resolution=res, img_channels=cfg.img_channels, is_last=res == cfg.resolution,
-          architecture=cfg.g_architecture, resample_filter=cfg.resample_filter,
-          conv_clamp=cfg.conv_clamp, use_fp16=cfg.use_fp16(res), use_noise=cfg.use_noise,
-          name=f"b{res}")
+        cfg.channels(res // 2) if res > 4 else 0,
+        cfg.channels(res),
+        w_dim=cfg.w_dim,
+        resolution=res,
+        img_channels=cfg.img_channels,
+        is_last=res == cfg.resolution,
+        architecture=cfg.g_architecture,
+        resample_filter=cfg.resample_filter,
+        conv_clamp=cfg.conv_clamp,
+        use_fp16=cfg.use_fp16(res),
+        use_noise=cfg.use_noise,
+        name=f"b{res}",
+      )
       setattr(self, f"b{res}", block)
     self.built = True
 
@@ -213,13 +293,12 @@ class SynthesisNetwork(keras.layers.Layer):
   def blocks(self) -> list[SynthesisBlock]:
     return [getattr(self, f"b{res}") for res in self.block_resolutions]
 
-  def call(self, ws: tf.Tensor, noise_mode: str = "random", force_fp32: bool = False
-           ) -> tf.Tensor:
+  def call(self, ws: tf.Tensor, noise_mode: str = "random", force_fp32: bool = False) -> tf.Tensor:
     ws = tf.cast(ws, tf.float32)
     x = img = None
     w_idx = 0
     for block in self.blocks:
-      block_ws = ws[:, w_idx:w_idx + block.num_conv + block.num_torgb]
+      block_ws = ws[:, w_idx : w_idx + block.num_conv + block.num_torgb]
       w_idx += block.num_conv
       x, img = block(x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32)
     return img
@@ -243,36 +322,57 @@ class Generator(keras.Model):
     self.synthesis = SynthesisNetwork(cfg, name="synthesis")
     self.num_ws = self.synthesis.num_ws
     self.mapping = MappingNetwork(
-        cfg.z_dim, cfg.c_dim, cfg.w_dim, num_ws=self.num_ws, num_layers=cfg.mapping_layers,
-        embed_features=cfg.embed_features, layer_features=cfg.mapping_features,
-        lr_multiplier=cfg.mapping_lr, w_avg_beta=cfg.w_avg_beta, name="mapping")
+      cfg.z_dim,
+      cfg.c_dim,
+      cfg.w_dim,
+      num_ws=self.num_ws,
+      num_layers=cfg.mapping_layers,
+      embed_features=cfg.embed_features,
+      layer_features=cfg.mapping_features,
+      lr_multiplier=cfg.mapping_lr,
+      w_avg_beta=cfg.w_avg_beta,
+      name="mapping",
+    )
     self.built = True
 
-  def mapped_ws(self, z: tf.Tensor, c: tf.Tensor | None = None, training: bool = False,
-                truncation_psi: Any = 1.0, truncation_cutoff: int | None = None,
-                style_mixing_prob: float | None = None) -> tf.Tensor:
+  def mapped_ws(
+    self,
+    z: tf.Tensor,
+    c: tf.Tensor | None = None,
+    training: bool = False,
+    truncation_psi: Any = 1.0,
+    truncation_cutoff: int | None = None,
+    style_mixing_prob: float | None = None,
+  ) -> tf.Tensor:
     """ws [B, num_ws, w_dim]; in training with style mixing (config probability by default)."""
-    ws = self.mapping(z, c, training=training, truncation_psi=truncation_psi,
-                      truncation_cutoff=truncation_cutoff)
+    ws = self.mapping(
+      z, c, training=training, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff
+    )
     prob = self.config.style_mixing_prob if style_mixing_prob is None else style_mixing_prob
     if training and prob > 0:
       ws = self._mix_styles(ws, z, c, prob)
     return ws
 
-  def _mix_styles(self, ws: tf.Tensor, z: tf.Tensor, c: tf.Tensor | None,
-                  prob: float) -> tf.Tensor:
+  def _mix_styles(self, ws: tf.Tensor, z: tf.Tensor, c: tf.Tensor | None, prob: float) -> tf.Tensor:
     cutoff = tf.random.uniform([], 1, self.num_ws, dtype=tf.int32)
     cutoff = tf.where(tf.random.uniform([]) < prob, cutoff, self.num_ws)
     ws2 = self.mapping(tf.random.normal(tf.shape(z)), c, training=True, skip_w_avg_update=True)
     layer_idx = tf.range(self.num_ws)[tf.newaxis, :, tf.newaxis]
     return tf.where(layer_idx < cutoff, ws, ws2)
 
-  def call(self, inputs: Any, training: bool = False, truncation_psi: Any = 1.0,
-           truncation_cutoff: int | None = None, noise_mode: str = "random",
-           force_fp32: bool = False) -> tf.Tensor:
+  def call(
+    self,
+    inputs: Any,
+    training: bool = False,
+    truncation_psi: Any = 1.0,
+    truncation_cutoff: int | None = None,
+    noise_mode: str = "random",
+    force_fp32: bool = False,
+  ) -> tf.Tensor:
     z, c = _split_inputs(inputs, self.config.c_dim, "Generator")
-    ws = self.mapped_ws(z, c, training=training, truncation_psi=truncation_psi,
-                        truncation_cutoff=truncation_cutoff)
+    ws = self.mapped_ws(
+      z, c, training=training, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff
+    )
     return self.synthesis(ws, noise_mode=noise_mode, force_fp32=force_fp32)
 
   def get_config(self) -> dict[str, Any]:
@@ -282,10 +382,19 @@ class Generator(keras.Model):
 class DiscriminatorBlock(keras.layers.Layer):
   """One discriminator resolution: [FromRGB], conv0, conv1 (down 2x), [resnet skip]."""
 
-  def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, resolution: int,
-               img_channels: int, architecture: str = "resnet",
-               resample_filter: Sequence[float] = layers.DEFAULT_FILTER,
-               conv_clamp: float | None = None, use_fp16: bool = False, **kwargs):
+  def __init__(
+    self,
+    in_channels: int,
+    tmp_channels: int,
+    out_channels: int,
+    resolution: int,
+    img_channels: int,
+    architecture: str = "resnet",
+    resample_filter: Sequence[float] = layers.DEFAULT_FILTER,
+    conv_clamp: float | None = None,
+    use_fp16: bool = False,
+    **kwargs,
+  ):
     super().__init__(**layers._layer_kwargs(kwargs))  # pylint: disable=protected-access
     self.in_channels, self.tmp_channels = int(in_channels), int(tmp_channels)
     self.out_channels, self.resolution = int(out_channels), int(resolution)
@@ -297,16 +406,30 @@ class DiscriminatorBlock(keras.layers.Layer):
     if in_channels == 0 or architecture == "skip":
       self.fromrgb = layers.EqualizedConv2D(img_channels, tmp_channels, 1, name="fromrgb", **conv)
     self.conv0 = layers.EqualizedConv2D(tmp_channels, tmp_channels, 3, name="conv0", **conv)
-    self.conv1 = layers.EqualizedConv2D(tmp_channels, out_channels, 3, down=2,
-                                        resample_filter=self.resample_filter, name="conv1",
-                                        **conv)
+    self.conv1 = layers.EqualizedConv2D(
+      tmp_channels,
+      out_channels,
+      3,
+      down=2,
+      resample_filter=self.resample_filter,
+      name="conv1",
+      **conv,
+    )
     if architecture == "resnet":
-      self.skip = layers.EqualizedConv2D(tmp_channels, out_channels, 1, use_bias=False, down=2,
-                                         resample_filter=self.resample_filter, name="skip")
+      self.skip = layers.EqualizedConv2D(
+        tmp_channels,
+        out_channels,
+        1,
+        use_bias=False,
+        down=2,
+        resample_filter=self.resample_filter,
+        name="skip",
+      )
     self.built = True
 
-  def call(self, x: tf.Tensor | None, img: tf.Tensor | None, force_fp32: bool = False
-           ) -> tuple[tf.Tensor, tf.Tensor | None]:
+  def call(
+    self, x: tf.Tensor | None, img: tf.Tensor | None, force_fp32: bool = False
+  ) -> tuple[tf.Tensor, tf.Tensor | None]:
     dtype = tf.float16 if self.use_fp16 and not force_fp32 else tf.float32
     if x is not None:
       x = tf.cast(x, dtype)
@@ -323,11 +446,18 @@ class DiscriminatorBlock(keras.layers.Layer):
     return x, img
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "in_channels": self.in_channels,
-            "tmp_channels": self.tmp_channels, "out_channels": self.out_channels,
-            "resolution": self.resolution, "img_channels": self.img_channels,
-            "architecture": self.architecture, "resample_filter": list(self.resample_filter),
-            "conv_clamp": self.conv_clamp, "use_fp16": self.use_fp16}
+    return {
+      **super().get_config(),
+      "in_channels": self.in_channels,
+      "tmp_channels": self.tmp_channels,
+      "out_channels": self.out_channels,
+      "resolution": self.resolution,
+      "img_channels": self.img_channels,
+      "architecture": self.architecture,
+      "resample_filter": list(self.resample_filter),
+      "conv_clamp": self.conv_clamp,
+      "use_fp16": self.use_fp16,
+    }
 
 
 class DiscriminatorEpilogue(keras.layers.Layer):
@@ -337,9 +467,18 @@ class DiscriminatorEpilogue(keras.layers.Layer):
   FromRGB is present for the skip architecture and for a 4x4 discriminator.
   """
 
-  def __init__(self, in_channels: int, cmap_dim: int, resolution: int, img_channels: int,
-               has_fromrgb: bool = False, mbstd_group_size: int | None = 4,
-               mbstd_num_channels: int = 1, conv_clamp: float | None = None, **kwargs):
+  def __init__(
+    self,
+    in_channels: int,
+    cmap_dim: int,
+    resolution: int,
+    img_channels: int,
+    has_fromrgb: bool = False,
+    mbstd_group_size: int | None = 4,
+    mbstd_num_channels: int = 1,
+    conv_clamp: float | None = None,
+    **kwargs,
+  ):
     super().__init__(**layers._layer_kwargs(kwargs))  # pylint: disable=protected-access
     self.in_channels, self.cmap_dim = int(in_channels), int(cmap_dim)
     self.resolution, self.img_channels = int(resolution), int(img_channels)
@@ -348,19 +487,28 @@ class DiscriminatorEpilogue(keras.layers.Layer):
     self.conv_clamp = conv_clamp
     self.fromrgb = self.mbstd = None
     if has_fromrgb:
-      self.fromrgb = layers.EqualizedConv2D(img_channels, in_channels, 1, activation="lrelu",
-                                            conv_clamp=conv_clamp, name="fromrgb")
+      self.fromrgb = layers.EqualizedConv2D(
+        img_channels, in_channels, 1, activation="lrelu", conv_clamp=conv_clamp, name="fromrgb"
+      )
     if mbstd_num_channels > 0:
       self.mbstd = layers.MinibatchStdDev(mbstd_group_size, mbstd_num_channels, name="mbstd")
-    self.conv = layers.EqualizedConv2D(in_channels + self.mbstd_num_channels, in_channels, 3,
-                                       activation="lrelu", conv_clamp=conv_clamp, name="conv")
-    self.fc = layers.EqualizedDense(in_channels * resolution ** 2, in_channels,
-                                    activation="lrelu", name="fc")
+    self.conv = layers.EqualizedConv2D(
+      in_channels + self.mbstd_num_channels,
+      in_channels,
+      3,
+      activation="lrelu",
+      conv_clamp=conv_clamp,
+      name="conv",
+    )
+    self.fc = layers.EqualizedDense(
+      in_channels * resolution**2, in_channels, activation="lrelu", name="fc"
+    )
     self.out = layers.EqualizedDense(in_channels, 1 if cmap_dim == 0 else cmap_dim, name="out")
     self.built = True
 
-  def call(self, x: tf.Tensor | None, img: tf.Tensor | None,
-           cmap: tf.Tensor | None = None) -> tf.Tensor:
+  def call(
+    self, x: tf.Tensor | None, img: tf.Tensor | None, cmap: tf.Tensor | None = None
+  ) -> tf.Tensor:
     if x is not None:
       x = tf.cast(x, tf.float32)
     if self.fromrgb is not None:
@@ -369,17 +517,24 @@ class DiscriminatorEpilogue(keras.layers.Layer):
     if self.mbstd is not None:
       x = self.mbstd(x)
     x = self.conv(x)
-    x = self.fc(tf.reshape(x, [-1, self.in_channels * self.resolution ** 2]))
+    x = self.fc(tf.reshape(x, [-1, self.in_channels * self.resolution**2]))
     x = self.out(x)
     if self.cmap_dim:
       x = tf.reduce_sum(x * cmap, axis=1, keepdims=True) * (1 / math.sqrt(self.cmap_dim))
     return x
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "in_channels": self.in_channels, "cmap_dim": self.cmap_dim,
-            "resolution": self.resolution, "img_channels": self.img_channels,
-            "has_fromrgb": self.has_fromrgb, "mbstd_group_size": self.mbstd_group_size,
-            "mbstd_num_channels": self.mbstd_num_channels, "conv_clamp": self.conv_clamp}
+    return {
+      **super().get_config(),
+      "in_channels": self.in_channels,
+      "cmap_dim": self.cmap_dim,
+      "resolution": self.resolution,
+      "img_channels": self.img_channels,
+      "has_fromrgb": self.has_fromrgb,
+      "mbstd_group_size": self.mbstd_group_size,
+      "mbstd_num_channels": self.mbstd_num_channels,
+      "conv_clamp": self.conv_clamp,
+    }
 
 
 class Discriminator(keras.Model):
@@ -390,24 +545,44 @@ class Discriminator(keras.Model):
     super().__init__(**kwargs)
     self.config = _as_config(config)
     cfg = self.config
-    self.block_resolutions = [2 ** i for i in range(cfg.resolution_log2, 2, -1)]
+    self.block_resolutions = [2**i for i in range(cfg.resolution_log2, 2, -1)]
     for res in self.block_resolutions:
       block = DiscriminatorBlock(
-          cfg.channels(res) if res < cfg.resolution else 0, cfg.channels(res),
-          cfg.channels(res // 2), resolution=res, img_channels=cfg.img_channels,
-          architecture=cfg.d_architecture, resample_filter=cfg.resample_filter,
-          conv_clamp=cfg.conv_clamp, use_fp16=cfg.use_fp16(res), name=f"b{res}")
+        cfg.channels(res) if res < cfg.resolution else 0,
+        cfg.channels(res),
+        cfg.channels(res // 2),
+        resolution=res,
+        img_channels=cfg.img_channels,
+        architecture=cfg.d_architecture,
+        resample_filter=cfg.resample_filter,
+        conv_clamp=cfg.conv_clamp,
+        use_fp16=cfg.use_fp16(res),
+        name=f"b{res}",
+      )
       setattr(self, f"b{res}", block)
     self.mapping = None
     if cfg.c_dim:
       self.mapping = MappingNetwork(
-          0, cfg.c_dim, cfg.d_cmap_dim, num_ws=None, num_layers=cfg.d_mapping_layers,
-          lr_multiplier=cfg.d_mapping_lr, w_avg_beta=None, name="mapping")
+        0,
+        cfg.c_dim,
+        cfg.d_cmap_dim,
+        num_ws=None,
+        num_layers=cfg.d_mapping_layers,
+        lr_multiplier=cfg.d_mapping_lr,
+        w_avg_beta=None,
+        name="mapping",
+      )
     self.b4 = DiscriminatorEpilogue(
-        cfg.channels(4), cfg.d_cmap_dim, resolution=4, img_channels=cfg.img_channels,
-        has_fromrgb=cfg.d_architecture == "skip" or cfg.resolution == 4,
-        mbstd_group_size=cfg.mbstd_group_size, mbstd_num_channels=cfg.mbstd_num_channels,
-        conv_clamp=cfg.conv_clamp, name="b4")
+      cfg.channels(4),
+      cfg.d_cmap_dim,
+      resolution=4,
+      img_channels=cfg.img_channels,
+      has_fromrgb=cfg.d_architecture == "skip" or cfg.resolution == 4,
+      mbstd_group_size=cfg.mbstd_group_size,
+      mbstd_num_channels=cfg.mbstd_num_channels,
+      conv_clamp=cfg.conv_clamp,
+      name="b4",
+    )
     self.built = True
 
   @property
@@ -427,8 +602,9 @@ class Discriminator(keras.Model):
     return {"name": self.name, "config": self.config.to_dict()}
 
 
-def build_networks(config: NetworkConfig | Mapping[str, Any]
-                   ) -> tuple[Generator, Discriminator, Generator]:
+def build_networks(
+  config: NetworkConfig | Mapping[str, Any],
+) -> tuple[Generator, Discriminator, Generator]:
   """A fresh (G, D, G_ema); G_ema starts as a copy of G."""
   config = _as_config(config)
   generator = Generator(config, name="G")
@@ -439,9 +615,12 @@ def build_networks(config: NetworkConfig | Mapping[str, Any]
   return generator, discriminator, generator_ema
 
 
-def save_networks(directory: str | os.PathLike, config: NetworkConfig,
-                  networks: Mapping[str, keras.Model],
-                  extra: Mapping[str, Any] | None = None) -> pathlib.Path:
+def save_networks(
+  directory: str | os.PathLike,
+  config: NetworkConfig,
+  networks: Mapping[str, keras.Model],
+  extra: Mapping[str, Any] | None = None,
+) -> pathlib.Path:
   """Writes `<name>.weights.h5` per network and config.json (network config + `extra`)."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)

@@ -86,8 +86,14 @@ class NetworkConfig:
     for name in ("img_channels", "w_dim", "channel_base", "channel_max"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    for name in ("c_dim", "z_dim", "mapping_layers", "d_mapping_layers", "num_fp16_res",
-                 "mbstd_num_channels"):
+    for name in (
+      "c_dim",
+      "z_dim",
+      "mapping_layers",
+      "d_mapping_layers",
+      "num_fp16_res",
+      "mbstd_num_channels",
+    ):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
     if self.z_dim == 0 and self.c_dim == 0:
@@ -126,7 +132,7 @@ class NetworkConfig:
 
   def block_resolutions(self) -> list[int]:
     """Synthesis block resolutions, 4 first."""
-    return [2 ** i for i in range(2, self.resolution_log2 + 1)]
+    return [2**i for i in range(2, self.resolution_log2 + 1)]
 
   def use_fp16(self, res: int) -> bool:
     return res >= self.fp16_resolution
@@ -168,13 +174,13 @@ class TrainingConfig:
 # name: (ref_gpus, kimg, batch, mbstd, fmaps, lr, gamma, ema_kimg, ema_rampup, map).
 # None marks the `auto` formulas.
 _TABLE: dict[str, tuple[Any, ...]] = {
-    "auto": (None, 25000, None, None, None, None, None, None, 0.05, 2),
-    "stylegan2": (8, 25000, 32, 4, 1.0, 0.002, 10.0, 10.0, None, 8),
-    "paper256": (8, 25000, 64, 8, 0.5, 0.0025, 1.0, 20.0, None, 8),
-    "paper512": (8, 25000, 64, 8, 1.0, 0.0025, 0.5, 20.0, None, 8),
-    "paper1024": (8, 25000, 32, 4, 1.0, 0.002, 2.0, 10.0, None, 8),
-    "cifar": (2, 100000, 64, 32, 1.0, 0.0025, 0.01, 500.0, 0.05, 2),
-    "demo": (None, 25000, None, None, None, None, None, None, 0.05, 2),
+  "auto": (None, 25000, None, None, None, None, None, None, 0.05, 2),
+  "stylegan2": (8, 25000, 32, 4, 1.0, 0.002, 10.0, 10.0, None, 8),
+  "paper256": (8, 25000, 64, 8, 0.5, 0.0025, 1.0, 20.0, None, 8),
+  "paper512": (8, 25000, 64, 8, 1.0, 0.0025, 0.5, 20.0, None, 8),
+  "paper1024": (8, 25000, 32, 4, 1.0, 0.002, 2.0, 10.0, None, 8),
+  "cifar": (2, 100000, 64, 32, 1.0, 0.0025, 0.01, 500.0, 0.05, 2),
+  "demo": (None, 25000, None, None, None, None, None, None, 0.05, 2),
 }
 
 
@@ -192,17 +198,31 @@ def training_config(preset: str, resolution: int, gpus: int = 1) -> TrainingConf
     batch = max(min(gpus * min(4096 // resolution, 32), 64), gpus)
     mbstd = min(batch // gpus, 4)
     lr = 0.002 if resolution >= 1024 else 0.0025
-    gamma = 0.0002 * resolution ** 2 / batch
+    gamma = 0.0002 * resolution**2 / batch
     ema_kimg = batch * 10 / 32
   cifar = preset == "cifar"
-  return TrainingConfig(batch=batch, mbstd_group_size=mbstd, learning_rate=lr, r1_gamma=gamma,
-                        ema_kimg=ema_kimg, ema_rampup=ema_rampup, kimg=kimg, ref_gpus=ref_gpus,
-                        pl_weight=0.0 if cifar else 2.0,
-                        style_mixing_prob=0.0 if cifar else 0.9)
+  return TrainingConfig(
+    batch=batch,
+    mbstd_group_size=mbstd,
+    learning_rate=lr,
+    r1_gamma=gamma,
+    ema_kimg=ema_kimg,
+    ema_rampup=ema_rampup,
+    kimg=kimg,
+    ref_gpus=ref_gpus,
+    pl_weight=0.0 if cifar else 2.0,
+    style_mixing_prob=0.0 if cifar else 0.9,
+  )
 
 
-def network_config(preset: str, resolution: int, c_dim: int = 0, img_channels: int = 3,
-                   gpus: int = 1, **overrides: Any) -> NetworkConfig:
+def network_config(
+  preset: str,
+  resolution: int,
+  c_dim: int = 0,
+  img_channels: int = 3,
+  gpus: int = 1,
+  **overrides: Any,
+) -> NetworkConfig:
   """Resolves `preset` at `resolution` as the official train.py does; `overrides` win."""
   _check_preset(preset)
   fmaps = _TABLE[preset][4]
@@ -211,10 +231,17 @@ def network_config(preset: str, resolution: int, c_dim: int = 0, img_channels: i
     fmaps = 1.0 if resolution >= 512 else 0.5
   train = training_config(preset, resolution, gpus)
   fields: dict[str, Any] = dict(
-      resolution=resolution, img_channels=img_channels, c_dim=c_dim,
-      channel_base=int(fmaps * 32768), channel_max=512, mapping_layers=mapping_layers,
-      mbstd_group_size=train.mbstd_group_size, num_fp16_res=4, conv_clamp=256,
-      style_mixing_prob=train.style_mixing_prob)
+    resolution=resolution,
+    img_channels=img_channels,
+    c_dim=c_dim,
+    channel_base=int(fmaps * 32768),
+    channel_max=512,
+    mapping_layers=mapping_layers,
+    mbstd_group_size=train.mbstd_group_size,
+    num_fp16_res=4,
+    conv_clamp=256,
+    style_mixing_prob=train.style_mixing_prob,
+  )
   if preset == "cifar":
     fields["d_architecture"] = "orig"
   if preset == "demo":

@@ -36,12 +36,12 @@ _NEGATIVE_CANDIDATES = 8
 @dataclasses.dataclass(frozen=True)
 class AugmentOptions:
   flip_horizontal: bool = False
-  rotate_n: float = 0.0             # rotation ~ U[-n, n] degrees
+  rotate_n: float = 0.0  # rotation ~ U[-n, n] degrees
   crop_scale_balanced: bool = False  # stage 1 only
-  negative_fraction: float = 0.0    # stage 1: frames without the head
-  roi_margin: float = 0.1           # stage 2: margin per side, fraction of the longer box side
-  roi_jitter: float = 0.1           # stage 2: each side's margin varies by U[-jitter, jitter]
-  roi_first_margin: float = 0.0     # stage 2: widest margin (the first prediction pass's); 0: none
+  negative_fraction: float = 0.0  # stage 1: frames without the head
+  roi_margin: float = 0.1  # stage 2: margin per side, fraction of the longer box side
+  roi_jitter: float = 0.1  # stage 2: each side's margin varies by U[-jitter, jitter]
+  roi_first_margin: float = 0.0  # stage 2: widest margin (the first prediction pass's); 0: none
 
 
 EVAL = AugmentOptions()
@@ -53,8 +53,9 @@ def flip_permutation(num_points: int) -> Tuple[int, ...]:
   return FLIP_PERMUTATION[num_points]
 
 
-def select_points(landmarks: tf.Tensor, num_landmarks: tf.Tensor, num_points: int
-                  ) -> Tuple[tf.Tensor, tf.Tensor]:
+def select_points(
+  landmarks: tf.Tensor, num_landmarks: tf.Tensor, num_points: int
+) -> Tuple[tf.Tensor, tf.Tensor]:
   """(points [num_points, 2], usable) from a record's padded [9, 2] landmarks.
 
   9-point records give 5 points through FIVE_OF_NINE; 5-point records cannot give 9.
@@ -111,8 +112,11 @@ def _pixel_extent(box: tf.Tensor) -> tf.Tensor:
 
 def _box_after(matrix, box, has_box, points) -> tf.Tensor:
   """Head box through matrix: exact via the points when the box came from them."""
-  return tf.where(has_box, geometry.transform_box(matrix, box),
-                  geometry.box_from_points(geometry.transform_points(matrix, points)))
+  return tf.where(
+    has_box,
+    geometry.transform_box(matrix, box),
+    geometry.box_from_points(geometry.transform_points(matrix, points)),
+  )
 
 
 def balanced_window(draws: _Draws, box, width, height) -> tf.Tensor:
@@ -142,7 +146,7 @@ def negative_window(draws: _Draws, box, width, height) -> Tuple[tf.Tensor, tf.Te
   x0 = draws.uniform([_NEGATIVE_CANDIDATES]) * (width - side)
   y0 = draws.uniform([_NEGATIVE_CANDIDATES]) * (height - side)
   # One pixel of clearance, so that bilinear sampling at the frame border cannot pick up the head.
-  misses = ((x0 >= bx1 + 1) | (x0 + side <= bx0 - 1) | (y0 >= by1 + 1) | (y0 + side <= by0 - 1))
+  misses = (x0 >= bx1 + 1) | (x0 + side <= bx0 - 1) | (y0 >= by1 + 1) | (y0 + side <= by0 - 1)
   pick = tf.argmax(tf.cast(misses, tf.int32))
   window = tf.stack([x0[pick], y0[pick], x0[pick] + side[pick], y0[pick] + side[pick]])
   return window, tf.reduce_any(misses)
@@ -157,15 +161,26 @@ def jittered_roi(draws: _Draws, box, options: AugmentOptions) -> tf.Tensor:
   """
   longer = tf.reduce_max(box[2:] - box[:2])
   widest = max(options.roi_margin, options.roi_first_margin)
-  base = draws.uniform((), options.roi_margin, widest) if widest > options.roi_margin else (
-      options.roi_margin)
+  base = (
+    draws.uniform((), options.roi_margin, widest)
+    if widest > options.roi_margin
+    else (options.roi_margin)
+  )
   margins = (base + draws.uniform([4], -options.roi_jitter, options.roi_jitter)) * longer
   grown = box + tf.concat([-margins[:2], margins[2:]], 0)
   return geometry.square_roi(grown, 0.0)
 
 
-def _render(draws: _Draws, options: AugmentOptions, example: Dict[str, tf.Tensor], points,
-            num_points: int, matrix, window, size: int) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def _render(
+  draws: _Draws,
+  options: AugmentOptions,
+  example: Dict[str, tf.Tensor],
+  points,
+  num_points: int,
+  matrix,
+  window,
+  size: int,
+) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """(frame, head box, landmarks) through `matrix`, then `window` -> the frame, then a random flip
   (which swaps the left and right points)."""
   matrix = geometry.window_to_frame(window, size) @ matrix
@@ -178,8 +193,13 @@ def _render(draws: _Draws, options: AugmentOptions, example: Dict[str, tf.Tensor
   return frame, box, moved
 
 
-def bbox_frame(example: Dict[str, tf.Tensor], seed: tf.Tensor, size: int, num_points: int,
-               options: AugmentOptions) -> Tuple[tf.Tensor, ...]:
+def bbox_frame(
+  example: Dict[str, tf.Tensor],
+  seed: tf.Tensor,
+  size: int,
+  num_points: int,
+  options: AugmentOptions,
+) -> Tuple[tf.Tensor, ...]:
   """Stage 1: (frame [size, size, 3] float32 0..255, head box [4] and landmarks [K, 2] in the
   frame, is_head [], has_points [])."""
   draws = _Draws(seed)
@@ -200,8 +220,13 @@ def bbox_frame(example: Dict[str, tf.Tensor], seed: tf.Tensor, size: int, num_po
   return frame, box, moved, tf.cast(is_head, tf.float32), tf.cast(has_points, tf.float32)
 
 
-def landmarks_frame(example: Dict[str, tf.Tensor], seed: tf.Tensor, size: int, num_points: int,
-                    options: AugmentOptions) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def landmarks_frame(
+  example: Dict[str, tf.Tensor],
+  seed: tf.Tensor,
+  size: int,
+  num_points: int,
+  options: AugmentOptions,
+) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Stage 2: (frame [size, size, 3], landmarks [K, 2] and head box [4] in the frame)."""
   draws = _Draws(seed)
   points, _ = select_points(example["landmarks"], example["num_landmarks"], num_points)
@@ -211,4 +236,3 @@ def landmarks_frame(example: Dict[str, tf.Tensor], seed: tf.Tensor, size: int, n
   roi = jittered_roi(draws, box, options)
   frame, box, moved = _render(draws, options, example, points, num_points, matrix, roi, size)
   return frame, moved, box
-

@@ -28,8 +28,10 @@ def find_shards(path: str | pathlib.Path) -> pathlib.Path:
   for candidate in (root / "records" / "shards", root / "shards", root):
     if (candidate / shards.MANIFEST).is_file():
       return candidate
-  raise UsageError(f"--records={path}: no converted dataset there (expected records/shards/"
-                   "manifest.json); run --stage=data first")
+  raise UsageError(
+    f"--records={path}: no converted dataset there (expected records/shards/"
+    "manifest.json); run --stage=data first"
+  )
 
 
 def split_size(shards_dir: pathlib.Path, split: str) -> int:
@@ -44,6 +46,7 @@ class FrameSpec:
   """What a stage's frames look like: the model input size, the number of landmarks, and whether
   the model's heatmaps get targets of their own (the heatmap head; its stage 1 also predicts the
   landmarks, as an auxiliary task)."""
+
   stage: str
   size: int
   num_points: int
@@ -52,8 +55,9 @@ class FrameSpec:
 
 def usable(example: Dict[str, tf.Tensor], spec: FrameSpec) -> tf.Tensor:
   """Stage 1 needs a head box (annotated or from >= 3 landmarks); stage 2 needs the landmarks."""
-  _, has_points = augment.select_points(example["landmarks"], example["num_landmarks"],
-                                        spec.num_points)
+  _, has_points = augment.select_points(
+    example["landmarks"], example["num_landmarks"], spec.num_points
+  )
   if spec.stage == "bbox":
     return example["has_box"] | has_points
   return has_points
@@ -66,13 +70,23 @@ def count_usable(shards_dir: pathlib.Path, split: str, spec: FrameSpec) -> int:
   return int(ds.reduce(0, lambda n, ex: n + tf.cast(usable(ex, spec), tf.int32)).numpy())
 
 
-def examples(shards_dir: pathlib.Path, split: str, spec: FrameSpec | None = None, *,
-             shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
+def examples(
+  shards_dir: pathlib.Path,
+  split: str,
+  spec: FrameSpec | None = None,
+  *,
+  shuffle: bool = False,
+  seed: int = 0,
+) -> tf.data.Dataset:
   """Parsed records with decoded images, optionally only those `spec`'s stage can use."""
   files = shards.split_files(shards_dir, split)
   ds = tf.data.Dataset.from_tensor_slices(files)
-  ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 4),
-                     num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.interleave(
+    tf.data.TFRecordDataset,
+    cycle_length=min(len(files), 4),
+    num_parallel_calls=AUTOTUNE,
+    deterministic=True,
+  )
   if shuffle:
     ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
   ds = ds.map(lambda s: shards.parse(s, decode_image=False), num_parallel_calls=AUTOTUNE)
@@ -83,23 +97,27 @@ def examples(shards_dir: pathlib.Path, split: str, spec: FrameSpec | None = None
 
 def _decode(example: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
   example = dict(example)
-  example["image"] = tf.ensure_shape(tf.io.decode_jpeg(example.pop("encoded"), channels=3),
-                                     [None, None, 3])
+  example["image"] = tf.ensure_shape(
+    tf.io.decode_jpeg(example.pop("encoded"), channels=3), [None, None, 3]
+  )
   return example
 
 
-def to_frame(example: Dict[str, tf.Tensor], seed: tf.Tensor, spec: FrameSpec,
-             options: augment.AugmentOptions):
+def to_frame(
+  example: Dict[str, tf.Tensor], seed: tf.Tensor, spec: FrameSpec, options: augment.AugmentOptions
+):
   """(frame, targets, sample weights) as Keras `fit` takes them."""
   if spec.stage == "bbox":
-    frame, box, points, is_head, has_points = augment.bbox_frame(example, seed, spec.size,
-                                                                 spec.num_points, options)
+    frame, box, points, is_head, has_points = augment.bbox_frame(
+      example, seed, spec.size, spec.num_points, options
+    )
     targets = {"box": box, "head": is_head[None]}
     weights = {"box": is_head, "head": tf.ones([])}
     if spec.heatmaps:
       targets.update(centre_map=_centre(box), landmarks=points, landmark_maps=points)
-      weights.update(centre_map=is_head, landmarks=is_head * has_points,
-                     landmark_maps=is_head * has_points)
+      weights.update(
+        centre_map=is_head, landmarks=is_head * has_points, landmark_maps=is_head * has_points
+      )
     return frame, targets, weights
   frame, points, box = augment.landmarks_frame(example, seed, spec.size, spec.num_points, options)
   targets = {"landmarks": points, "box": box}
@@ -113,9 +131,16 @@ def _centre(box: tf.Tensor) -> tf.Tensor:
   return ((box[:2] + box[2:]) / 2)[None]
 
 
-def frames(shards_dir: pathlib.Path, split: str, spec: FrameSpec, *, batch_size: int,
-           training: bool, options: augment.AugmentOptions = augment.EVAL,
-           seed: int = 0) -> tf.data.Dataset:
+def frames(
+  shards_dir: pathlib.Path,
+  split: str,
+  spec: FrameSpec,
+  *,
+  batch_size: int,
+  training: bool,
+  options: augment.AugmentOptions = augment.EVAL,
+  seed: int = 0,
+) -> tf.data.Dataset:
   """Batches of stage frames. Training data repeats forever, shuffled and augmented; evaluation
   data is one deterministic pass without augmentation, with ROIs of exactly `roi_margin`."""
   if spec.stage not in STAGES:
@@ -126,8 +151,11 @@ def frames(shards_dir: pathlib.Path, split: str, spec: FrameSpec, *, batch_size:
   else:
     options = augment.AugmentOptions(roi_margin=options.roi_margin, roi_jitter=0.0)
   ds = ds.enumerate()
-  ds = ds.map(lambda i, ex: to_frame(ex, tf.stack([tf.cast(seed, tf.int64), i]), spec, options),
-              num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.map(
+    lambda i, ex: to_frame(ex, tf.stack([tf.cast(seed, tf.int64), i]), spec, options),
+    num_parallel_calls=AUTOTUNE,
+    deterministic=True,
+  )
   ds = ds.batch(batch_size, drop_remainder=training)
   return without_autotune_thread(ds.prefetch(AUTOTUNE))
 

@@ -7,9 +7,9 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-PREDICTED = (255, 220, 0)   # yellow
-TRUE = (230, 30, 30)        # red
-ROI = (90, 160, 255)        # light blue
+PREDICTED = (255, 220, 0)  # yellow
+TRUE = (230, 30, 30)  # red
+ROI = (90, 160, 255)  # light blue
 NO_HEAD = (255, 0, 255)
 
 
@@ -17,8 +17,9 @@ def _scale(image: np.ndarray) -> int:
   return max(1, int(round(max(image.shape[:2]) / 256)))
 
 
-def draw_box(image: np.ndarray, box: Sequence[float], color, thickness: Optional[int] = None
-             ) -> None:
+def draw_box(
+  image: np.ndarray, box: Sequence[float], color, thickness: Optional[int] = None
+) -> None:
   x0, y0, x1, y1 = [int(round(v)) for v in box]
   cv2.rectangle(image, (x0, y0), (x1, y1), color, thickness or _scale(image), cv2.LINE_AA)
 
@@ -29,12 +30,28 @@ def draw_points(image: np.ndarray, points: np.ndarray, color, labels: bool = Fal
     centre = (int(round(x)), int(round(y)))
     cv2.circle(image, centre, radius, color, -1, cv2.LINE_AA)
     if labels:
-      cv2.putText(image, str(k), (centre[0] + radius + 1, centre[1]), cv2.FONT_HERSHEY_SIMPLEX,
-                  0.3 * _scale(image), color, 1, cv2.LINE_AA)
+      cv2.putText(
+        image,
+        str(k),
+        (centre[0] + radius + 1, centre[1]),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.3 * _scale(image),
+        color,
+        1,
+        cv2.LINE_AA,
+      )
 
 
-def overlay(image, predicted_points=None, predicted_box=None, true_points=None, true_box=None,
-            roi=None, labels: bool = False, zoom: int = 1) -> np.ndarray:
+def overlay(
+  image,
+  predicted_points=None,
+  predicted_box=None,
+  true_points=None,
+  true_box=None,
+  roi=None,
+  labels: bool = False,
+  zoom: int = 1,
+) -> np.ndarray:
   """A uint8 copy of image with the truth in red under the prediction in yellow.
 
   `zoom` enlarges the image by an integer factor (nearest neighbour) first, so that small model

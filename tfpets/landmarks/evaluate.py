@@ -14,10 +14,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from tfpets.landmarks import augment
+from tfpets.landmarks import augment, data, predict
 from tfpets.landmarks import crop as crop_lib
-from tfpets.landmarks import data
-from tfpets.landmarks import predict
 
 
 def rmse(errors: np.ndarray) -> float:
@@ -56,15 +54,15 @@ def collect(shards_dir: pathlib.Path, split: str, num_points: int, limit: int = 
   samples = []
   for example in data.examples(shards_dir, split).as_numpy_iterator():
     points, box = _truth(example, num_points)
-    samples.append({"image": example["image"], "points": points, "box": box,
-                    "id": example["id"].decode()})
+    samples.append(
+      {"image": example["image"], "points": points, "box": box, "id": example["id"].decode()}
+    )
     if limit and len(samples) >= limit:
       break
   return samples
 
 
-def evaluate_detector(detector: predict.Detector, samples: List[dict],
-                      crop_margin: float) -> Dict:
+def evaluate_detector(detector: predict.Detector, samples: List[dict], crop_margin: float) -> Dict:
   """Two-stage metrics on samples from `collect`; detections are added to each sample."""
   names = detector.config.point_names
   detections = detector.detect_many([s["image"] for s in samples])
@@ -82,17 +80,18 @@ def evaluate_detector(detector: predict.Detector, samples: List[dict],
       contained.append(crop_lib.contains(window, sample["box"]))
   errors = np.asarray(errors, np.float64).reshape(-1, len(names), 2)
   return {
-      "images": len(samples),
-      "images_with_landmarks": int(errors.shape[0]),
-      "rmse_px": rmse(errors),
-      "rmse_per_point_px": {name: rmse(errors[:, k]) for k, name in enumerate(names)},
-      "mean_point_error_px": float(np.mean(np.linalg.norm(errors, axis=-1))) if errors.size
-                             else float("nan"),
-      "box_iou": float(np.mean(ious)) if ious else float("nan"),
-      "stage1_box_iou": float(np.mean(stage1_ious)) if stage1_ious else float("nan"),
-      "crop_contains_head": float(np.mean(contained)) if contained else float("nan"),
-      "crop_margin": crop_margin,
-      "head_found_rate": float(np.mean(found)) if found else float("nan"),
+    "images": len(samples),
+    "images_with_landmarks": int(errors.shape[0]),
+    "rmse_px": rmse(errors),
+    "rmse_per_point_px": {name: rmse(errors[:, k]) for k, name in enumerate(names)},
+    "mean_point_error_px": float(np.mean(np.linalg.norm(errors, axis=-1)))
+    if errors.size
+    else float("nan"),
+    "box_iou": float(np.mean(ious)) if ious else float("nan"),
+    "stage1_box_iou": float(np.mean(stage1_ious)) if stage1_ious else float("nan"),
+    "crop_contains_head": float(np.mean(contained)) if contained else float("nan"),
+    "crop_margin": crop_margin,
+    "head_found_rate": float(np.mean(found)) if found else float("nan"),
   }
 
 
@@ -101,8 +100,9 @@ def roi_rmse(landmarks_model, shards_dir: pathlib.Path, split: str, config) -> f
   spec = data.FrameSpec("landmarks", config.roi_size, config.num_landmarks)
   options = augment.AugmentOptions(roi_margin=config.roi_margin, roi_jitter=0.0)
   errors = []
-  for frames, targets in data.frames(shards_dir, split, spec, batch_size=32, training=False,
-                                     options=options):
+  for frames, targets in data.frames(
+    shards_dir, split, spec, batch_size=32, training=False, options=options
+  ):
     predicted = landmarks_model(frames, training=False)["landmarks"]
     errors.append(np.asarray(predicted) - targets["landmarks"].numpy())
   return rmse(np.concatenate(errors)) if errors else float("nan")

@@ -27,6 +27,7 @@ import tensorflow as tf
 from tfpets.landmarks import model as model_lib
 from tfpets.landmarks import predict
 
+
 def _interpreter(model_path: str):
   """LiteRT's interpreter when installed; TF's own (deprecated but identical kernels) otherwise."""
   try:
@@ -68,13 +69,18 @@ class _PipelineModule(tf.Module):
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image")])
   def serve(self, image):
-    out = predict.run_pipeline(image[None], self.config,
-                               *(predict.keras_stage(m) for m in self.models))
+    out = predict.run_pipeline(
+      image[None], self.config, *(predict.keras_stage(m) for m in self.models)
+    )
     return {k: v[0] for k, v in out.items()}
 
 
-def export_detector(config: model_lib.DetectorConfig, models: Sequence,
-                    out_dir: str | os.PathLike, pipeline: bool = True) -> Dict[str, str]:
+def export_detector(
+  config: model_lib.DetectorConfig,
+  models: Sequence,
+  out_dir: str | os.PathLike,
+  pipeline: bool = True,
+) -> Dict[str, str]:
   """Writes the layout in the module docstring (without detector/ when not `pipeline`) for the
   models of `model_lib.stages_of(config)`, in that order; returns the main paths."""
   out_dir = pathlib.Path(out_dir)
@@ -90,14 +96,16 @@ def export_detector(config: model_lib.DetectorConfig, models: Sequence,
   return paths
 
 
-def export_pipeline(config: model_lib.DetectorConfig, models: Sequence,
-                    directory: pathlib.Path) -> str:
+def export_pipeline(
+  config: model_lib.DetectorConfig, models: Sequence, directory: pathlib.Path
+) -> str:
   """The whole pipeline as one SavedModel (`serving_default`: image -> results)."""
   module = _PipelineModule(config, models)
   if directory.exists():
     shutil.rmtree(directory)
-  tf.saved_model.save(module, str(directory),
-                      signatures={"serving_default": module.serve.get_concrete_function()})
+  tf.saved_model.save(
+    module, str(directory), signatures={"serving_default": module.serve.get_concrete_function()}
+  )
   return str(directory)
 
 
@@ -105,8 +113,7 @@ def tflite_detector(export_dir: str | os.PathLike) -> predict.Detector:
   """The exported TFLite models, run through the shared pipeline."""
   export_dir = pathlib.Path(export_dir)
   config = model_lib.DetectorConfig.load(export_dir)
-  stages = [TFLiteStage(export_dir / "tflite" / f"{s}.tflite")
-            for s in model_lib.stages_of(config)]
+  stages = [TFLiteStage(export_dir / "tflite" / f"{s}.tflite") for s in model_lib.stages_of(config)]
   return predict.Detector(config, *stages, compile_pipeline=False)
 
 

@@ -33,8 +33,9 @@ def affine(a, b, c, d, e, f) -> tf.Tensor:
     shape = tf.broadcast_dynamic_shape(shape, tf.shape(v))
   a, b, c, d, e, f = [tf.broadcast_to(v, shape) for v in (a, b, c, d, e, f)]
   zero, one = tf.zeros(shape), tf.ones(shape)
-  return tf.stack([tf.stack([a, b, c], -1), tf.stack([d, e, f], -1),
-                   tf.stack([zero, zero, one], -1)], -2)
+  return tf.stack(
+    [tf.stack([a, b, c], -1), tf.stack([d, e, f], -1), tf.stack([zero, zero, one], -1)], -2
+  )
 
 
 def identity() -> tf.Tensor:
@@ -63,8 +64,9 @@ def rotation_expand(angle_degrees, width, height) -> Tuple[tf.Tensor, tf.Tensor,
   zero = tf.zeros_like(cos)
   # y points down, so a counter-clockwise turn on screen is x' = cos x + sin y, y' = -sin x + cos y.
   rotate = affine(cos, sin, zero, -sin, cos, zero)
-  matrix = translation(new_width / 2, new_height / 2) @ rotate @ translation(-width / 2,
-                                                                             -height / 2)
+  matrix = (
+    translation(new_width / 2, new_height / 2) @ rotate @ translation(-width / 2, -height / 2)
+  )
   return matrix, new_width, new_height
 
 
@@ -155,8 +157,13 @@ def warp(images, matrices, size, antialias: bool = True) -> tf.Tensor:
   inverse = inverse / inverse[..., 2:3, 2:3]
   params = tf.reshape(inverse, [-1, 9])[:, :8]
   return tf.raw_ops.ImageProjectiveTransformV3(
-      images=images, transforms=params, output_shape=tf.constant([size, size], tf.int32),
-      fill_value=tf.constant(0.0), interpolation="BILINEAR", fill_mode="CONSTANT")
+    images=images,
+    transforms=params,
+    output_shape=tf.constant([size, size], tf.int32),
+    fill_value=tf.constant(0.0),
+    interpolation="BILINEAR",
+    fill_mode="CONSTANT",
+  )
 
 
 def _prescale(images, matrices):

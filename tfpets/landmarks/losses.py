@@ -40,6 +40,7 @@ class IoULoss(keras.losses.Loss):
 
   def call(self, y_true, y_pred):
     from keras_cv import bounding_box  # heavy import; only runs that train with IoU pay for it
+
     y_true = ops.cast(y_true, y_pred.dtype)
     iou = bounding_box.compute_iou(y_true[..., None, :], y_pred[..., None, :], "xyxy")
     return 1.0 - iou[..., 0, 0]
@@ -77,8 +78,7 @@ class HeatmapLoss(keras.losses.Loss):
   heatmap itself (sigma = `sigma_cells` grid cells) makes localisation learn in far fewer steps.
   """
 
-  def __init__(self, frame_size: int, sigma_cells: float = 1.0, name: str = "heatmap_ce",
-               **kwargs):
+  def __init__(self, frame_size: int, sigma_cells: float = 1.0, name: str = "heatmap_ce", **kwargs):
     super().__init__(name=name, **kwargs)
     self.frame_size = int(frame_size)
     self.sigma_cells = float(sigma_cells)
@@ -90,15 +90,14 @@ class HeatmapLoss(keras.losses.Loss):
     points = ops.cast(y_true, "float32")
     dx = (centres[None, None, :] - points[..., 0:1]) / (stride * self.sigma_cells)
     dy = (centres[None, None, :] - points[..., 1:2]) / (stride * self.sigma_cells)
-    logits = -0.5 * (dy[..., :, None] ** 2 + dx[..., None, :] ** 2)       # [B, C, Gy, Gx]
+    logits = -0.5 * (dy[..., :, None] ** 2 + dx[..., None, :] ** 2)  # [B, C, Gy, Gx]
     target = ops.softmax(ops.reshape(logits, (-1, channels, grid * grid)), axis=-1)
     predicted = ops.reshape(ops.transpose(y_pred, (0, 3, 1, 2)), (-1, channels, grid * grid))
     cross_entropy = -ops.sum(target * ops.log_softmax(predicted, axis=-1), axis=-1)
     return ops.mean(cross_entropy, axis=-1)
 
   def get_config(self):
-    return {**super().get_config(), "frame_size": self.frame_size,
-            "sigma_cells": self.sigma_cells}
+    return {**super().get_config(), "frame_size": self.frame_size, "sigma_cells": self.sigma_cells}
 
 
 def box_loss(loss_fn: str) -> keras.losses.Loss:
@@ -107,18 +106,20 @@ def box_loss(loss_fn: str) -> keras.losses.Loss:
   return IoULoss() if loss_fn == "iou" else keras.losses.MeanSquaredError(name="box_mse")
 
 
-def stage_losses(stage: str, loss_fn: str, frame_size: int, heatmaps: bool,
-                 heatmap_weight: float = 1.0) -> tuple:
+def stage_losses(
+  stage: str, loss_fn: str, frame_size: int, heatmaps: bool, heatmap_weight: float = 1.0
+) -> tuple:
   """(losses, loss weights) per output. Stage 1: box loss + presence cross-entropy. Stage 2: MSE
   on landmarks and on the box (the landmarks stage always uses MSE, as the spec's `get_loss_fn`
   forces). The heatmap head adds `HeatmapLoss` on its maps, weighted by heatmap_weight, and in
   stage 1 MSE on its auxiliary landmarks."""
   if stage == "bbox":
-    found = {"box": box_loss(loss_fn),
-             "head": keras.losses.BinaryCrossentropy(from_logits=True, name="head_bce")}
+    found = {
+      "box": box_loss(loss_fn),
+      "head": keras.losses.BinaryCrossentropy(from_logits=True, name="head_bce"),
+    }
   else:
-    found = {"landmarks": PointsMSE(),
-             "box": keras.losses.MeanSquaredError(name="box_mse")}
+    found = {"landmarks": PointsMSE(), "box": keras.losses.MeanSquaredError(name="box_mse")}
   weights = {name: 1.0 for name in found}
   if heatmaps:
     found["landmarks"] = PointsMSE()
@@ -131,8 +132,10 @@ def stage_losses(stage: str, loss_fn: str, frame_size: int, heatmaps: bool,
 
 def stage_metrics(stage: str) -> Dict[str, List[keras.metrics.Metric]]:
   if stage == "bbox":
-    return {"box": [BoxIoU()], "head": [keras.metrics.BinaryAccuracy(name="accuracy",
-                                                                     threshold=0.0)]}
+    return {
+      "box": [BoxIoU()],
+      "head": [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)],
+    }
   return {"landmarks": [keras.metrics.RootMeanSquaredError(name="rmse")], "box": [BoxIoU()]}
 
 

@@ -54,23 +54,23 @@ MODEL_FILES = {"bbox": "bbox.keras", "landmarks": "landmarks.keras", "verifier":
 class DetectorConfig:
   """Everything prediction needs besides the weights; saved beside the models as detector.json."""
 
-  image_size: int = 128          # stage 1 frame (the whole image, letterboxed)
-  roi_size: int = 128            # stage 2 frame (the square head ROI)
+  image_size: int = 128  # stage 1 frame (the whole image, letterboxed)
+  roi_size: int = 128  # stage 2 frame (the square head ROI)
   num_landmarks: int = 9
-  head: str = "heatmap"          # coordinate head: heatmap | dense
+  head: str = "heatmap"  # coordinate head: heatmap | dense
   width_multiplier: float = 0.35
   units: int = 128
   pooling: str = "max"
   landmark_norm: str = "unit"
-  roi_margin: float = 0.1        # ROI = head box + margin x longer side per side, squared
-  roi_passes: int = 1            # stage-2 passes, each on the ROI around the previous box
+  roi_margin: float = 0.1  # ROI = head box + margin x longer side per side, squared
+  roi_passes: int = 1  # stage-2 passes, each on the ROI around the previous box
   roi_first_margin: float = 0.0  # margin of the first pass's ROI (around stage 1's box); 0: same
-  head_threshold: float = 0.5    # head presence probability below which no head is reported
-  roi_flip: bool = False         # stage 2 averages each ROI with its mirror image
-  roi_candidates: int = 1        # stage-1 boxes that get stage-2 passes; > 1: the verifier picks
+  head_threshold: float = 0.5  # head presence probability below which no head is reported
+  roi_flip: bool = False  # stage 2 averages each ROI with its mirror image
+  roi_candidates: int = 1  # stage-1 boxes that get stage-2 passes; > 1: the verifier picks
   roi_candidate_scales: Tuple[float, ...] = ()  # more candidates: stage 1's box scaled by these
-  verifier_size: int = 32        # the head verifier's frame
-  heatmap_stride: int = 8        # heatmap head: frame pixels per heatmap cell (4 or 8)
+  verifier_size: int = 32  # the head verifier's frame
+  heatmap_stride: int = 8  # heatmap head: frame pixels per heatmap cell (4 or 8)
 
   def __post_init__(self):
     if self.num_landmarks not in (5, 9):
@@ -86,25 +86,34 @@ class DetectorConfig:
     try:  # a flag's strings, or a list from detector.json
       self.roi_candidate_scales = tuple(float(s) for s in self.roi_candidate_scales)
     except ValueError:
-      raise UsageError(f"--roi_candidate_scales={','.join(map(str, self.roi_candidate_scales))}: "
-                       "a comma-separated list of numbers, e.g. 0.7") from None
+      raise UsageError(
+        f"--roi_candidate_scales={','.join(map(str, self.roi_candidate_scales))}: "
+        "a comma-separated list of numbers, e.g. 0.7"
+      ) from None
     if any(s <= 0 for s in self.roi_candidate_scales):
-      raise UsageError(f"--roi_candidate_scales={','.join(map(str, self.roi_candidate_scales))}: "
-                       "scales must be positive")
+      raise UsageError(
+        f"--roi_candidate_scales={','.join(map(str, self.roi_candidate_scales))}: "
+        "scales must be positive"
+      )
     if self.roi_candidates > 1 and self.head != "heatmap":
-      raise UsageError("--roi_candidates > 1 takes its candidates from stage 1's centre heatmap: "
-                       "it needs --lm_head=heatmap")
+      raise UsageError(
+        "--roi_candidates > 1 takes its candidates from stage 1's centre heatmap: "
+        "it needs --lm_head=heatmap"
+      )
     if self.verifier_size < 16:
       raise UsageError(f"--verifier_size={self.verifier_size}: at least 16")
     if self.heatmap_stride not in HEATMAP_STRIDES:
-      raise UsageError(f"--heatmap_stride={self.heatmap_stride}: one of "
-                       f"{', '.join(map(str, HEATMAP_STRIDES))}")
+      raise UsageError(
+        f"--heatmap_stride={self.heatmap_stride}: one of {', '.join(map(str, HEATMAP_STRIDES))}"
+      )
     if self.head not in HEADS:
       raise UsageError(f"--lm_head={self.head!r}: one of {', '.join(HEADS)}")
     for flag, size in (("--image_size", self.image_size), ("--roi_size", self.roi_size)):
       if size < 32 or (self.head == "heatmap" and size % 16):
-        raise UsageError(f"{flag}={size}: the detector needs at least 32 pixels, and a multiple "
-                         "of 16 with --lm_head=heatmap")
+        raise UsageError(
+          f"{flag}={size}: the detector needs at least 32 pixels, and a multiple "
+          "of 16 with --lm_head=heatmap"
+        )
 
   @property
   def num_candidates(self) -> int:
@@ -169,15 +178,23 @@ class FrameCoordinates(keras.layers.Layer):
 
 def _backbone(size: int, config: DetectorConfig, weights: str) -> keras.Model:
   if weights and not os.path.isfile(weights):
-    raise UsageError(f"--backbone_weights={weights}: no such file (a MobileNetV2 no-top .h5 "
-                     "matching --width_multiplier; nothing is downloaded)")
+    raise UsageError(
+      f"--backbone_weights={weights}: no such file (a MobileNetV2 no-top .h5 "
+      "matching --width_multiplier; nothing is downloaded)"
+    )
   try:
     backbone = keras.applications.MobileNetV2(
-        input_shape=(size, size, 3), alpha=config.width_multiplier, include_top=False,
-        weights=weights or None, pooling=None if config.pooling == "none" else config.pooling)
+      input_shape=(size, size, 3),
+      alpha=config.width_multiplier,
+      include_top=False,
+      weights=weights or None,
+      pooling=None if config.pooling == "none" else config.pooling,
+    )
   except ValueError as e:
-    raise UsageError(f"MobileNetV2 backbone (size {size}, width {config.width_multiplier}, "
-                     f"weights {weights or 'random'}): {e}") from None
+    raise UsageError(
+      f"MobileNetV2 backbone (size {size}, width {config.width_multiplier}, "
+      f"weights {weights or 'random'}): {e}"
+    ) from None
   for layer in backbone.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
       layer.momentum = BN_MOMENTUM
@@ -191,8 +208,7 @@ def _expected_position(flat_logits, grid: int, frame_size: int):
   centres = (keras.ops.arange(grid, dtype="float32") + 0.5) * stride - 0.5
   xs = keras.ops.reshape(keras.ops.tile(centres[None, :], (grid, 1)), (-1,))
   ys = keras.ops.reshape(keras.ops.tile(centres[:, None], (1, grid)), (-1,))
-  position = keras.ops.stack([keras.ops.sum(weights * xs, -1), keras.ops.sum(weights * ys, -1)],
-                             -1)
+  position = keras.ops.stack([keras.ops.sum(weights * xs, -1), keras.ops.sum(weights * ys, -1)], -1)
   return position, weights
 
 
@@ -238,8 +254,9 @@ class CentreSizeBox(keras.layers.Layer):
     flat = keras.ops.reshape(maps[..., 0], (-1, grid * grid))
     centre, weights = _expected_position(flat, grid, self.frame_size)
     log_size = keras.ops.clip(keras.ops.reshape(maps[..., 1:], (-1, grid * grid, 2)), -6.0, 6.0)
-    size = (self.frame_size / grid) * keras.ops.sum(weights[..., None] * keras.ops.exp(log_size),
-                                                    axis=1)
+    size = (self.frame_size / grid) * keras.ops.sum(
+      weights[..., None] * keras.ops.exp(log_size), axis=1
+    )
     return keras.ops.concatenate([centre - size / 2, centre + size / 2], axis=-1)
 
   def compute_output_shape(self, input_shape):
@@ -273,30 +290,36 @@ def _heatmap_head(backbone, x, size: int, stage: str, config: DetectorConfig):
   # MobileNetV2 up to its stride-16 stage: the layers after it would only feed a pooled vector.
   # Every tap from the heatmap stride to 16 is upsampled to the heatmap grid and concatenated.
   strides = [s for s in sorted(_TAPS) if s >= config.heatmap_stride]
-  taps = keras.Model(backbone.input, [backbone.get_layer(_TAPS[s]).output for s in strides],
-                     name="mobilenetv2_taps")
+  taps = keras.Model(
+    backbone.input, [backbone.get_layer(_TAPS[s]).output for s in strides], name="mobilenetv2_taps"
+  )
   features = taps(x)
   coarse = features[-1]
   grid = [features[0]] + [
-      keras.layers.UpSampling2D(s // strides[0], interpolation="bilinear",
-                                name=f"upsample_{s}")(f)
-      for s, f in zip(strides[1:], features[1:])]
+    keras.layers.UpSampling2D(s // strides[0], interpolation="bilinear", name=f"upsample_{s}")(f)
+    for s, f in zip(strides[1:], features[1:])
+  ]
   h = keras.layers.Concatenate(name="features")(grid)
-  h = keras.layers.SeparableConv2D(config.units // 2, 3, padding="same", activation="relu",
-                                   name="heatmap_conv")(h)
+  h = keras.layers.SeparableConv2D(
+    config.units // 2, 3, padding="same", activation="relu", name="heatmap_conv"
+  )(h)
   box_maps = keras.layers.Conv2D(3, 1, dtype="float32", name="box_maps")(h)
   # The heatmaps are outputs too, so that training can supervise them directly (HeatmapLoss).
-  outputs = {"box": CentreSizeBox(size, dtype="float32", name="box")(box_maps),
-             "centre_map": keras.layers.Identity(dtype="float32", name="centre_map")(
-                 box_maps[..., :1])}
+  outputs = {
+    "box": CentreSizeBox(size, dtype="float32", name="box")(box_maps),
+    "centre_map": keras.layers.Identity(dtype="float32", name="centre_map")(box_maps[..., :1]),
+  }
   # Stage 1 predicts the landmarks too (the spec's --include_landmarks idea): eyes, mouth and
   # ears tell the network where a head is far sooner than the box alone.
   maps = keras.layers.Conv2D(config.num_landmarks, 1, dtype="float32", name="landmark_maps")(h)
   outputs["landmarks"] = SoftArgmax(size, dtype="float32", name="landmarks")(maps)
   outputs["landmark_maps"] = maps
   if stage == "bbox":
-    pool = (keras.layers.GlobalAveragePooling2D if config.pooling == "avg"
-            else keras.layers.GlobalMaxPooling2D)(name="pool")(coarse)
+    pool = (
+      keras.layers.GlobalAveragePooling2D
+      if config.pooling == "avg"
+      else keras.layers.GlobalMaxPooling2D
+    )(name="pool")(coarse)
     outputs["head"] = keras.layers.Dense(1, dtype="float32", name="head")(pool)
   return outputs
 
@@ -313,10 +336,10 @@ def _verifier(size: int) -> keras.Model:
   x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
   for i, width in enumerate(VERIFIER_WIDTHS):
     for stride in (1, 2):
-      x = keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False,
-                              name=f"conv{i}_{stride}")(x)
-      x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM,
-                                          name=f"bn{i}_{stride}")(x)
+      x = keras.layers.Conv2D(
+        width, 3, strides=stride, padding="same", use_bias=False, name=f"conv{i}_{stride}"
+      )(x)
+      x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}_{stride}")(x)
       x = keras.layers.ReLU(name=f"relu{i}_{stride}")(x)
   x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
   head = keras.layers.Dense(1, dtype="float32", name="head")(x)

@@ -37,9 +37,7 @@ from absl import logging
 
 from tfpets.data import decode
 from tfpets.errors import UsageError
-from tfpets.landmarks import augment
-from tfpets.landmarks import draw
-from tfpets.landmarks import geometry
+from tfpets.landmarks import augment, draw, geometry
 from tfpets.landmarks import model as model_lib
 
 StageFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
@@ -65,8 +63,7 @@ def roi_frames(images: tf.Tensor, boxes: tf.Tensor, margin: float, size: int):
   return geometry.warp(images, matrices, size), matrices, rois
 
 
-def stage_two(images: tf.Tensor, boxes: tf.Tensor, config: model_lib.DetectorConfig,
-              margin: float):
+def stage_two(images: tf.Tensor, boxes: tf.Tensor, config: model_lib.DetectorConfig, margin: float):
   """(frames, matrices, roi windows) of the stage-2 frame around boxes [N, 4]."""
   return roi_frames(images, boxes, margin, config.roi_size)
 
@@ -98,8 +95,9 @@ def candidate_boxes(first: Dict[str, tf.Tensor], config: model_lib.DetectorConfi
     local_max = tf.nn.max_pool2d(logits, 3, 1, "SAME")
     peaks = tf.where(logits >= local_max, logits, tf.fill(tf.shape(logits), -np.inf))
     grid = tf.shape(logits)[2]
-    _, index = tf.math.top_k(tf.reshape(peaks, [tf.shape(logits)[0], -1]),
-                             k=config.roi_candidates - 1)
+    _, index = tf.math.top_k(
+      tf.reshape(peaks, [tf.shape(logits)[0], -1]), k=config.roi_candidates - 1
+    )
     cell = tf.cast(tf.stack([index % grid, index // grid], -1), tf.float32)
     stride = config.image_size / tf.cast(grid, tf.float32)
     centre = (cell + 0.5) * stride - 0.5  # cell centres, as the heatmap head's soft-argmax
@@ -123,8 +121,9 @@ def select(outputs: Dict[str, tf.Tensor], scores: tf.Tensor, count: int) -> Dict
   return {name: tf.gather(value, rows) for name, value in outputs.items()}
 
 
-def stage_one_candidates(images: tf.Tensor, config: model_lib.DetectorConfig,
-                         bbox_fn: StageFn) -> tf.Tensor:
+def stage_one_candidates(
+  images: tf.Tensor, config: model_lib.DetectorConfig, bbox_fn: StageFn
+) -> tf.Tensor:
   """Stage 1 on images [N, H, W, 3] -> candidate head boxes [N, num_candidates, 4] in their
   pixels."""
   frames, matrices = stage_one(images, config)
@@ -136,9 +135,13 @@ def _candidates_in_image(first, matrices, config: model_lib.DetectorConfig):
   return geometry.transform_box(back, candidate_boxes(first, config))
 
 
-def run_pipeline(images, config: model_lib.DetectorConfig, bbox_fn: StageFn,
-                 landmarks_fn: StageFn, verifier_fn: Optional[StageFn] = None
-                 ) -> Dict[str, tf.Tensor]:
+def run_pipeline(
+  images,
+  config: model_lib.DetectorConfig,
+  bbox_fn: StageFn,
+  landmarks_fn: StageFn,
+  verifier_fn: Optional[StageFn] = None,
+) -> Dict[str, tf.Tensor]:
   """Both stages on a batch of same-size images [N, H, W, 3] (any numeric dtype, 0..255).
 
   With more than one candidate, every candidate box of stage 1 gets its own stage-2 passes, and
@@ -146,8 +149,10 @@ def run_pipeline(images, config: model_lib.DetectorConfig, bbox_fn: StageFn,
   """
   count = config.num_candidates
   if count > 1 and verifier_fn is None:
-    raise UsageError(f"{count} candidates (--roi_candidates, --roi_candidate_scales) need the "
-                     f"head verifier model ({model_lib.MODEL_FILES['verifier']})")
+    raise UsageError(
+      f"{count} candidates (--roi_candidates, --roi_candidate_scales) need the "
+      f"head verifier model ({model_lib.MODEL_FILES['verifier']})"
+    )
   images = tf.cast(images, tf.float32)
   frames, matrices = stage_one(images, config)
   first = bbox_fn(frames)
@@ -164,10 +169,10 @@ def run_pipeline(images, config: model_lib.DetectorConfig, bbox_fn: StageFn,
     back = tf.linalg.inv(matrices)
     box = geometry.transform_box(back, second["box"])
   outputs = {
-      "box": box,
-      "landmarks": geometry.transform_points(back, second["landmarks"]),
-      "stage1_box": stage1_box,
-      "roi": rois,
+    "box": box,
+    "landmarks": geometry.transform_points(back, second["landmarks"]),
+    "stage1_box": stage1_box,
+    "roi": rois,
   }
   if count > 1:
     scores = verifier_fn(verifier_frames(images, box, config.verifier_size))["head"]
@@ -184,23 +189,24 @@ def keras_stage(model) -> StageFn:
 class Detection:
   """One image's result, in centre coordinates of the original image."""
 
-  box: np.ndarray          # [4] head box (refined by stage 2)
-  landmarks: np.ndarray    # [K, 2]
-  stage1_box: np.ndarray   # [4] head box of stage 1, which placed the ROI
-  roi: np.ndarray          # [4] the square ROI window of the last stage-2 pass (edge coordinates)
-  head_score: float        # head presence probability
+  box: np.ndarray  # [4] head box (refined by stage 2)
+  landmarks: np.ndarray  # [K, 2]
+  stage1_box: np.ndarray  # [4] head box of stage 1, which placed the ROI
+  roi: np.ndarray  # [4] the square ROI window of the last stage-2 pass (edge coordinates)
+  head_score: float  # head presence probability
   head_found: bool
 
   def to_json(self, point_names: Sequence[str]) -> dict:
     def rounded(values):
       return [round(float(v), 2) for v in np.asarray(values).reshape(-1)]
+
     return {
-        "head_found": bool(self.head_found),
-        "head_score": round(float(self.head_score), 4),
-        "box": rounded(self.box),
-        "landmarks": {name: rounded(p) for name, p in zip(point_names, self.landmarks)},
-        "stage1_box": rounded(self.stage1_box),
-        "roi": rounded(self.roi),
+      "head_found": bool(self.head_found),
+      "head_score": round(float(self.head_score), 4),
+      "box": rounded(self.box),
+      "landmarks": {name: rounded(p) for name, p in zip(point_names, self.landmarks)},
+      "stage1_box": rounded(self.stage1_box),
+      "roi": rounded(self.roi),
     }
 
 
@@ -216,38 +222,62 @@ class Detector:
   """The two-stage detector over its stage functions (Keras, SavedModel, TFLite), the head
   verifier's among them when the configuration has candidates."""
 
-  def __init__(self, config: model_lib.DetectorConfig, bbox_fn: StageFn, landmarks_fn: StageFn,
-               verifier_fn: Optional[StageFn] = None, compile_pipeline: bool = True):
+  def __init__(
+    self,
+    config: model_lib.DetectorConfig,
+    bbox_fn: StageFn,
+    landmarks_fn: StageFn,
+    verifier_fn: Optional[StageFn] = None,
+    compile_pipeline: bool = True,
+  ):
     self.config = config
     pipeline = lambda images: run_pipeline(images, config, bbox_fn, landmarks_fn, verifier_fn)
     if compile_pipeline:
-      pipeline = tf.function(pipeline, input_signature=[
-          tf.TensorSpec([None, None, None, 3], tf.float32)])
+      pipeline = tf.function(
+        pipeline, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)]
+      )
     self._pipeline = pipeline
 
   @classmethod
   def from_models(cls, config, bbox_model, landmarks_model, verifier_model=None) -> "Detector":
-    return cls(config, keras_stage(bbox_model), keras_stage(landmarks_model),
-               keras_stage(verifier_model) if verifier_model is not None else None)
+    return cls(
+      config,
+      keras_stage(bbox_model),
+      keras_stage(landmarks_model),
+      keras_stage(verifier_model) if verifier_model is not None else None,
+    )
 
   @classmethod
   def from_directory(cls, path: str | os.PathLike) -> "Detector":
     """Loads a trained detector: the landmarks stage's workdir or its models/ folder."""
     directory = models_directory(path)
     config = model_lib.DetectorConfig.load(directory)
-    return cls.from_models(config, *(model_lib.load_model(directory / model_lib.MODEL_FILES[s])
-                                     for s in model_lib.stages_of(config)))
+    return cls.from_models(
+      config,
+      *(
+        model_lib.load_model(directory / model_lib.MODEL_FILES[s])
+        for s in model_lib.stages_of(config)
+      ),
+    )
 
   def detect_batch(self, images: np.ndarray) -> List[Detection]:
     """Same-size images [N, H, W, 3] uint8 -> one Detection each."""
     images = np.asarray(images)
     out = {k: np.asarray(v) for k, v in self._pipeline(tf.cast(images, tf.float32)).items()}
     height, width = images.shape[1:3]
-    return [Detection(out["box"][i], out["landmarks"][i], out["stage1_box"][i], out["roi"][i],
-                      float(out["head_score"][i]),
-                      head_found(out["box"][i], float(out["head_score"][i]), width, height,
-                                 self.config.head_threshold))
-            for i in range(images.shape[0])]
+    return [
+      Detection(
+        out["box"][i],
+        out["landmarks"][i],
+        out["stage1_box"][i],
+        out["roi"][i],
+        float(out["head_score"][i]),
+        head_found(
+          out["box"][i], float(out["head_score"][i]), width, height, self.config.head_threshold
+        ),
+      )
+      for i in range(images.shape[0])
+    ]
 
   def detect(self, image: np.ndarray) -> Detection:
     return self.detect_batch(np.asarray(image)[None])[0]
@@ -260,7 +290,7 @@ class Detector:
       by_shape.setdefault(np.asarray(image).shape, []).append(i)
     for indices in by_shape.values():
       for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
+        chunk = indices[start : start + batch_size]
         for i, det in zip(chunk, self.detect_batch(np.stack([images[j] for j in chunk]))):
           results[i] = det
     return results
@@ -271,8 +301,10 @@ def models_directory(path: str | os.PathLike) -> pathlib.Path:
   for candidate in (root / "models", root):
     if (candidate / model_lib.CONFIG_FILE).is_file():
       return candidate
-  raise UsageError(f"--detector={path}: no trained detector there (expected models/"
-                   f"{model_lib.CONFIG_FILE}); train one with --stage=landmarks")
+  raise UsageError(
+    f"--detector={path}: no trained detector there (expected models/"
+    f"{model_lib.CONFIG_FILE}); train one with --stage=landmarks"
+  )
 
 
 def list_images(spec: str) -> List[str]:
@@ -282,8 +314,11 @@ def list_images(spec: str) -> List[str]:
   if os.path.isfile(spec):
     return [spec]
   if os.path.isdir(spec):
-    found = [str(p) for p in sorted(pathlib.Path(spec).rglob("*"))
-             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    found = [
+      str(p)
+      for p in sorted(pathlib.Path(spec).rglob("*"))
+      if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    ]
   else:
     found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
   if not found:
@@ -301,8 +336,9 @@ def _unique_stem(path: str, taken: set) -> str:
   return name
 
 
-def predict_files(detector: Detector, paths: Iterable[str], images_dir: pathlib.Path,
-                  records_dir: pathlib.Path) -> List[dict]:
+def predict_files(
+  detector: Detector, paths: Iterable[str], images_dir: pathlib.Path, records_dir: pathlib.Path
+) -> List[dict]:
   """Writes `<stem>.landmarks.png` (annotated) and `<stem>.json` per input; returns the records.
 
   Unreadable files get a record with an `error` and no outputs.
@@ -321,9 +357,14 @@ def predict_files(detector: Detector, paths: Iterable[str], images_dir: pathlib.
       continue
     det = detector.detect(decoded.pixels)
     stem = _unique_stem(path, taken)
-    record = {"path": path, "width": decoded.width, "height": decoded.height,
-              "decoder_notes": decoded.notes, **det.to_json(names),
-              "annotated_image": str(images_dir / f"{stem}.landmarks.png")}
+    record = {
+      "path": path,
+      "width": decoded.width,
+      "height": decoded.height,
+      "decoder_notes": decoded.notes,
+      **det.to_json(names),
+      "annotated_image": str(images_dir / f"{stem}.landmarks.png"),
+    }
     picture = draw.overlay(decoded.pixels, det.landmarks, det.box, roi=det.roi, labels=True)
     if not det.head_found:
       draw.draw_box(picture, det.box, draw.NO_HEAD)

@@ -30,10 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfpets.errors import UsageError
-from tfpets.landmarks import augment
-from tfpets.landmarks import data
-from tfpets.landmarks import draw
-from tfpets.landmarks import losses
+from tfpets.landmarks import augment, data, draw, losses
 from tfpets.landmarks import model as model_lib
 from tfpets.runtime.checkpoint import CheckpointHelper
 
@@ -47,21 +44,21 @@ FINISH_SECONDS = 8.0
 @dataclasses.dataclass
 class TrainOptions:
   epochs: int = 300
-  steps_per_epoch: int = 0       # 0: one pass over the usable training images
+  steps_per_epoch: int = 0  # 0: one pass over the usable training images
   batch_size: int = 32
   learning_rate: float = 1e-3
-  loss_fn: str = "mse"           # stage 1 box loss; stage 2 always uses MSE
+  loss_fn: str = "mse"  # stage 1 box loss; stage 2 always uses MSE
   plateau_factor: float = 0.6
   plateau_patience: int = 8
   warmup_steps: int = 50
-  heatmap_weight: float = 10.0   # weight of the heatmap cross-entropy (heatmap head)
-  batch_norm_batches: int = 50   # training batches whose average becomes the BatchNorm statistics
-  overlay_every: int = 5         # epochs between TensorBoard overlays
+  heatmap_weight: float = 10.0  # weight of the heatmap cross-entropy (heatmap head)
+  batch_norm_batches: int = 50  # training batches whose average becomes the BatchNorm statistics
+  overlay_every: int = 5  # epochs between TensorBoard overlays
   seed: int = 0
-  backbone_weights: str = ""     # MobileNetV2 no-top .h5, or '' for random weights
-  deadline: float = 0.0          # time.time() by which the stage returns, finishing included
-  anneal_at: float = 0.0         # with `deadline`: fraction of the time to it after which the
-                                 # learning rate drops 10x
+  backbone_weights: str = ""  # MobileNetV2 no-top .h5, or '' for random weights
+  deadline: float = 0.0  # time.time() by which the stage returns, finishing included
+  anneal_at: float = 0.0  # with `deadline`: fraction of the time to it after which the
+  # learning rate drops 10x
 
 
 class StageCancelled(Exception):
@@ -101,9 +98,9 @@ def train_concurrently(*jobs: Callable[[Sequence], object]) -> list:
 
 @dataclasses.dataclass
 class RunPaths:
-  checkpoints: pathlib.Path      # checkpoints/<stage>/
-  models: pathlib.Path           # <stage>.keras and detector.json
-  logs: pathlib.Path             # TensorBoard: logs/<stage>/
+  checkpoints: pathlib.Path  # checkpoints/<stage>/
+  models: pathlib.Path  # <stage>.keras and detector.json
+  logs: pathlib.Path  # TensorBoard: logs/<stage>/
 
 
 def read_state(directory: pathlib.Path) -> dict:
@@ -174,17 +171,24 @@ class TimeBudget(keras.callbacks.Callback):
     now = time.monotonic()
     self.durations.append(now - self.epoch_start)
     spent = now - self.start
-    if self.anneal_at > 0 and self.annealed_epoch is None and spent >= self.anneal_at * self.seconds:
+    if (
+      self.anneal_at > 0 and self.annealed_epoch is None and spent >= self.anneal_at * self.seconds
+    ):
       rate = self.model.optimizer.learning_rate
       rate.assign(rate * 0.1)
       self.annealed_epoch = epoch + 1
-      logging.info("time budget: %.0f of %.0f s spent; learning rate -> %.2g", spent, self.seconds,
-                   float(keras.ops.convert_to_numpy(rate)))
+      logging.info(
+        "time budget: %.0f of %.0f s spent; learning rate -> %.2g",
+        spent,
+        self.seconds,
+        float(keras.ops.convert_to_numpy(rate)),
+      )
     if spent + self.expected_epoch_seconds() > self.seconds:
       self.stopped_epoch = epoch + 1
       self.model.stop_training = True
-      logging.info("time budget: %.0f of %.0f s spent after epoch %d; stopping", spent,
-                   self.seconds, epoch + 1)
+      logging.info(
+        "time budget: %.0f of %.0f s spent after epoch %d; stopping", spent, self.seconds, epoch + 1
+      )
 
 
 class ResumeState(keras.callbacks.Callback):
@@ -194,9 +198,14 @@ class ResumeState(keras.callbacks.Callback):
   and overrides their on_train_begin resets.
   """
 
-  def __init__(self, helper: CheckpointHelper, directory: pathlib.Path,
-               plateau: keras.callbacks.ReduceLROnPlateau, early: keras.callbacks.EarlyStopping,
-               best: BestWeights):
+  def __init__(
+    self,
+    helper: CheckpointHelper,
+    directory: pathlib.Path,
+    plateau: keras.callbacks.ReduceLROnPlateau,
+    early: keras.callbacks.EarlyStopping,
+    best: BestWeights,
+  ):
     super().__init__()
     self.helper, self.directory = helper, directory
     self.plateau, self.early, self.best = plateau, early, best
@@ -209,26 +218,31 @@ class ResumeState(keras.callbacks.Callback):
           setattr(callback, key, value)
 
   def _tracked(self):
-    return (("plateau", self.plateau, ("wait", "best", "cooldown_counter")),
-            ("early", self.early, ("wait", "best", "best_epoch")),
-            ("best", self.best, ("best", "best_epoch")))
+    return (
+      ("plateau", self.plateau, ("wait", "best", "cooldown_counter")),
+      ("early", self.early, ("wait", "best", "best_epoch")),
+      ("best", self.best, ("best", "best_epoch")),
+    )
 
   def on_epoch_end(self, epoch, logs=None):
     self.helper.save(epoch + 1)
     state = read_state(self.directory)
     state["epoch"] = epoch + 1
     for name, callback, keys in self._tracked():
-      state[name] = {key: (_finite(getattr(callback, key)) if key == "best"
-                           else int(getattr(callback, key))) for key in keys
-                     if getattr(callback, key) is not None}
+      state[name] = {
+        key: (_finite(getattr(callback, key)) if key == "best" else int(getattr(callback, key)))
+        for key in keys
+        if getattr(callback, key) is not None
+      }
     write_state(self.directory, state)
 
 
 class TensorBoardOverlays(keras.callbacks.Callback):
   """Epoch scalars (with the learning rate) and predicted-versus-true overlays of a fixed batch."""
 
-  def __init__(self, writer, stage: str, frames: np.ndarray, targets: Dict[str, np.ndarray],
-               every: int):
+  def __init__(
+    self, writer, stage: str, frames: np.ndarray, targets: Dict[str, np.ndarray], every: int
+  ):
     super().__init__()
     self.writer, self.stage, self.every = writer, stage, max(1, every)
     self.frames, self.targets = frames, targets
@@ -243,12 +257,17 @@ class TensorBoardOverlays(keras.callbacks.Callback):
   def draw(self, step: int) -> np.ndarray:
     outputs = {k: np.asarray(v) for k, v in self.model(self.frames, training=False).items()}
     zoom = max(1, int(math.ceil(256 / self.frames.shape[1])))
-    pictures = [draw.overlay(frame, outputs.get("landmarks", [None] * len(self.frames))[i],
-                             outputs["box"][i],
-                             None if "landmarks" not in self.targets
-                             else self.targets["landmarks"][i],
-                             self.targets["box"][i], zoom=zoom)
-                for i, frame in enumerate(self.frames)]
+    pictures = [
+      draw.overlay(
+        frame,
+        outputs.get("landmarks", [None] * len(self.frames))[i],
+        outputs["box"][i],
+        None if "landmarks" not in self.targets else self.targets["landmarks"][i],
+        self.targets["box"][i],
+        zoom=zoom,
+      )
+      for i, frame in enumerate(self.frames)
+    ]
     return self.writer.grid(f"{self.stage}/predicted_vs_true", np.stack(pictures), step)
 
 
@@ -275,15 +294,17 @@ def recompute_batch_norm(model, train_ds, batches: int) -> None:
   @tf.function  # eager calls take ten times longer (20 s for 50 batches of a stage)
   def batch_statistics(frames):
     model(frames, training=True)
-    return [(tf.identity(layer.moving_mean), tf.identity(layer.moving_variance))
-            for layer in layers]
+    return [
+      (tf.identity(layer.moving_mean), tf.identity(layer.moving_variance)) for layer in layers
+    ]
 
   sums = None
   count = 0
   for batch in train_ds.take(batches):
     statistics = [(m.numpy(), v.numpy()) for m, v in batch_statistics(batch[0])]
-    sums = statistics if sums is None else [(a + m, b + v) for (a, b), (m, v)
-                                            in zip(sums, statistics)]
+    sums = (
+      statistics if sums is None else [(a + m, b + v) for (a, b), (m, v) in zip(sums, statistics)]
+    )
     count += 1
   for layer, value in zip(layers, momentum):
     layer.momentum = value
@@ -293,18 +314,22 @@ def recompute_batch_norm(model, train_ds, batches: int) -> None:
 
 
 def _overlay_batch(shards_dir, spec, options: augment.AugmentOptions, count: int = 8):
-  frames, targets = next(iter(data.frames(shards_dir, "val", spec, batch_size=count,
-                                          training=False, options=options)))[:2]
+  frames, targets = next(
+    iter(data.frames(shards_dir, "val", spec, batch_size=count, training=False, options=options))
+  )[:2]
   return frames.numpy(), {k: v.numpy() for k, v in targets.items()}
 
 
-def compile_stage(model, optimizer, spec: data.FrameSpec, loss_fn: str,
-                  heatmap_weight: float) -> None:
+def compile_stage(
+  model, optimizer, spec: data.FrameSpec, loss_fn: str, heatmap_weight: float
+) -> None:
   """Compiles a stage model with its losses (`loss_fn` for the stage-1 box) and metrics."""
-  found, weights = losses.stage_losses(spec.stage, loss_fn, spec.size, spec.heatmaps,
-                                       heatmap_weight)
-  model.compile(optimizer, loss=found, loss_weights=weights,
-                metrics=losses.stage_metrics(spec.stage))
+  found, weights = losses.stage_losses(
+    spec.stage, loss_fn, spec.size, spec.heatmaps, heatmap_weight
+  )
+  model.compile(
+    optimizer, loss=found, loss_weights=weights, metrics=losses.stage_metrics(spec.stage)
+  )
 
 
 def _warm_up(model, train_ds, spec: data.FrameSpec, steps: int, heatmap_weight: float) -> None:
@@ -314,9 +339,17 @@ def _warm_up(model, train_ds, spec: data.FrameSpec, steps: int, heatmap_weight: 
   model.fit(train_ds, epochs=1, steps_per_epoch=steps, verbose=2)
 
 
-def train_stage(stage: str, config: model_lib.DetectorConfig, shards_dir: pathlib.Path,
-                paths: RunPaths, augment_options: augment.AugmentOptions, options: TrainOptions,
-                strategy=None, writer=None, extra_callbacks: Sequence = ()) -> tuple:
+def train_stage(
+  stage: str,
+  config: model_lib.DetectorConfig,
+  shards_dir: pathlib.Path,
+  paths: RunPaths,
+  augment_options: augment.AugmentOptions,
+  options: TrainOptions,
+  strategy=None,
+  writer=None,
+  extra_callbacks: Sequence = (),
+) -> tuple:
   """Trains (or resumes, or loads when done) one stage; returns (model, summary dict)."""
   directory = paths.checkpoints / stage
   model_path = paths.models / model_lib.MODEL_FILES[stage]
@@ -325,18 +358,29 @@ def train_stage(stage: str, config: model_lib.DetectorConfig, shards_dir: pathli
     logging.info("%s: already trained (%s); loading it", stage, model_path)
     return model_lib.load_model(model_path), state.get("summary", {})
 
-  spec = data.FrameSpec(stage, config.frame_size(stage), config.num_landmarks,
-                        heatmaps=config.head == "heatmap")
+  spec = data.FrameSpec(
+    stage, config.frame_size(stage), config.num_landmarks, heatmaps=config.head == "heatmap"
+  )
   usable = data.count_usable(shards_dir, "train", spec)
   if usable == 0:
     need = "head boxes or landmarks" if stage == "bbox" else f"{config.num_landmarks} landmarks"
-    raise UsageError(f"{shards_dir}: no training image has {need}; the {stage} stage cannot train "
-                     "(a 5-point dataset needs --num_landmarks=5)")
+    raise UsageError(
+      f"{shards_dir}: no training image has {need}; the {stage} stage cannot train "
+      "(a 5-point dataset needs --num_landmarks=5)"
+    )
   steps = options.steps_per_epoch or max(1, math.ceil(usable / options.batch_size))
-  train_ds = data.frames(shards_dir, "train", spec, batch_size=options.batch_size, training=True,
-                         options=augment_options, seed=options.seed)
-  val_ds = data.frames(shards_dir, "val", spec, batch_size=options.batch_size, training=False,
-                       options=augment_options)
+  train_ds = data.frames(
+    shards_dir,
+    "train",
+    spec,
+    batch_size=options.batch_size,
+    training=True,
+    options=augment_options,
+    seed=options.seed,
+  )
+  val_ds = data.frames(
+    shards_dir, "val", spec, batch_size=options.batch_size, training=False, options=augment_options
+  )
   # Its length, which the usable-image filter hides: Keras warns at the end of an unknown one.
   val_batches = math.ceil(data.count_usable(shards_dir, "val", spec) / options.batch_size)
   val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(val_batches))
@@ -356,31 +400,47 @@ def train_stage(stage: str, config: model_lib.DetectorConfig, shards_dir: pathli
     compile_stage(model, optimizer, spec, options.loss_fn, options.heatmap_weight)
 
   monitor, mode = losses.monitor(stage)
-  plateau = keras.callbacks.ReduceLROnPlateau(monitor, factor=options.plateau_factor,
-                                              patience=options.plateau_patience, mode=mode,
-                                              verbose=1)
-  early = keras.callbacks.EarlyStopping(monitor, patience=2 * options.plateau_patience + 3,
-                                        mode=mode, verbose=1)
+  plateau = keras.callbacks.ReduceLROnPlateau(
+    monitor, factor=options.plateau_factor, patience=options.plateau_patience, mode=mode, verbose=1
+  )
+  early = keras.callbacks.EarlyStopping(
+    monitor, patience=2 * options.plateau_patience + 3, mode=mode, verbose=1
+  )
   best = BestWeights(directory / BEST_WEIGHTS, monitor, mode)
   callbacks = [plateau, early, best, ResumeState(helper, directory, plateau, early, best)]
   if options.deadline > 0:
-    callbacks.append(TimeBudget(max(options.deadline - FINISH_SECONDS - time.time(), 1.0),
-                                options.anneal_at))
+    callbacks.append(
+      TimeBudget(max(options.deadline - FINISH_SECONDS - time.time(), 1.0), options.anneal_at)
+    )
   overlays = None
   if writer is not None:
-    overlays = TensorBoardOverlays(writer, stage, *_overlay_batch(shards_dir, spec,
-                                                                  augment_options),
-                                   options.overlay_every)
+    overlays = TensorBoardOverlays(
+      writer, stage, *_overlay_batch(shards_dir, spec, augment_options), options.overlay_every
+    )
     callbacks.append(overlays)
   callbacks.extend(extra_callbacks)
-  logging.info("%s: %d usable training images, %d steps/epoch, epochs %d..%d", stage, usable,
-               steps, initial_epoch + 1, options.epochs)
+  logging.info(
+    "%s: %d usable training images, %d steps/epoch, epochs %d..%d",
+    stage,
+    usable,
+    steps,
+    initial_epoch + 1,
+    options.epochs,
+  )
   start = time.time()
-  model.fit(train_ds, epochs=options.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-            validation_data=val_ds, callbacks=callbacks, verbose=2)
+  model.fit(
+    train_ds,
+    epochs=options.epochs,
+    initial_epoch=initial_epoch,
+    steps_per_epoch=steps,
+    validation_data=val_ds,
+    callbacks=callbacks,
+    verbose=2,
+  )
   seconds = time.time() - start
-  logging.info("%s: fit returned after %.0f s; best weights, BatchNorm statistics, saving", stage,
-               seconds)
+  logging.info(
+    "%s: fit returned after %.0f s; best weights, BatchNorm statistics, saving", stage, seconds
+  )
   if (directory / BEST_WEIGHTS).is_file():
     model.load_weights(str(directory / BEST_WEIGHTS))
   recompute_batch_norm(model, train_ds, options.batch_norm_batches)
@@ -388,10 +448,17 @@ def train_stage(stage: str, config: model_lib.DetectorConfig, shards_dir: pathli
     overlays.draw(max(read_state(directory).get("epoch", 0), 1))
   model.save(model_path)
   state = read_state(directory)
-  state.update(done=True, summary={
-      "epochs_run": state.get("epoch", 0), "best_epoch": best.best_epoch + 1,
-      f"best_{monitor}": best.best, "fit_seconds_this_run": round(seconds, 1),
+  state.update(
+    done=True,
+    summary={
+      "epochs_run": state.get("epoch", 0),
+      "best_epoch": best.best_epoch + 1,
+      f"best_{monitor}": best.best,
+      "fit_seconds_this_run": round(seconds, 1),
       "finish_seconds": round(time.time() - start - seconds, 1),
-      "steps_per_epoch": steps, "usable_train_images": usable})
+      "steps_per_epoch": steps,
+      "usable_train_images": usable,
+    },
+  )
   write_state(directory, state)
   return model, state["summary"]

@@ -28,21 +28,19 @@ import tensorflow as tf
 from absl import logging
 
 from tfpets.errors import UsageError
-from tfpets.landmarks import data
-from tfpets.landmarks import evaluate
+from tfpets.landmarks import data, evaluate, predict
 from tfpets.landmarks import model as model_lib
-from tfpets.landmarks import predict
 from tfpets.landmarks import train as train_lib
 
-QUALITY_IOU = (0.3, 0.9)   # IoUs whose quality is 0 and 1; linear in between
-NEGATIVE_IOU = 0.1         # background boxes overlap the head at most this much
-JITTERED_BOXES = 4         # jittered true boxes per image,
-JITTER_SHIFT = 0.25        # their centre moved by up to this x the box size
-JITTER_SCALE = 0.4         # and their size scaled by exp(U[-s, s])
+QUALITY_IOU = (0.3, 0.9)  # IoUs whose quality is 0 and 1; linear in between
+NEGATIVE_IOU = 0.1  # background boxes overlap the head at most this much
+JITTERED_BOXES = 4  # jittered true boxes per image,
+JITTER_SHIFT = 0.25  # their centre moved by up to this x the box size
+JITTER_SCALE = 0.4  # and their size scaled by exp(U[-s, s])
 # Negatives next to the head, in head sizes: the body and tail, which look most like it.
 NEAR_MISS_DISTANCE = (1.0, 2.0)
 STATE_DIR = "verifier"
-FINISH_SECONDS = 6.0       # kept for BatchNorm statistics, validation and saving (3 s measured)
+FINISH_SECONDS = 6.0  # kept for BatchNorm statistics, validation and saving (3 s measured)
 
 
 def box_quality(iou: np.ndarray) -> np.ndarray:
@@ -51,8 +49,9 @@ def box_quality(iou: np.ndarray) -> np.ndarray:
   return np.clip((np.asarray(iou, np.float32) - low) / (high - low), 0.0, 1.0)
 
 
-def example_boxes(truth: np.ndarray, candidates: np.ndarray, width: float, height: float,
-                  rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+def example_boxes(
+  truth: np.ndarray, candidates: np.ndarray, width: float, height: float, rng: np.random.Generator
+) -> Tuple[np.ndarray, np.ndarray]:
   """Boxes [M, 4] and their quality labels [M] for one image with head box `truth` and stage-1
   candidates [K, 4]: JITTERED_BOXES jittered true boxes, the candidates, then a head-sized box
   beside the head and two anywhere, those of them that miss it (quality 0)."""
@@ -65,8 +64,7 @@ def example_boxes(truth: np.ndarray, candidates: np.ndarray, width: float, heigh
     boxes.append(np.concatenate([middle - side / 2, middle + side / 2]))
   boxes.extend(candidates)
   angle = rng.uniform(0, 2 * np.pi)
-  near = centre + rng.uniform(*NEAR_MISS_DISTANCE) * size * np.array([np.cos(angle),
-                                                                      np.sin(angle)])
+  near = centre + rng.uniform(*NEAR_MISS_DISTANCE) * size * np.array([np.cos(angle), np.sin(angle)])
   anywhere = [rng.uniform(0, 1, 2) * np.array([width, height]) for _ in range(2)]
   for middle in [near] + anywhere:
     side = size * np.exp(rng.uniform(-0.4, 0.4))
@@ -77,9 +75,13 @@ def example_boxes(truth: np.ndarray, candidates: np.ndarray, width: float, heigh
   return boxes, box_quality(evaluate.box_iou(boxes, truth))
 
 
-def training_examples(samples: Sequence[dict], config: model_lib.DetectorConfig, bbox_fn,
-                      rng: np.random.Generator, batch_size: int = 128
-                      ) -> Tuple[np.ndarray, np.ndarray]:
+def training_examples(
+  samples: Sequence[dict],
+  config: model_lib.DetectorConfig,
+  bbox_fn,
+  rng: np.random.Generator,
+  batch_size: int = 128,
+) -> Tuple[np.ndarray, np.ndarray]:
   """Verifier frames and labels from samples of `evaluate.collect` that have a head box, with
   stage-1 candidates from `bbox_fn`; same-size images are run together."""
   by_shape: Dict[tuple, List[dict]] = {}
@@ -87,23 +89,25 @@ def training_examples(samples: Sequence[dict], config: model_lib.DetectorConfig,
     if sample["box"] is not None:
       by_shape.setdefault(sample["image"].shape, []).append(sample)
   # Compiled: eager calls of stage 1 take several times longer.
-  stage_one = tf.function(lambda images: predict.stage_one_candidates(images, config, bbox_fn),
-                          reduce_retracing=True)
+  stage_one = tf.function(
+    lambda images: predict.stage_one_candidates(images, config, bbox_fn), reduce_retracing=True
+  )
   all_frames, all_labels = [], []
   for shape, group in by_shape.items():
     for start in range(0, len(group), batch_size):
-      chunk = group[start:start + batch_size]
+      chunk = group[start : start + batch_size]
       images = tf.constant(np.stack([s["image"] for s in chunk]), tf.float32)
       candidates = stage_one(images).numpy()
       boxes, labels, owners = [], [], []
       for i, sample in enumerate(chunk):
-        b, l = example_boxes(sample["box"], candidates[i], shape[1], shape[0], rng)
+        b, label = example_boxes(sample["box"], candidates[i], shape[1], shape[0], rng)
         boxes.append(b)
-        labels.append(l)
-        owners.append(np.full(len(l), i))
+        labels.append(label)
+        owners.append(np.full(len(label), i))
       owners = np.concatenate(owners)
-      frames = predict.verifier_frames(tf.gather(images, owners), np.concatenate(boxes),
-                                       config.verifier_size)
+      frames = predict.verifier_frames(
+        tf.gather(images, owners), np.concatenate(boxes), config.verifier_size
+      )
       all_frames.append(np.rint(frames.numpy()).astype(np.uint8))  # a quarter of the memory
       all_labels.append(np.concatenate(labels))
   if not all_labels:
@@ -127,11 +131,19 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, training:
   return data.without_autotune_thread(ds.map(to_model).batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
-def train_verifier(config: model_lib.DetectorConfig, train_samples: Sequence[dict],
-                   val_samples: Sequence[dict], bbox_fn, models_dir: pathlib.Path,
-                   checkpoints_dir: pathlib.Path, seconds: float, seed: int = 0,
-                   batch_size: int = 64, steps_per_epoch: int = 50,
-                   extra_callbacks: Sequence = ()) -> Tuple[keras.Model, dict]:
+def train_verifier(
+  config: model_lib.DetectorConfig,
+  train_samples: Sequence[dict],
+  val_samples: Sequence[dict],
+  bbox_fn,
+  models_dir: pathlib.Path,
+  checkpoints_dir: pathlib.Path,
+  seconds: float,
+  seed: int = 0,
+  batch_size: int = 64,
+  steps_per_epoch: int = 50,
+  extra_callbacks: Sequence = (),
+) -> Tuple[keras.Model, dict]:
   """Trains the verifier within about `seconds` from now (or loads it when a previous run
   finished it); returns (model, summary). It takes a minute, so a killed run trains it again."""
   directory = checkpoints_dir / STATE_DIR
@@ -145,27 +157,45 @@ def train_verifier(config: model_lib.DetectorConfig, train_samples: Sequence[dic
   x, y = training_examples(train_samples, config, bbox_fn, rng)
   val_x, val_y = training_examples(val_samples, config, bbox_fn, rng)
   if len(y) == 0 or y.min() == y.max():
-    raise UsageError("more than one candidate: the head verifier needs training images with head "
-                     f"boxes and background around them; the training split gave {len(y)} "
-                     f"examples, {int(np.sum(y > 0))} of them on a head")
-  logging.info("verifier: %d training ROIs (mean quality %.2f), %d validation ROIs, built in "
-               "%.0f s", len(y), y.mean(), len(val_y), time.time() - start)
+    raise UsageError(
+      "more than one candidate: the head verifier needs training images with head "
+      f"boxes and background around them; the training split gave {len(y)} "
+      f"examples, {int(np.sum(y > 0))} of them on a head"
+    )
+  logging.info(
+    "verifier: %d training ROIs (mean quality %.2f), %d validation ROIs, built in %.0f s",
+    len(y),
+    y.mean(),
+    len(val_y),
+    time.time() - start,
+  )
   model = model_lib.build_model("verifier", config)
-  model.compile(keras.optimizers.Adam(2e-3),
-                loss={"head": keras.losses.BinaryCrossentropy(from_logits=True)})
+  model.compile(
+    keras.optimizers.Adam(2e-3), loss={"head": keras.losses.BinaryCrossentropy(from_logits=True)}
+  )
   # Validated once at the end: within seconds, every step is worth more than a curve.
   budget = train_lib.TimeBudget(max(seconds - (time.time() - start) - FINISH_SECONDS, 1.0))
-  history = model.fit(_dataset(x, y, batch_size, seed, True), epochs=1000,
-                      steps_per_epoch=steps_per_epoch,
-                      callbacks=[budget, *extra_callbacks], verbose=2)
+  history = model.fit(
+    _dataset(x, y, batch_size, seed, True),
+    epochs=1000,
+    steps_per_epoch=steps_per_epoch,
+    callbacks=[budget, *extra_callbacks],
+    verbose=2,
+  )
   fitted = time.time()
-  logging.info("verifier: fit returned %.0f s after its start; BatchNorm statistics, saving, "
-               "validation", fitted - start)
+  logging.info(
+    "verifier: fit returned %.0f s after its start; BatchNorm statistics, saving, validation",
+    fitted - start,
+  )
   train_lib.recompute_batch_norm(model, _dataset(x, y, batch_size, seed, True), 20)
   models_dir.mkdir(parents=True, exist_ok=True)
   model.save(model_path)
-  summary = {"training_rois": int(len(y)), "mean_quality": round(float(y.mean()), 3),
-             "epochs_run": len(history.epoch), "seconds": round(time.time() - start, 1)}
+  summary = {
+    "training_rois": int(len(y)),
+    "mean_quality": round(float(y.mean()), 3),
+    "epochs_run": len(history.epoch),
+    "seconds": round(time.time() - start, 1),
+  }
   if len(val_y):
     logits = model.predict(_dataset(val_x, val_y, batch_size, seed, False), verbose=0)["head"]
     quality = 1 / (1 + np.exp(-logits[:, 0].astype(np.float64)))

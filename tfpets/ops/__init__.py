@@ -10,24 +10,25 @@ compilation in the process; see `_impl` for how `impl='auto'` chooses.
 from __future__ import annotations
 
 from tfpets.ops import _impl
-from tfpets.ops._impl import in_xla_context
-from tfpets.ops._impl import library_loaded
-from tfpets.ops._impl import library_path
-from tfpets.ops._impl import load_library
-from tfpets.ops._impl import set_xla
-from tfpets.ops.bias_act import ACTIVATIONS
-from tfpets.ops.bias_act import fused_bias_act
+from tfpets.ops._impl import in_xla_context, library_loaded, library_path, load_library, set_xla
+from tfpets.ops.bias_act import ACTIVATIONS, fused_bias_act
 from tfpets.ops.conv2d_resample import conv2d_resample
-from tfpets.ops.upfirdn2d import downsample2d
-from tfpets.ops.upfirdn2d import filter2d
-from tfpets.ops.upfirdn2d import setup_filter
-from tfpets.ops.upfirdn2d import upfirdn2d
-from tfpets.ops.upfirdn2d import upsample2d
+from tfpets.ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
 
 _impl.load_library()
 
 __all__ = [
-    'ACTIVATIONS', 'conv2d_resample', 'downsample2d', 'filter2d',
-    'fused_bias_act', 'in_xla_context', 'library_loaded', 'library_path',
-    'load_library', 'set_xla', 'setup_filter', 'upfirdn2d', 'upsample2d'
+  "ACTIVATIONS",
+  "conv2d_resample",
+  "downsample2d",
+  "filter2d",
+  "fused_bias_act",
+  "in_xla_context",
+  "library_loaded",
+  "library_path",
+  "load_library",
+  "set_xla",
+  "setup_filter",
+  "upfirdn2d",
+  "upsample2d",
 ]

@@ -46,18 +46,18 @@ import pathlib
 import threading
 from typing import Any
 
-from absl import logging
 import tensorflow as tf
+from absl import logging
 from tensorflow.python.framework import kernels as tf_kernels
 from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import control_flow_util
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
-LIB_DIR = PACKAGE_DIR / '_lib'
-MANIFEST_NAME = 'tfpets_ops.json'
-AUTO_TABLE_PATH = PACKAGE_DIR / 'auto_table.json'
-IMPLS = ('auto', 'ref', 'custom')
-OP_TYPES = {'fused_bias_act': 'FusedBiasAct', 'upfirdn2d': 'UpFirDn2D'}
+LIB_DIR = PACKAGE_DIR / "_lib"
+MANIFEST_NAME = "tfpets_ops.json"
+AUTO_TABLE_PATH = PACKAGE_DIR / "auto_table.json"
+IMPLS = ("auto", "ref", "custom")
+OP_TYPES = {"fused_bias_act": "FusedBiasAct", "upfirdn2d": "UpFirDn2D"}
 
 _state_lock = threading.Lock()
 _library: Any = None
@@ -72,7 +72,7 @@ def _log_once(*key: str) -> None:
     if key in _logged:
       return
     _logged.add(key)
-  logging.info('tfpets.ops: %s', ' '.join(key))
+  logging.info("tfpets.ops: %s", " ".join(key))
 
 
 def _manifest_library() -> pathlib.Path:
@@ -80,21 +80,23 @@ def _manifest_library() -> pathlib.Path:
   manifest_path = LIB_DIR / MANIFEST_NAME
   if not manifest_path.is_file():
     raise FileNotFoundError(
-        f'no custom op library built ({manifest_path} is missing; run '
-        '`python -m tfpets.ops.build`)')
+      f"no custom op library built ({manifest_path} is missing; run `python -m tfpets.ops.build`)"
+    )
   manifest = json.loads(manifest_path.read_text())
-  if manifest.get('tf_version') != tf.__version__:
+  if manifest.get("tf_version") != tf.__version__:
     raise RuntimeError(
-        f'{manifest_path}: library was built for TensorFlow '
-        f'{manifest.get("tf_version")}, this is {tf.__version__}; rebuild '
-        'with `python -m tfpets.ops.build`')
+      f"{manifest_path}: library was built for TensorFlow "
+      f"{manifest.get('tf_version')}, this is {tf.__version__}; rebuild "
+      "with `python -m tfpets.ops.build`"
+    )
   from tfpets.ops import build  # pylint: disable=g-import-not-at-top
-  if build.sources_present() and build.source_hash() != manifest.get(
-      'source_hash'):
+
+  if build.sources_present() and build.source_hash() != manifest.get("source_hash"):
     raise RuntimeError(
-        f'{manifest_path}: library is older than the kernel sources; rebuild '
-        'with `python -m tfpets.ops.build`')
-  return LIB_DIR / manifest['library']
+      f"{manifest_path}: library is older than the kernel sources; rebuild "
+      "with `python -m tfpets.ops.build`"
+    )
+  return LIB_DIR / manifest["library"]
 
 
 def load_library(path: str | os.PathLike[str] | None = None) -> Any:
@@ -104,20 +106,19 @@ def load_library(path: str | os.PathLike[str] | None = None) -> Any:
     return _library
   try:
     if path is None:
-      if os.environ.get('TFPETS_OPS_DISABLE') == '1':
-        raise RuntimeError('disabled by TFPETS_OPS_DISABLE=1')
-      path = os.environ.get('TFPETS_OPS_LIBRARY') or _manifest_library()
+      if os.environ.get("TFPETS_OPS_DISABLE") == "1":
+        raise RuntimeError("disabled by TFPETS_OPS_DISABLE=1")
+      path = os.environ.get("TFPETS_OPS_LIBRARY") or _manifest_library()
     module = tf.load_op_library(str(path))
-  except (OSError, RuntimeError, ValueError, KeyError,
-          tf.errors.OpError) as error:
-    _library_error = f'{path}: {error}' if path else str(error)
+  except (OSError, RuntimeError, ValueError, KeyError, tf.errors.OpError) as error:
+    _library_error = f"{path}: {error}" if path else str(error)
     logging.warning(
-        'tfpets.ops: custom ops unavailable, using the reference paths (%s)',
-        _library_error)
+      "tfpets.ops: custom ops unavailable, using the reference paths (%s)", _library_error
+    )
     return None
   _library, _library_error, _library_path = module, None, str(path)
   _kernel_devices.cache_clear()
-  logging.info('tfpets.ops: loaded custom ops from %s', path)
+  logging.info("tfpets.ops: loaded custom ops from %s", path)
   return module
 
 
@@ -132,8 +133,9 @@ def library_path() -> str | None:
 def require_library() -> Any:
   if _library is None:
     raise RuntimeError(
-        'tfpets.ops: impl="custom" needs the custom op library, which is not '
-        f'loaded: {_library_error or "not loaded yet"}')
+      'tfpets.ops: impl="custom" needs the custom op library, which is not '
+      f"loaded: {_library_error or 'not loaded yet'}"
+    )
   return _library
 
 
@@ -153,8 +155,7 @@ def in_xla_context() -> bool:
     return True
   if tf.executing_eagerly():
     return False
-  return control_flow_util.GraphOrParentsInXlaContext(
-      tf_ops.get_default_graph())
+  return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,8 +163,11 @@ def _kernel_devices(op_type: str) -> dict[str, frozenset[str]]:
   """Device type -> dtypes ('float', 'half', ...) with a registered kernel."""
   found: dict[str, set[str]] = {}
   for kernel in tf_kernels.get_registered_kernels_for_op(op_type).kernel:
-    dtypes = {c.allowed_values.list.type[0] for c in kernel.constraint
-              if c.name == 'T' and c.allowed_values.list.type}
+    dtypes = {
+      c.allowed_values.list.type[0]
+      for c in kernel.constraint
+      if c.name == "T" and c.allowed_values.list.type
+    }
     names = {tf.dtypes.as_dtype(d).name for d in dtypes}
     found.setdefault(kernel.device_type, set()).update(names)
   return {device: frozenset(names) for device, names in found.items()}
@@ -172,11 +176,11 @@ def _kernel_devices(op_type: str) -> dict[str, frozenset[str]]:
 @functools.lru_cache(maxsize=1)
 def _target_device() -> str:
   """Where the ops will run; fixed once TensorFlow has initialised."""
-  if tf.config.list_logical_devices('TPU'):
-    return 'TPU'
-  if tf.config.list_logical_devices('GPU'):
-    return 'GPU'
-  return 'CPU'
+  if tf.config.list_logical_devices("TPU"):
+    return "TPU"
+  if tf.config.list_logical_devices("GPU"):
+    return "GPU"
+  return "CPU"
 
 
 @functools.lru_cache(maxsize=1)
@@ -190,39 +194,37 @@ def _table_choice(device: str, op: str, case: str) -> str:
   """The table's entry for `case`, else for its base ('lrelu+clamp' ->
   'lrelu'); 'ref' where nothing was measured (for example on GPU)."""
   entry = _auto_table().get(device.lower(), {}).get(op, {})
-  return entry.get(case, entry.get(case.split('+')[0], 'ref'))
+  return entry.get(case, entry.get(case.split("+")[0], "ref"))
 
 
 def _custom_blocker(op: str, dtype: tf.DType, device: str) -> str | None:
   """Why the custom kernel cannot run here, or None if it can."""
   if _library is None:
-    return f'custom op library not loaded ({_library_error})'
+    return f"custom op library not loaded ({_library_error})"
   if in_xla_context():
-    return 'inside an XLA (jit_compile) context'
+    return "inside an XLA (jit_compile) context"
   kernels = _kernel_devices(OP_TYPES[op])
   if device not in kernels:
-    return f'no {device} kernel in the library'
+    return f"no {device} kernel in the library"
   if dtype.name not in kernels[device]:
-    return f'no {dtype.name} kernel'
+    return f"no {dtype.name} kernel"
   return None
 
 
 def choose_impl(op: str, impl: str, dtype: tf.DType, case: str) -> str:
   """Resolves `impl` for one op call to 'ref' or 'custom'."""
   if impl not in IMPLS:
-    raise ValueError(f'{op}: impl must be one of {IMPLS}, got {impl!r}')
-  if impl == 'ref':
-    return 'ref'
+    raise ValueError(f"{op}: impl must be one of {IMPLS}, got {impl!r}")
+  if impl == "ref":
+    return "ref"
   device = _target_device()
   blocker = _custom_blocker(op, dtype, device)
-  if impl == 'custom':
+  if impl == "custom":
     if blocker is not None:
       raise RuntimeError(f'{op}: impl="custom" is not possible: {blocker}')
-    return 'custom'
-  if blocker is None and _table_choice(device, op, case) == 'ref':
-    blocker = (f'auto_table.json does not show custom faster for {case} on '
-               f'{device}')
-  choice = 'custom' if blocker is None else 'ref'
-  _log_once(op, case, dtype.name, '->', choice, *(
-      [f'({blocker})'] if blocker else []))
+    return "custom"
+  if blocker is None and _table_choice(device, op, case) == "ref":
+    blocker = f"auto_table.json does not show custom faster for {case} on {device}"
+  choice = "custom" if blocker is None else "ref"
+  _log_once(op, case, dtype.name, "->", choice, *([f"({blocker})"] if blocker else []))
   return choice

@@ -38,63 +38,69 @@ class ActivationSpec:
 
 
 ACTIVATIONS: dict[str, ActivationSpec] = {
-    spec.name: spec for spec in [
-        ActivationSpec('linear', 1, 0.0, 1.0, False, False),
-        ActivationSpec('relu', 2, 0.0, math.sqrt(2), False, False),
-        ActivationSpec('lrelu', 3, 0.2, math.sqrt(2), False, False),
-        ActivationSpec('tanh', 4, 0.0, 1.0, False, True),
-        ActivationSpec('sigmoid', 5, 0.0, 1.0, False, True),
-        ActivationSpec('elu', 6, 0.0, 1.0, False, True),
-        ActivationSpec('selu', 7, 0.0, 1.0, False, True),
-        ActivationSpec('softplus', 8, 0.0, 1.0, False, True),
-        ActivationSpec('swish', 9, 0.0, math.sqrt(2), True, True),
-    ]
+  spec.name: spec
+  for spec in [
+    ActivationSpec("linear", 1, 0.0, 1.0, False, False),
+    ActivationSpec("relu", 2, 0.0, math.sqrt(2), False, False),
+    ActivationSpec("lrelu", 3, 0.2, math.sqrt(2), False, False),
+    ActivationSpec("tanh", 4, 0.0, 1.0, False, True),
+    ActivationSpec("sigmoid", 5, 0.0, 1.0, False, True),
+    ActivationSpec("elu", 6, 0.0, 1.0, False, True),
+    ActivationSpec("selu", 7, 0.0, 1.0, False, True),
+    ActivationSpec("softplus", 8, 0.0, 1.0, False, True),
+    ActivationSpec("swish", 9, 0.0, math.sqrt(2), True, True),
+  ]
 }
 
 
 def _activation_spec(act: str) -> ActivationSpec:
   if act not in ACTIVATIONS:
     raise ValueError(
-        f'fused_bias_act: unknown activation {act!r}; expected one of '
-        f'{sorted(ACTIVATIONS)}')
+      f"fused_bias_act: unknown activation {act!r}; expected one of {sorted(ACTIVATIONS)}"
+    )
   return ACTIVATIONS[act]
 
 
 def _apply_activation(x: tf.Tensor, act: str, alpha: float) -> tf.Tensor:
   """The activation functions of the reference path (float32 in, out)."""
-  if act == 'linear':
+  if act == "linear":
     return x
-  if act == 'relu':
+  if act == "relu":
     return tf.nn.relu(x)
-  if act == 'lrelu':
+  if act == "lrelu":
     return tf.nn.leaky_relu(x, alpha=alpha)
-  if act == 'tanh':
+  if act == "tanh":
     return tf.math.tanh(x)
-  if act == 'sigmoid':
+  if act == "sigmoid":
     return tf.math.sigmoid(x)
-  if act == 'elu':
+  if act == "elu":
     return tf.nn.elu(x)
-  if act == 'selu':
+  if act == "selu":
     return tf.nn.selu(x)
-  if act == 'softplus':
+  if act == "softplus":
     return tf.math.softplus(x)
   return x * tf.math.sigmoid(x)  # swish
 
 
 def _normalize_axis(axis: int, rank: int) -> int:
   if not -rank <= axis < rank:
-    raise ValueError(
-        f'fused_bias_act: axis {axis} is out of range for a rank-{rank} input')
+    raise ValueError(f"fused_bias_act: axis {axis} is out of range for a rank-{rank} input")
   return axis % rank
 
 
-def _bias_act_ref(x: tf.Tensor, b: tf.Tensor | None, axis: int, act: str,
-                  alpha: float, gain: float, clamp: float | None) -> tf.Tensor:
+def _bias_act_ref(
+  x: tf.Tensor,
+  b: tf.Tensor | None,
+  axis: int,
+  act: str,
+  alpha: float,
+  gain: float,
+  clamp: float | None,
+) -> tf.Tensor:
   """Reference path: bias, activation, gain, clamp in float32."""
   out_dtype = x.dtype
   # Half-precision inputs compute in float32 (float32/float64 as they are).
-  math_dtype = tf.float32 if out_dtype in (tf.float16, tf.bfloat16) else (
-      out_dtype)
+  math_dtype = tf.float32 if out_dtype in (tf.float16, tf.bfloat16) else (out_dtype)
   y = tf.cast(x, math_dtype)
   if b is not None:
     b = tf.cast(b, math_dtype)
@@ -128,17 +134,23 @@ def _reduce_to_axis(t: tf.Tensor, axis: int) -> tf.Tensor:
   """
   rank = t.shape.rank
   if rank >= 2 and axis == rank - 1:
-    return tf.raw_ops.BiasAddGrad(out_backprop=t, data_format='NHWC')
+    return tf.raw_ops.BiasAddGrad(out_backprop=t, data_format="NHWC")
   if rank >= 3 and axis == 1:
-    return tf.raw_ops.BiasAddGrad(out_backprop=t, data_format='NCHW')
+    return tf.raw_ops.BiasAddGrad(out_backprop=t, data_format="NCHW")
   reduce_axes = [i for i in range(rank) if i != axis]
   total = tf.reduce_sum(tf.cast(t, tf.float32), axis=reduce_axes)
   return tf.cast(total, t.dtype)
 
 
-def _bias_act_custom(x: tf.Tensor, b: tf.Tensor | None, axis: int, act: str,
-                     alpha: float, gain: float,
-                     clamp: float | None) -> tf.Tensor:
+def _bias_act_custom(
+  x: tf.Tensor,
+  b: tf.Tensor | None,
+  axis: int,
+  act: str,
+  alpha: float,
+  gain: float,
+  clamp: float | None,
+) -> tf.Tensor:
   spec = ACTIVATIONS[act]
   module = _impl.require_library()
   b = _empty(x.dtype) if b is None else tf.cast(b, x.dtype)
@@ -146,19 +158,32 @@ def _bias_act_custom(x: tf.Tensor, b: tf.Tensor | None, axis: int, act: str,
   # The kernel emits y's sign bits only where its gradient can read them in
   # place of y (the op's doc says where), and an empty tensor elsewhere.
   return module.fused_bias_act(
-      x, b, empty, empty, empty, _no_bits(), grad=0, axis=axis,
-      act=spec.index, alpha=float(alpha), gain=float(gain),
-      clamp=-1.0 if clamp is None else float(clamp), emit_positive=True).y
+    x,
+    b,
+    empty,
+    empty,
+    empty,
+    _no_bits(),
+    grad=0,
+    axis=axis,
+    act=spec.index,
+    alpha=float(alpha),
+    gain=float(gain),
+    clamp=-1.0 if clamp is None else float(clamp),
+    emit_positive=True,
+  ).y
 
 
-def fused_bias_act(x: Any,
-                   b: Any = None,
-                   axis: int = -1,
-                   act: str = 'linear',
-                   alpha: float | None = None,
-                   gain: float | None = None,
-                   clamp: float | None = None,
-                   impl: str = 'auto') -> tf.Tensor:
+def fused_bias_act(
+  x: Any,
+  b: Any = None,
+  axis: int = -1,
+  act: str = "linear",
+  alpha: float | None = None,
+  gain: float | None = None,
+  clamp: float | None = None,
+  impl: str = "auto",
+) -> tf.Tensor:
   """Adds a bias along `axis`, applies `act`, scales by `gain`, clamps.
 
   Args:
@@ -180,29 +205,28 @@ def fused_bias_act(x: Any,
   spec = _activation_spec(act)
   x = tf.convert_to_tensor(x)
   if not x.dtype.is_floating:
-    raise TypeError(f'fused_bias_act: x must be floating point, got {x.dtype}')
+    raise TypeError(f"fused_bias_act: x must be floating point, got {x.dtype}")
   if x.shape.rank is None:
-    raise ValueError('fused_bias_act: x must have a known rank')
+    raise ValueError("fused_bias_act: x must have a known rank")
   axis = _normalize_axis(axis, x.shape.rank)
   alpha = float(spec.default_alpha if alpha is None else alpha)
   gain = float(spec.default_gain if gain is None else gain)
   if clamp is not None:
     clamp = float(clamp)
     if clamp < 0:
-      raise ValueError(f'fused_bias_act: clamp must be >= 0, got {clamp}')
+      raise ValueError(f"fused_bias_act: clamp must be >= 0, got {clamp}")
   if b is not None:
     b = tf.convert_to_tensor(b)
     if b.shape.rank != 1:
-      raise ValueError(f'fused_bias_act: b must be 1-D, got shape {b.shape}')
-    if (b.shape[0] is not None and x.shape[axis] is not None and
-        b.shape[0] != x.shape[axis]):
+      raise ValueError(f"fused_bias_act: b must be 1-D, got shape {b.shape}")
+    if b.shape[0] is not None and x.shape[axis] is not None and b.shape[0] != x.shape[axis]:
       raise ValueError(
-          f'fused_bias_act: b has length {b.shape[0]} but x.shape[{axis}] is '
-          f'{x.shape[axis]}')
-  if act == 'linear' and b is None and gain == 1 and clamp is None:
+        f"fused_bias_act: b has length {b.shape[0]} but x.shape[{axis}] is {x.shape[axis]}"
+      )
+  if act == "linear" and b is None and gain == 1 and clamp is None:
     return x  # Nothing to do (the PyTorch shortcut).
-  case = act if clamp is None else f'{act}+clamp'
-  if _impl.choose_impl('fused_bias_act', impl, x.dtype, case=case) == 'custom':
+  case = act if clamp is None else f"{act}+clamp"
+  if _impl.choose_impl("fused_bias_act", impl, x.dtype, case=case) == "custom":
     return _bias_act_custom(x, b, axis, act, alpha, gain, clamp)
   return _bias_act_ref(x, b, axis, act, alpha, gain, clamp)
 
@@ -221,8 +245,7 @@ def fused_bias_act(x: Any,
 
 
 def _attrs(op: tf.Operation) -> dict[str, Any]:
-  return {name: op.get_attr(name)
-          for name in ('axis', 'act', 'alpha', 'gain', 'clamp')}
+  return {name: op.get_attr(name) for name in ("axis", "act", "alpha", "gain", "clamp")}
 
 
 def _spec_by_index(index: int) -> ActivationSpec:
@@ -237,18 +260,26 @@ def _first_order(op: tf.Operation, dy: tf.Tensor) -> list[Any]:
   """Gradient of the forward op: returns (dx, db, None, None, None, None)."""
   module = _impl.require_library()
   attrs = _attrs(op)
-  spec = _spec_by_index(attrs['act'])
+  spec = _spec_by_index(attrs["act"])
   x, b = op.inputs[0], op.inputs[1]
-  if spec.name == 'linear' and attrs['clamp'] < 0:
+  if spec.name == "linear" and attrs["clamp"] < 0:
     # The derivative is the constant gain: no kernel pass needed.
-    dx = dy if attrs['gain'] == 1 else dy * tf.cast(attrs['gain'], dy.dtype)
-    db = _reduce_to_axis(dx, attrs['axis']) if _has_bias(b) else None
+    dx = dy if attrs["gain"] == 1 else dy * tf.cast(attrs["gain"], dy.dtype)
+    db = _reduce_to_axis(dx, attrs["axis"]) if _has_bias(b) else None
     return [dx, db, None, None, None, None]
   needs_xref = spec.uses_xref or spec.has_2nd_grad
   xref = x if needs_xref else _empty(x.dtype)
-  dx, db, _ = module.fused_bias_act(dy, b, xref, op.outputs[0],
-                                    _empty(x.dtype), op.outputs[2], grad=1,
-                                    reduce_b=_has_bias(b), **attrs)
+  dx, db, _ = module.fused_bias_act(
+    dy,
+    b,
+    xref,
+    op.outputs[0],
+    _empty(x.dtype),
+    op.outputs[2],
+    grad=1,
+    reduce_b=_has_bias(b),
+    **attrs,
+  )
   return [dx, db if _has_bias(b) else None, None, None, None, None]
 
 
@@ -259,8 +290,7 @@ def _broadcast_add(t: tf.Tensor, v: tf.Tensor, axis: int) -> tf.Tensor:
   return t + tf.reshape(v, shape)
 
 
-def _second_order(op: tf.Operation, d_dx: tf.Tensor,
-                  d_db: tf.Tensor | None) -> list[Any]:
+def _second_order(op: tf.Operation, d_dx: tf.Tensor, d_db: tf.Tensor | None) -> list[Any]:
   """Gradient of the grad-1 op with respect to (dy, b, xref, yref, -, -).
 
   Its db output is the sum of its dx output, so db's cotangent joins dx's,
@@ -270,31 +300,37 @@ def _second_order(op: tf.Operation, d_dx: tf.Tensor,
   """
   module = _impl.require_library()
   attrs = _attrs(op)
-  spec = _spec_by_index(attrs['act'])
-  dy, b, xref, yref, yref_positive = (op.inputs[0], op.inputs[1],
-                                      op.inputs[2], op.inputs[3],
-                                      op.inputs[5])
-  if op.get_attr('reduce_b') and d_db is not None:
-    d_dx = _broadcast_add(d_dx, d_db, attrs['axis'])
-  d_dy = module.fused_bias_act(d_dx, b, xref, yref, _empty(dy.dtype),
-                               yref_positive, grad=1, **attrs).y
+  spec = _spec_by_index(attrs["act"])
+  dy, b, xref, yref, yref_positive = (
+    op.inputs[0],
+    op.inputs[1],
+    op.inputs[2],
+    op.inputs[3],
+    op.inputs[5],
+  )
+  if op.get_attr("reduce_b") and d_db is not None:
+    d_dx = _broadcast_add(d_dx, d_db, attrs["axis"])
+  d_dy = module.fused_bias_act(
+    d_dx, b, xref, yref, _empty(dy.dtype), yref_positive, grad=1, **attrs
+  ).y
   if not spec.has_2nd_grad:
     return [d_dy, None, None, None, None, None]
-  d_xref, d_b, _ = module.fused_bias_act(d_dx, b, xref, yref, dy, _no_bits(),
-                                         grad=2, reduce_b=_has_bias(b),
-                                         **attrs)
+  d_xref, d_b, _ = module.fused_bias_act(
+    d_dx, b, xref, yref, dy, _no_bits(), grad=2, reduce_b=_has_bias(b), **attrs
+  )
   return [d_dy, d_b if _has_bias(b) else None, d_xref, None, None, None]
 
 
-@tf.RegisterGradient('FusedBiasAct')
-def _fused_bias_act_grad(op: tf.Operation, grad_y: tf.Tensor,
-                         grad_db: tf.Tensor | None,
-                         unused_grad_y_positive: Any = None) -> list[Any]:
-  order = op.get_attr('grad')
+@tf.RegisterGradient("FusedBiasAct")
+def _fused_bias_act_grad(
+  op: tf.Operation, grad_y: tf.Tensor, grad_db: tf.Tensor | None, unused_grad_y_positive: Any = None
+) -> list[Any]:
+  order = op.get_attr("grad")
   if order == 0:
     return _first_order(op, grad_y)
   if order == 1:
     return _second_order(op, grad_y, grad_db)
   raise NotImplementedError(
-      'FusedBiasAct supports first- and second-order gradients only; a '
-      'third-order gradient was requested (use impl="ref" for that)')
+    "FusedBiasAct supports first- and second-order gradients only; a "
+    'third-order gradient was requested (use impl="ref" for that)'
+  )

@@ -28,19 +28,19 @@ from tfpets.ops import upfirdn2d as upfirdn2d_lib
 def _kernel_shape(w: tf.Tensor) -> tuple[int, int]:
   if w.shape.rank != 4 or not w.shape[:2].is_fully_defined():
     raise ValueError(
-        f'conv2d_resample: w must be [kh, kw, in, out] with static kh, kw, '
-        f'got shape {w.shape}')
+      f"conv2d_resample: w must be [kh, kw, in, out] with static kh, kw, got shape {w.shape}"
+    )
   return int(w.shape[0]), int(w.shape[1])
 
 
-def _plain_conv(x: tf.Tensor, w: tf.Tensor, stride: int,
-                pads: tuple[int, int, int, int]) -> tf.Tensor:
+def _plain_conv(
+  x: tf.Tensor, w: tf.Tensor, stride: int, pads: tuple[int, int, int, int]
+) -> tf.Tensor:
   if min(pads) < 0:
-    raise ValueError(f'conv2d_resample: negative padding {pads}')
+    raise ValueError(f"conv2d_resample: negative padding {pads}")
   kh, kw = _kernel_shape(w)
   px0, px1, py0, py1 = pads
-  if (stride == 1 and kh * kw > 1 and max(py0, py1) < kh and
-      max(px0, px1) < kw):
+  if stride == 1 and kh * kw > 1 and max(py0, py1) < kh and max(px0, px1) < kw:
     return _stride1_conv(x, w, pads)
   if stride > 1 and max(pads) == 0:
     return _strided_conv(x, w, stride)
@@ -50,7 +50,7 @@ def _plain_conv(x: tf.Tensor, w: tf.Tensor, stride: int,
 def _padding_arg(pads: tuple[int, int, int, int]) -> Any:
   px0, px1, py0, py1 = pads
   if max(pads) == 0:
-    return 'VALID'
+    return "VALID"
   return [[0, 0], [py0, py1], [px0, px1], [0, 0]]
 
 
@@ -65,8 +65,7 @@ def _rotated(w: tf.Tensor) -> tf.Tensor:
   return tf.transpose(tf.reverse(w, [0, 1]), [0, 1, 3, 2])
 
 
-def _weight_gradient(x: tf.Tensor, dy: tf.Tensor, kh: int, kw: int,
-                     stride: int = 1) -> tf.Tensor:
+def _weight_gradient(x: tf.Tensor, dy: tf.Tensor, kh: int, kw: int, stride: int = 1) -> tf.Tensor:
   """Weight gradient of the VALID correlation of x with a [kh, kw, in, out]
   kernel at `stride`: one [in, N*H*W] x [N*H*W, out] matmul per kernel tap.
 
@@ -80,14 +79,12 @@ def _weight_gradient(x: tf.Tensor, dy: tf.Tensor, kh: int, kw: int,
   height, width = tf.shape(dy)[1], tf.shape(dy)[2]
   in_channels, out_channels = tf.shape(x)[3], tf.shape(dy)[3]
   dy_rows = tf.reshape(dy, [-1, out_channels])
-  phases = _phases(x, stride, height + (kh - 1) // stride,
-                   width + (kw - 1) // stride)
+  phases = _phases(x, stride, height + (kh - 1) // stride, width + (kw - 1) // stride)
 
   def tap(i, j):
     (a, p), (b, q) = divmod(i, stride), divmod(j, stride)
-    window = phases[p, q, :, a:a + height, b:b + width]
-    return tf.matmul(tf.reshape(window, [-1, in_channels]), dy_rows,
-                     transpose_a=True)
+    window = phases[p, q, :, a : a + height, b : b + width]
+    return tf.matmul(tf.reshape(window, [-1, in_channels]), dy_rows, transpose_a=True)
 
   taps = [tap(i, j) for i in range(kh) for j in range(kw)]
   return tf.reshape(tf.stack(taps), [kh, kw, in_channels, out_channels])
@@ -103,15 +100,21 @@ def _phases(x: tf.Tensor, stride: int, rows: int, cols: int) -> tf.Tensor:
   if stride == 1:
     return x[tf.newaxis, tf.newaxis]
   shape = tf.shape(x)
-  x = x[:, :stride * rows, :stride * cols]
-  x = tf.pad(x, [[0, 0], [0, tf.maximum(stride * rows - shape[1], 0)],
-                 [0, tf.maximum(stride * cols - shape[2], 0)], [0, 0]])
+  x = x[:, : stride * rows, : stride * cols]
+  x = tf.pad(
+    x,
+    [
+      [0, 0],
+      [0, tf.maximum(stride * rows - shape[1], 0)],
+      [0, tf.maximum(stride * cols - shape[2], 0)],
+      [0, 0],
+    ],
+  )
   x = tf.reshape(x, [shape[0], rows, stride, cols, stride, shape[3]])
   return tf.transpose(x, [2, 4, 0, 1, 3, 5])
 
 
-def _stride1_conv(x: tf.Tensor, w: tf.Tensor,
-                  pads: tuple[int, int, int, int]) -> tf.Tensor:
+def _stride1_conv(x: tf.Tensor, w: tf.Tensor, pads: tuple[int, int, int, int]) -> tf.Tensor:
   """Stride-1 convolution whose gradients are a convolution and matmuls.
 
   Input gradient: the output gradient correlated with the kernel rotated by
@@ -130,9 +133,7 @@ def _stride1_conv(x: tf.Tensor, w: tf.Tensor,
     y = tf.nn.conv2d(x, w, 1, _padding_arg(pads))
 
     def grad(dy):
-      dx = _stride1_conv(dy, _rotated(w),
-                         (kw - 1 - px0, kw - 1 - px1, kh - 1 - py0,
-                          kh - 1 - py1))
+      dx = _stride1_conv(dy, _rotated(w), (kw - 1 - px0, kw - 1 - px1, kh - 1 - py0, kh - 1 - py1))
       x_padded = tf.pad(x, [[0, 0], [py0, py1], [px0, px1], [0, 0]])
       return dx, _weight_gradient(x_padded, dy, kh, kw)
 
@@ -148,10 +149,10 @@ def _strided_conv(x: tf.Tensor, w: tf.Tensor, stride: int) -> tf.Tensor:
 
   @tf.custom_gradient
   def conv(x, w):
-    y = tf.nn.conv2d(x, w, stride, 'VALID')
+    y = tf.nn.conv2d(x, w, stride, "VALID")
 
     def grad(dy):
-      dx = tf.nn.conv2d_transpose(dy, w, tf.shape(x), stride, 'VALID')
+      dx = tf.nn.conv2d_transpose(dy, w, tf.shape(x), stride, "VALID")
       return dx, _weight_gradient(x, dy, kh, kw, stride)
 
     return y, grad
@@ -170,16 +171,15 @@ def _transposed_conv(x: tf.Tensor, w: tf.Tensor, factor: int) -> tf.Tensor:
   @tf.custom_gradient
   def conv(x, w):
     shape = tf.shape(x)
-    output_shape = tf.stack([
-        shape[0], (shape[1] - 1) * factor + kh,
-        (shape[2] - 1) * factor + kw, tf.shape(w)[3]
-    ])
+    output_shape = tf.stack(
+      [shape[0], (shape[1] - 1) * factor + kh, (shape[2] - 1) * factor + kw, tf.shape(w)[3]]
+    )
     # conv2d_transpose scatters with its filter ([kh, kw, out, in]);
     # rotating w makes that the correlation above.
-    y = tf.nn.conv2d_transpose(x, _rotated(w), output_shape, factor, 'VALID')
+    y = tf.nn.conv2d_transpose(x, _rotated(w), output_shape, factor, "VALID")
 
     def grad(dy):
-      dx = tf.nn.conv2d(dy, _rotated(w), factor, 'VALID')
+      dx = tf.nn.conv2d(dy, _rotated(w), factor, "VALID")
       return dx, _rotated(_weight_gradient(dy, x, kh, kw, factor))
 
     return y, grad
@@ -190,13 +190,15 @@ def _transposed_conv(x: tf.Tensor, w: tf.Tensor, factor: int) -> tf.Tensor:
   return tf.ensure_shape(y, [x.shape[0], height, width, w.shape[3]])
 
 
-def conv2d_resample(x: Any,
-                    w: Any,
-                    k: Any = (1, 3, 3, 1),
-                    up: int = 1,
-                    down: int = 1,
-                    padding: int | tuple[int, ...] | None = None,
-                    impl: str = 'auto') -> tf.Tensor:
+def conv2d_resample(
+  x: Any,
+  w: Any,
+  k: Any = (1, 3, 3, 1),
+  up: int = 1,
+  down: int = 1,
+  padding: int | tuple[int, ...] | None = None,
+  impl: str = "auto",
+) -> tf.Tensor:
   """Convolution with optional 'up'/'down' resampling through filter `k`.
 
   Args:
@@ -217,11 +219,9 @@ def conv2d_resample(x: Any,
   w = tf.cast(tf.convert_to_tensor(w), x.dtype)
   kh, kw = _kernel_shape(w)
   if int(up) != up or int(down) != down or up < 1 or down < 1:
-    raise ValueError(
-        f'conv2d_resample: up and down must be positive ints, got {up}, '
-        f'{down}')
+    raise ValueError(f"conv2d_resample: up and down must be positive ints, got {up}, {down}")
   if up > 1 and down > 1:
-    raise ValueError('conv2d_resample: up and down cannot both exceed 1')
+    raise ValueError("conv2d_resample: up and down cannot both exceed 1")
   if padding is None:
     padding = (kw // 2, (kw - 1) // 2, kh // 2, (kh - 1) // 2)
   px0, px1, py0, py1 = upfirdn2d_lib.parse_padding(padding)
@@ -235,8 +235,7 @@ def conv2d_resample(x: Any,
     py1 += (fh - up) // 2
     if kw == 1 and kh == 1:
       y = _plain_conv(x, w, 1, (0, 0, 0, 0))
-      return upfirdn2d_lib.upfirdn2d(y, f, up=up, pad=(px0, px1, py0, py1),
-                                     gain=up * up, impl=impl)
+      return upfirdn2d_lib.upfirdn2d(y, f, up=up, pad=(px0, px1, py0, py1), gain=up * up, impl=impl)
     # The transposed convolution supplies kw - 1 zeros on the left and
     # kw - up on the right of the upsampled image; the filter adds the rest.
     y = _transposed_conv(x, w, up)
@@ -249,8 +248,7 @@ def conv2d_resample(x: Any,
     py0 += (fh - down + 1) // 2
     py1 += (fh - down) // 2
     if kw == 1 and kh == 1:
-      y = upfirdn2d_lib.upfirdn2d(x, f, down=down, pad=(px0, px1, py0, py1),
-                                  impl=impl)
+      y = upfirdn2d_lib.upfirdn2d(x, f, down=down, pad=(px0, px1, py0, py1), impl=impl)
       return _plain_conv(y, w, 1, (0, 0, 0, 0))
     y = upfirdn2d_lib.upfirdn2d(x, f, pad=(px0, px1, py0, py1), impl=impl)
     return _plain_conv(y, w, down, (0, 0, 0, 0))

@@ -34,11 +34,9 @@ Padding = int | Sequence[int]
 
 def _parse_scaling(value: Scaling, what: str) -> tuple[int, int]:
   """int or (x, y) -> (x, y), each >= 1."""
-  pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(
-      value)
+  pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
   if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
-    raise ValueError(
-        f'upfirdn2d: {what} must be a positive int or (x, y), got {value!r}')
+    raise ValueError(f"upfirdn2d: {what} must be a positive int or (x, y), got {value!r}")
   return int(pair[0]), int(pair[1])
 
 
@@ -51,16 +49,16 @@ def parse_padding(value: Padding) -> tuple[int, int, int, int]:
     return pads[0], pads[0], pads[1], pads[1]
   if len(pads) == 4:
     return pads
-  raise ValueError(
-      f'upfirdn2d: pad must be an int, (x, y) or (x0, x1, y0, y1), got '
-      f'{value!r}')
+  raise ValueError(f"upfirdn2d: pad must be an int, (x, y) or (x0, x1, y0, y1), got {value!r}")
 
 
-def setup_filter(f: Any = None,
-                 normalize: bool = True,
-                 flip_filter: bool = False,
-                 gain: float = 1,
-                 separable: bool | None = None) -> np.ndarray:
+def setup_filter(
+  f: Any = None,
+  normalize: bool = True,
+  flip_filter: bool = False,
+  gain: float = 1,
+  separable: bool | None = None,
+) -> np.ndarray:
   """Turns filter taps into the float32 filter `upfirdn2d` expects.
 
   Args:
@@ -77,8 +75,8 @@ def setup_filter(f: Any = None,
   f = np.asarray(1 if f is None else f, dtype=np.float32)
   if f.ndim > 2 or f.size == 0:
     raise ValueError(
-        f'setup_filter: taps must be a non-empty scalar, 1-D or 2-D array, '
-        f'got shape {f.shape}')
+      f"setup_filter: taps must be a non-empty scalar, 1-D or 2-D array, got shape {f.shape}"
+    )
   if f.ndim == 0:
     f = f[np.newaxis]
   if separable is None:
@@ -86,21 +84,20 @@ def setup_filter(f: Any = None,
   if f.ndim == 1 and not separable:
     f = np.outer(f, f)
   if f.ndim != (1 if separable else 2):
-    raise ValueError('setup_filter: a 2-D filter cannot be separable')
+    raise ValueError("setup_filter: a 2-D filter cannot be separable")
   if normalize:
     total = f.sum()
     if total == 0:
-      raise ValueError('setup_filter: cannot normalize a filter summing to 0')
+      raise ValueError("setup_filter: cannot normalize a filter summing to 0")
     f = f / total
   if flip_filter:
     f = np.flip(f, axis=tuple(range(f.ndim)))
-  return np.ascontiguousarray(f * (gain**(f.ndim / 2)), dtype=np.float32)
+  return np.ascontiguousarray(f * (gain ** (f.ndim / 2)), dtype=np.float32)
 
 
 def _static_or_dynamic(x: tf.Tensor) -> list[Any]:
   dynamic = tf.shape(x)
-  return [dim if dim is not None else dynamic[i]
-          for i, dim in enumerate(x.shape.as_list())]
+  return [dim if dim is not None else dynamic[i] for i, dim in enumerate(x.shape.as_list())]
 
 
 def _zero_insert(x: tf.Tensor, upx: int, upy: int) -> tf.Tensor:
@@ -110,21 +107,23 @@ def _zero_insert(x: tf.Tensor, upx: int, upy: int) -> tf.Tensor:
   return tf.reshape(x, [n, h * upy, w * upx, c])
 
 
-def _pad_crop(x: tf.Tensor, px0: int, px1: int, py0: int,
-              py1: int) -> tf.Tensor:
+def _pad_crop(x: tf.Tensor, px0: int, px1: int, py0: int, py1: int) -> tf.Tensor:
   if max(px0, px1, py0, py1) > 0:
-    x = tf.pad(x, [[0, 0], [max(py0, 0), max(py1, 0)],
-                   [max(px0, 0), max(px1, 0)], [0, 0]])
+    x = tf.pad(x, [[0, 0], [max(py0, 0), max(py1, 0)], [max(px0, 0), max(px1, 0)], [0, 0]])
   if min(px0, px1, py0, py1) < 0:
     _, h, w, _ = _static_or_dynamic(x)
-    x = x[:, max(-py0, 0):h - max(-py1, 0), max(-px0, 0):w - max(-px1, 0), :]
+    x = x[:, max(-py0, 0) : h - max(-py1, 0), max(-px0, 0) : w - max(-px1, 0), :]
   return x
 
 
-def _upfirdn_depthwise_pass(x: tf.Tensor, f: tf.Tensor, up: tuple[int, int],
-                            down: tuple[int, int],
-                            pad: tuple[int, int, int, int],
-                            flip: bool) -> tf.Tensor:
+def _upfirdn_depthwise_pass(
+  x: tf.Tensor,
+  f: tf.Tensor,
+  up: tuple[int, int],
+  down: tuple[int, int],
+  pad: tuple[int, int, int, int],
+  flip: bool,
+) -> tf.Tensor:
   """Zero insertion, pad, depthwise convolution (fastest in graph mode)."""
   upx, upy = up
   downx, downy = down
@@ -136,19 +135,20 @@ def _upfirdn_depthwise_pass(x: tf.Tensor, f: tf.Tensor, up: tuple[int, int],
   channels = x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]
   f = tf.tile(f[:, :, tf.newaxis, tf.newaxis], [1, 1, channels, 1])
   if downx == downy:
-    return tf.nn.depthwise_conv2d(x, f, [1, downy, downx, 1], 'VALID')
-  y = tf.nn.depthwise_conv2d(x, f, [1, 1, 1, 1], 'VALID')
+    return tf.nn.depthwise_conv2d(x, f, [1, downy, downx, 1], "VALID")
+  y = tf.nn.depthwise_conv2d(x, f, [1, 1, 1, 1], "VALID")
   return y[:, ::downy, ::downx, :]
 
 
-def _shifted_window(x: tf.Tensor, lo_y: int, lo_x: int, shift_y: int,
-                    shift_x: int, size_y: int, size_x: int) -> tf.Tensor:
-  return x[:, lo_y + shift_y:lo_y + shift_y + size_y,
-           lo_x + shift_x:lo_x + shift_x + size_x, :]
+def _shifted_window(
+  x: tf.Tensor, lo_y: int, lo_x: int, shift_y: int, shift_x: int, size_y: int, size_x: int
+) -> tf.Tensor:
+  return x[:, lo_y + shift_y : lo_y + shift_y + size_y, lo_x + shift_x : lo_x + shift_x + size_x, :]
 
 
-def _polyphase_component(x: tf.Tensor, kc: tf.Tensor, taps: list[tuple[
-    int, int, int, int]], size_y: int, size_x: int) -> tf.Tensor:
+def _polyphase_component(
+  x: tf.Tensor, kc: tf.Tensor, taps: list[tuple[int, int, int, int]], size_y: int, size_x: int
+) -> tf.Tensor:
   """sum over taps (i, j, sy, sx) of kc[i, j] * x[q + sy, p + sx], zero-padded.
 
   The result has size_y x size_x pixels; x is padded so that every shifted
@@ -163,16 +163,19 @@ def _polyphase_component(x: tf.Tensor, kc: tf.Tensor, taps: list[tuple[
     x = tf.pad(x, [[0, 0], [lo_y, hi_y], [lo_x, hi_x], [0, 0]])
   total = None
   for i, j, shift_y, shift_x in taps:
-    term = kc[i, j] * _shifted_window(x, lo_y, lo_x, shift_y, shift_x, size_y,
-                                      size_x)
+    term = kc[i, j] * _shifted_window(x, lo_y, lo_x, shift_y, shift_x, size_y, size_x)
     total = term if total is None else total + term
   return total
 
 
-def _upfirdn_slices_pass(x: tf.Tensor, f: tf.Tensor, up: tuple[int, int],
-                         down: tuple[int, int],
-                         pad: tuple[int, int, int, int],
-                         flip: bool) -> tf.Tensor:
+def _upfirdn_slices_pass(
+  x: tf.Tensor,
+  f: tf.Tensor,
+  up: tuple[int, int],
+  down: tuple[int, int],
+  pad: tuple[int, int, int, int],
+  flip: bool,
+) -> tf.Tensor:
   """Sums of shifted slices, polyphase for upsampling (fastest under XLA).
 
   XLA fuses the slices into one loop and never multiplies inserted zeros;
@@ -191,7 +194,7 @@ def _upfirdn_slices_pass(x: tf.Tensor, f: tf.Tensor, up: tuple[int, int],
     total = None
     for i in range(kh):
       for j in range(kw):
-        term = kc[i, j] * x[:, i:i + full_h:downy, j:j + full_w:downx, :]
+        term = kc[i, j] * x[:, i : i + full_h : downy, j : j + full_w : downx, :]
         total = term if total is None else total + term
     return total
   size_y, size_x = -(-full_h // upy), -(-full_w // upx)
@@ -200,22 +203,29 @@ def _upfirdn_slices_pass(x: tf.Tensor, f: tf.Tensor, up: tuple[int, int],
   for ry in range(upy):
     phases = []
     for rx in range(upx):
-      taps = [(i, j, (ry + i - py0) // upy, (rx + j - px0) // upx)
-              for i in range(kh) for j in range(kw)
-              if (ry + i - py0) % upy == 0 and (rx + j - px0) % upx == 0]
+      taps = [
+        (i, j, (ry + i - py0) // upy, (rx + j - px0) // upx)
+        for i in range(kh)
+        for j in range(kw)
+        if (ry + i - py0) % upy == 0 and (rx + j - px0) % upx == 0
+      ]
       if taps:
         phases.append(_polyphase_component(x, kc, taps, size_y, size_x))
       else:
         phases.append(tf.zeros([n, size_y, size_x, c], x.dtype))
-    rows.append(tf.reshape(tf.stack(phases, axis=3),
-                           [n, size_y, size_x * upx, c]))
+    rows.append(tf.reshape(tf.stack(phases, axis=3), [n, size_y, size_x * upx, c]))
   y = tf.reshape(tf.stack(rows, axis=2), [n, size_y * upy, size_x * upx, c])
   return y[:, :full_h:downy, :full_w:downx, :]
 
 
-def _upfirdn_ref_pass(x: tf.Tensor, f: tf.Tensor, up: tuple[int, int],
-                      down: tuple[int, int], pad: tuple[int, int, int, int],
-                      flip: bool) -> tf.Tensor:
+def _upfirdn_ref_pass(
+  x: tf.Tensor,
+  f: tf.Tensor,
+  up: tuple[int, int],
+  down: tuple[int, int],
+  pad: tuple[int, int, int, int],
+  flip: bool,
+) -> tf.Tensor:
   """One 2-D pass of the reference path; f is [kh, kw] of x's dtype."""
   if _impl.in_xla_context() and None not in x.shape[1:3]:
     return _upfirdn_slices_pass(x, f, up, down, pad, flip)
@@ -224,89 +234,129 @@ def _upfirdn_ref_pass(x: tf.Tensor, f: tf.Tensor, up: tuple[int, int],
 
 def _check_input(x: tf.Tensor) -> None:
   if x.shape.rank != 4:
-    raise ValueError(
-        f'upfirdn2d: x must be NHWC (rank 4), got shape {x.shape}')
+    raise ValueError(f"upfirdn2d: x must be NHWC (rank 4), got shape {x.shape}")
   if not x.dtype.is_floating:
-    raise TypeError(f'upfirdn2d: x must be floating point, got {x.dtype}')
+    raise TypeError(f"upfirdn2d: x must be floating point, got {x.dtype}")
 
 
 def _filter_tensor(k: Any) -> tf.Tensor:
-  k = tf.convert_to_tensor(k, dtype=tf.float32) if not isinstance(
-      k, tf.Tensor) else tf.cast(k, tf.float32)
+  k = (
+    tf.convert_to_tensor(k, dtype=tf.float32)
+    if not isinstance(k, tf.Tensor)
+    else tf.cast(k, tf.float32)
+  )
   if k.shape.rank not in (1, 2) or not k.shape.is_fully_defined():
     raise ValueError(
-        f'upfirdn2d: k must be a 1-D or 2-D filter with a static shape, got '
-        f'shape {k.shape}')
+      f"upfirdn2d: k must be a 1-D or 2-D filter with a static shape, got shape {k.shape}"
+    )
   if k.shape.num_elements() == 0:
-    raise ValueError('upfirdn2d: k is empty')
+    raise ValueError("upfirdn2d: k is empty")
   return k
 
 
-def _check_output_size(x: tf.Tensor, k: tf.Tensor, up: tuple[int, int],
-                       down: tuple[int, int], pad: tuple[int, int, int,
-                                                         int]) -> None:
+def _check_output_size(
+  x: tf.Tensor,
+  k: tf.Tensor,
+  up: tuple[int, int],
+  down: tuple[int, int],
+  pad: tuple[int, int, int, int],
+) -> None:
   """Raises if a static spatial size would come out empty."""
   kh, kw = (k.shape[0], k.shape[0]) if k.shape.rank == 1 else k.shape
-  for size, u, d, p0, p1, kk, name in ((x.shape[2], up[0], down[0], pad[0],
-                                        pad[1], kw, 'width'),
-                                       (x.shape[1], up[1], down[1], pad[2],
-                                        pad[3], kh, 'height')):
+  for size, u, d, p0, p1, kk, name in (
+    (x.shape[2], up[0], down[0], pad[0], pad[1], kw, "width"),
+    (x.shape[1], up[1], down[1], pad[2], pad[3], kh, "height"),
+  ):
     if size is not None and size * u + p0 + p1 - kk < 0:
       raise ValueError(
-          f'upfirdn2d: output {name} would be empty (input {size}, up {u}, '
-          f'pads ({p0}, {p1}), filter {kk} taps)')
+        f"upfirdn2d: output {name} would be empty (input {size}, up {u}, "
+        f"pads ({p0}, {p1}), filter {kk} taps)"
+      )
 
 
-def _upfirdn2d_ref(x: tf.Tensor, k: tf.Tensor, up: tuple[int, int],
-                   down: tuple[int, int], pad: tuple[int, int, int, int],
-                   flip: bool, gain: float) -> tf.Tensor:
+def _upfirdn2d_ref(
+  x: tf.Tensor,
+  k: tf.Tensor,
+  up: tuple[int, int],
+  down: tuple[int, int],
+  pad: tuple[int, int, int, int],
+  flip: bool,
+  gain: float,
+) -> tf.Tensor:
   if k.shape.rank == 2:
     f = tf.cast(k * gain, x.dtype)
     return _upfirdn_ref_pass(x, f, up, down, pad, flip)
   f = tf.cast(k * math.sqrt(gain), x.dtype)
-  x = _upfirdn_ref_pass(x, f[tf.newaxis, :], (up[0], 1), (down[0], 1),
-                        (pad[0], pad[1], 0, 0), flip)
-  return _upfirdn_ref_pass(x, f[:, tf.newaxis], (1, up[1]), (1, down[1]),
-                           (0, 0, pad[2], pad[3]), flip)
+  x = _upfirdn_ref_pass(x, f[tf.newaxis, :], (up[0], 1), (down[0], 1), (pad[0], pad[1], 0, 0), flip)
+  return _upfirdn_ref_pass(
+    x, f[:, tf.newaxis], (1, up[1]), (1, down[1]), (0, 0, pad[2], pad[3]), flip
+  )
 
 
-def _custom_pass(x: tf.Tensor, k: tf.Tensor, up: tuple[int, int],
-                 down: tuple[int, int], pad: tuple[int, int, int, int],
-                 flip: bool, gain: float) -> tf.Tensor:
+def _custom_pass(
+  x: tf.Tensor,
+  k: tf.Tensor,
+  up: tuple[int, int],
+  down: tuple[int, int],
+  pad: tuple[int, int, int, int],
+  flip: bool,
+  gain: float,
+) -> tf.Tensor:
   module = _impl.require_library()
   return module.up_fir_dn2d(
-      x, k, upx=up[0], upy=up[1], downx=down[0], downy=down[1], padx0=pad[0],
-      padx1=pad[1], pady0=pad[2], pady1=pad[3], flip=flip, gain=float(gain))
+    x,
+    k,
+    upx=up[0],
+    upy=up[1],
+    downx=down[0],
+    downy=down[1],
+    padx0=pad[0],
+    padx1=pad[1],
+    pady0=pad[2],
+    pady1=pad[3],
+    flip=flip,
+    gain=float(gain),
+  )
 
 
-def _upfirdn2d_custom(x: tf.Tensor, k: tf.Tensor, up: tuple[int, int],
-                      down: tuple[int, int], pad: tuple[int, int, int, int],
-                      flip: bool, gain: float) -> tf.Tensor:
+def _upfirdn2d_custom(
+  x: tf.Tensor,
+  k: tf.Tensor,
+  up: tuple[int, int],
+  down: tuple[int, int],
+  pad: tuple[int, int, int, int],
+  flip: bool,
+  gain: float,
+) -> tf.Tensor:
   if k.shape.rank == 2:
     return _custom_pass(x, k, up, down, pad, flip, gain)
   root_gain = math.sqrt(gain)
-  x = _custom_pass(x, k[tf.newaxis, :], (up[0], 1), (down[0], 1),
-                   (pad[0], pad[1], 0, 0), flip, root_gain)
-  return _custom_pass(x, k[:, tf.newaxis], (1, up[1]), (1, down[1]),
-                      (0, 0, pad[2], pad[3]), flip, root_gain)
+  x = _custom_pass(
+    x, k[tf.newaxis, :], (up[0], 1), (down[0], 1), (pad[0], pad[1], 0, 0), flip, root_gain
+  )
+  return _custom_pass(
+    x, k[:, tf.newaxis], (1, up[1]), (1, down[1]), (0, 0, pad[2], pad[3]), flip, root_gain
+  )
 
 
 def _case_name(up: tuple[int, int], down: tuple[int, int]) -> str:
   if max(up) > 1:
-    return 'up'
+    return "up"
   if max(down) > 1:
-    return 'down'
-  return 'filter'
+    return "down"
+  return "filter"
 
 
-def upfirdn2d(x: Any,
-              k: Any,
-              up: Scaling = 1,
-              down: Scaling = 1,
-              pad: Padding = 0,
-              flip_filter: bool = False,
-              gain: float = 1,
-              impl: str = 'auto') -> tf.Tensor:
+def upfirdn2d(
+  x: Any,
+  k: Any,
+  up: Scaling = 1,
+  down: Scaling = 1,
+  pad: Padding = 0,
+  flip_filter: bool = False,
+  gain: float = 1,
+  impl: str = "auto",
+) -> tf.Tensor:
   """Upsamples, pads, FIR-filters and downsamples NHWC images.
 
   Args:
@@ -326,21 +376,18 @@ def upfirdn2d(x: Any,
   x = tf.convert_to_tensor(x)
   _check_input(x)
   k = _filter_tensor(k)
-  up_pair = _parse_scaling(up, 'up')
-  down_pair = _parse_scaling(down, 'down')
+  up_pair = _parse_scaling(up, "up")
+  down_pair = _parse_scaling(down, "down")
   pads = parse_padding(pad)
   _check_output_size(x, k, up_pair, down_pair, pads)
-  choice = _impl.choose_impl('upfirdn2d', impl, x.dtype,
-                             case=_case_name(up_pair, down_pair))
-  run = _upfirdn2d_custom if choice == 'custom' else _upfirdn2d_ref
+  choice = _impl.choose_impl("upfirdn2d", impl, x.dtype, case=_case_name(up_pair, down_pair))
+  run = _upfirdn2d_custom if choice == "custom" else _upfirdn2d_ref
   return run(x, k, up_pair, down_pair, pads, bool(flip_filter), float(gain))
 
 
-def filter2d(x: Any,
-             k: Any = (1, 3, 3, 1),
-             padding: Padding = 0,
-             gain: float = 1,
-             impl: str = 'auto') -> tf.Tensor:
+def filter2d(
+  x: Any, k: Any = (1, 3, 3, 1), padding: Padding = 0, gain: float = 1, impl: str = "auto"
+) -> tf.Tensor:
   """Filters NHWC images with `setup_filter(k)`, keeping their size.
 
   `padding` is added on top of the size-preserving padding
@@ -349,16 +396,13 @@ def filter2d(x: Any,
   f = setup_filter(k)
   kh, kw = (f.shape[0], f.shape[0]) if f.ndim == 1 else f.shape
   px0, px1, py0, py1 = parse_padding(padding)
-  pads = (px0 + kw // 2, px1 + (kw - 1) // 2, py0 + kh // 2,
-          py1 + (kh - 1) // 2)
+  pads = (px0 + kw // 2, px1 + (kw - 1) // 2, py0 + kh // 2, py1 + (kh - 1) // 2)
   return upfirdn2d(x, f, pad=pads, gain=gain, impl=impl)
 
 
-def upsample2d(x: Any,
-               k: Any = (1, 3, 3, 1),
-               factor: Scaling = 2,
-               gain: float = 1,
-               impl: str = 'auto') -> tf.Tensor:
+def upsample2d(
+  x: Any, k: Any = (1, 3, 3, 1), factor: Scaling = 2, gain: float = 1, impl: str = "auto"
+) -> tf.Tensor:
   """Upsamples NHWC images by `factor` with filter `setup_filter(k)`.
 
   Pads ((kW + factor - 1) // 2, (kW - factor) // 2) give exactly factor x
@@ -366,27 +410,22 @@ def upsample2d(x: Any,
   """
   f = setup_filter(k)
   kh, kw = (f.shape[0], f.shape[0]) if f.ndim == 1 else f.shape
-  fx, fy = _parse_scaling(factor, 'factor')
-  pads = ((kw + fx - 1) // 2, (kw - fx) // 2, (kh + fy - 1) // 2,
-          (kh - fy) // 2)
-  return upfirdn2d(x, f, up=(fx, fy), pad=pads, gain=gain * fx * fy,
-                   impl=impl)
+  fx, fy = _parse_scaling(factor, "factor")
+  pads = ((kw + fx - 1) // 2, (kw - fx) // 2, (kh + fy - 1) // 2, (kh - fy) // 2)
+  return upfirdn2d(x, f, up=(fx, fy), pad=pads, gain=gain * fx * fy, impl=impl)
 
 
-def downsample2d(x: Any,
-                 k: Any = (1, 3, 3, 1),
-                 factor: Scaling = 2,
-                 gain: float = 1,
-                 impl: str = 'auto') -> tf.Tensor:
+def downsample2d(
+  x: Any, k: Any = (1, 3, 3, 1), factor: Scaling = 2, gain: float = 1, impl: str = "auto"
+) -> tf.Tensor:
   """Downsamples NHWC images by `factor` after filtering with `setup_filter(k)`.
 
   Pads ((kW - factor + 1) // 2, (kW - factor) // 2) (spec §2.8).
   """
   f = setup_filter(k)
   kh, kw = (f.shape[0], f.shape[0]) if f.ndim == 1 else f.shape
-  fx, fy = _parse_scaling(factor, 'factor')
-  pads = ((kw - fx + 1) // 2, (kw - fx) // 2, (kh - fy + 1) // 2,
-          (kh - fy) // 2)
+  fx, fy = _parse_scaling(factor, "factor")
+  pads = ((kw - fx + 1) // 2, (kw - fx) // 2, (kh - fy + 1) // 2, (kh - fy) // 2)
   return upfirdn2d(x, f, down=(fx, fy), pad=pads, gain=gain, impl=impl)
 
 
@@ -397,8 +436,9 @@ def downsample2d(x: Any,
 # ---------------------------------------------------------------------------
 
 
-def _grad_pads(in_size: int | None, out_size: int | None, up: int,
-               down: int, p0: int, p1: int, taps: int) -> tuple[int, int]:
+def _grad_pads(
+  in_size: int | None, out_size: int | None, up: int, down: int, p0: int, p1: int, taps: int
+) -> tuple[int, int]:
   """Pads of the gradient pass along one axis.
 
   The right pad depends on the input size only through
@@ -413,24 +453,33 @@ def _grad_pads(in_size: int | None, out_size: int | None, up: int,
   return taps - p0 - 1, right
 
 
-@tf.RegisterGradient('UpFirDn2D')
+@tf.RegisterGradient("UpFirDn2D")
 def _upfirdn2d_grad(op: tf.Operation, dy: tf.Tensor) -> list[Any]:
   x, k = op.inputs[0], op.inputs[1]
-  attr = {name: op.get_attr(name) for name in (
-      'upx', 'upy', 'downx', 'downy', 'padx0', 'padx1', 'pady0', 'pady1',
-      'flip', 'gain')}
+  attr = {
+    name: op.get_attr(name)
+    for name in ("upx", "upy", "downx", "downy", "padx0", "padx1", "pady0", "pady1", "flip", "gain")
+  }
   kh, kw = k.shape.as_list()
   in_h, in_w = x.shape[1], x.shape[2]
   out_h, out_w = op.outputs[0].shape[1], op.outputs[0].shape[2]
-  gx0, gx1 = _grad_pads(in_w, out_w, attr['upx'], attr['downx'],
-                        attr['padx0'], attr['padx1'], kw)
-  gy0, gy1 = _grad_pads(in_h, out_h, attr['upy'], attr['downy'],
-                        attr['pady0'], attr['pady1'], kh)
+  gx0, gx1 = _grad_pads(in_w, out_w, attr["upx"], attr["downx"], attr["padx0"], attr["padx1"], kw)
+  gy0, gy1 = _grad_pads(in_h, out_h, attr["upy"], attr["downy"], attr["pady0"], attr["pady1"], kh)
   dx = _impl.require_library().up_fir_dn2d(
-      dy, k, upx=attr['downx'], upy=attr['downy'], downx=attr['upx'],
-      downy=attr['upy'], padx0=gx0, padx1=gx1, pady0=gy0, pady1=gy1,
-      flip=not attr['flip'], gain=attr['gain'])
+    dy,
+    k,
+    upx=attr["downx"],
+    upy=attr["downy"],
+    downx=attr["upx"],
+    downy=attr["upy"],
+    padx0=gx0,
+    padx1=gx1,
+    pady0=gy0,
+    pady1=gy1,
+    flip=not attr["flip"],
+    gain=attr["gain"],
+  )
   if None in (in_h, in_w, out_h, out_w):
     shape = tf.shape(x)
-    dx = dx[:, :shape[1], :shape[2], :]
+    dx = dx[:, : shape[1], : shape[2], :]
   return [dx, None]

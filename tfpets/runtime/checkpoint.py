@@ -13,12 +13,12 @@ from absl import logging
 
 
 class CheckpointHelper:
-
   def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3, **trackables):
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="checkpoint_step")
     self.checkpoint = tf.train.Checkpoint(step=self.step, **trackables)
-    self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory),
-                                              max_to_keep=max_to_keep)
+    self.manager = tf.train.CheckpointManager(
+      self.checkpoint, str(directory), max_to_keep=max_to_keep
+    )
 
   def restore_or_initialize(self) -> int:
     """Restores the newest checkpoint if there is one; returns the step to continue from."""

@@ -7,14 +7,12 @@ import functools
 import tensorflow as tf
 from absl import flags
 
-from tfpets.runtime import checkpoint
+from tfpets.runtime import checkpoint, tensorboard
 from tfpets.runtime import strategy as strategy_lib
-from tfpets.runtime import tensorboard
 from tfpets.runtime.workdir import Workdir
 
 
 class RunContext:
-
   def __init__(self, stage: str, workdir: Workdir, flag_values: flags.FlagValues):
     self.stage = stage
     self.workdir = workdir
@@ -26,8 +24,9 @@ class RunContext:
 
   @functools.cached_property
   def strategy(self) -> tf.distribute.Strategy:
-    return strategy_lib.make_strategy(self.flags.strategy, self.flags.tpu,
-                                      self.flags.num_cpu_replicas)
+    return strategy_lib.make_strategy(
+      self.flags.strategy, self.flags.tpu, self.flags.num_cpu_replicas
+    )
 
   def summary_writer(self, name: str = "train") -> tensorboard.SummaryWriter:
     return tensorboard.SummaryWriter(self.workdir.logs / name)

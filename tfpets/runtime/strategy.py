@@ -23,10 +23,13 @@ def split_cpu(num_replicas: int) -> list:
   if not existing or len(existing) != num_replicas:
     try:
       tf.config.set_logical_device_configuration(
-          cpus[0], [tf.config.LogicalDeviceConfiguration()] * num_replicas)
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * num_replicas
+      )
     except RuntimeError as e:
-      raise UsageError(f"cannot split the CPU into {num_replicas} devices after TensorFlow "
-                       f"initialised ({e}); create the strategy before running any op") from None
+      raise UsageError(
+        f"cannot split the CPU into {num_replicas} devices after TensorFlow "
+        f"initialised ({e}); create the strategy before running any op"
+      ) from None
   return [d.name for d in tf.config.list_logical_devices("CPU")][:num_replicas]
 
 
@@ -37,20 +40,32 @@ def set_op_threads(intra_op: int = 0, inter_op: int = 0) -> None:
   op: their ops are too short to split, and two stages trained at once then share the cores.
   """
   for name, value, getter, setter in (
-      ("--intra_op_threads", intra_op, tf.config.threading.get_intra_op_parallelism_threads,
-       tf.config.threading.set_intra_op_parallelism_threads),
-      ("--inter_op_threads", inter_op, tf.config.threading.get_inter_op_parallelism_threads,
-       tf.config.threading.set_inter_op_parallelism_threads)):
+    (
+      "--intra_op_threads",
+      intra_op,
+      tf.config.threading.get_intra_op_parallelism_threads,
+      tf.config.threading.set_intra_op_parallelism_threads,
+    ),
+    (
+      "--inter_op_threads",
+      inter_op,
+      tf.config.threading.get_inter_op_parallelism_threads,
+      tf.config.threading.set_inter_op_parallelism_threads,
+    ),
+  ):
     if value and value != getter():
       try:
         setter(value)
       except RuntimeError as e:
-        raise UsageError(f"{name}={value}: cannot change TensorFlow's thread pools after it "
-                         f"initialised ({e}); set them before running any op") from None
+        raise UsageError(
+          f"{name}={value}: cannot change TensorFlow's thread pools after it "
+          f"initialised ({e}); set them before running any op"
+        ) from None
 
 
-def make_strategy(kind: str = "auto", tpu: str = "",
-                  num_cpu_replicas: int = 2) -> tf.distribute.Strategy:
+def make_strategy(
+  kind: str = "auto", tpu: str = "", num_cpu_replicas: int = 2
+) -> tf.distribute.Strategy:
   """Returns the strategy for `kind`.
 
   auto: TPU if `tpu` is given, MirroredStrategy over all GPUs if there are several, one GPU, else CPU.
@@ -73,11 +88,14 @@ def make_strategy(kind: str = "auto", tpu: str = "",
     strategy = tf.distribute.MirroredStrategy(devices)
   elif kind == "multiworker":
     if "TF_CONFIG" not in os.environ:
-      raise UsageError("--strategy=multiworker needs the TF_CONFIG environment variable "
-                       "(see launch/multiworker_cpu.sh)")
+      raise UsageError(
+        "--strategy=multiworker needs the TF_CONFIG environment variable "
+        "(see launch/multiworker_cpu.sh)"
+      )
     json.loads(os.environ["TF_CONFIG"])  # fail early on malformed JSON
     options = tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+      implementation=tf.distribute.experimental.CommunicationImplementation.RING
+    )
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
   else:
     if not tpu:
@@ -86,6 +104,7 @@ def make_strategy(kind: str = "auto", tpu: str = "",
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     strategy = tf.distribute.TPUStrategy(resolver)
-  logging.info("strategy %s with %d replica(s)", type(strategy).__name__,
-               strategy.num_replicas_in_sync)
+  logging.info(
+    "strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync
+  )
   return strategy

@@ -33,12 +33,11 @@ def make_grid(images, columns: int | None = None, pad: int = 2) -> np.ndarray:
   for i, image in enumerate(images):
     r, col = divmod(i, columns)
     y, x = pad + r * (h + pad), pad + col * (w + pad)
-    grid[y:y + h, x:x + w] = image
+    grid[y : y + h, x : x + w] = image
   return grid
 
 
 class SummaryWriter:
-
   def __init__(self, logdir: str | os.PathLike):
     self._writer = tf.summary.create_file_writer(str(logdir))
 

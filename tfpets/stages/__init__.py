@@ -1,10 +1,10 @@
 """Stage registry: `--stage=NAME` runs `tfpets.stages.<module>.run(ctx)`."""
 
 STAGES = {
-    "data": "tfpets.stages.data",
-    "inspect": "tfpets.stages.inspect",
-    "convert": "tfpets.stages.convert",
-    "landmarks": "tfpets.stages.landmarks",
-    "predict_landmarks": "tfpets.stages.predict_landmarks",
-    "crop": "tfpets.stages.crop",
+  "data": "tfpets.stages.data",
+  "inspect": "tfpets.stages.inspect",
+  "convert": "tfpets.stages.convert",
+  "landmarks": "tfpets.stages.landmarks",
+  "predict_landmarks": "tfpets.stages.predict_landmarks",
+  "crop": "tfpets.stages.crop",
 }

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import pathlib
 
-from absl import flags
-from absl import logging
 import numpy as np
+from absl import flags, logging
 
 from tfpets.errors import UsageError
 from tfpets.gan import importers
@@ -22,11 +21,13 @@ from tfpets.runtime import context
 NEEDS_STRATEGY = False
 
 PICKLE = flags.DEFINE_string(
-    "pickle", "",
-    "Official StyleGAN2-ADA network pickle for --stage=convert: a TF1 snapshot (tuple G, D, Gs) "
-    "or a PyTorch snapshot (dict with G, D, G_ema; a plain pickle or a torch.save zip). Read "
-    "without TensorFlow 1, torch or the embedded code; written to --workdir as config.json and "
-    "<net>.weights.h5.")
+  "pickle",
+  "",
+  "Official StyleGAN2-ADA network pickle for --stage=convert: a TF1 snapshot (tuple G, D, Gs) "
+  "or a PyTorch snapshot (dict with G, D, G_ema; a plain pickle or a torch.save zip). Read "
+  "without TensorFlow 1, torch or the embedded code; written to --workdir as config.json and "
+  "<net>.weights.h5.",
+)
 
 
 def run(ctx: context.RunContext) -> None:
@@ -40,15 +41,26 @@ def run(ctx: context.RunContext) -> None:
   except importers.PickleFormatError as e:
     raise UsageError(str(e)) from e
   report = {
-      "pickle": str(path), "format": converted.source_format,
-      "network": converted.config.to_dict(), "notes": converted.notes,
-      "parameters": {name: {"trainable": sum(int(np.prod(v.shape))
-                                             for v in model.trainable_weights),
-                            "total": int(model.count_params())}
-                     for name, model in converted.networks.items()}}
+    "pickle": str(path),
+    "format": converted.source_format,
+    "network": converted.config.to_dict(),
+    "notes": converted.notes,
+    "parameters": {
+      name: {
+        "trainable": sum(int(np.prod(v.shape)) for v in model.trainable_weights),
+        "total": int(model.count_params()),
+      }
+      for name, model in converted.networks.items()
+    },
+  }
   (ctx.workdir.reports / "convert.json").write_text(json.dumps(report, indent=2) + "\n")
   for note in converted.notes:
     logging.warning("%s", note)
-  logging.info("converted %s (%s, %d px, networks %s) into %s", path,
-               converted.source_format, converted.config.resolution,
-               ", ".join(sorted(converted.networks)), ctx.workdir.root)
+  logging.info(
+    "converted %s (%s, %d px, networks %s) into %s",
+    path,
+    converted.source_format,
+    converted.config.resolution,
+    ", ".join(sorted(converted.networks)),
+    ctx.workdir.root,
+  )

@@ -13,8 +13,9 @@ from tfpets.runtime import context
 
 NEEDS_STRATEGY = False
 
-CONTACT_PER_CLASS = flags.DEFINE_integer("contact_per_class", 6,
-                                         "Images per class on the contact sheet.", lower_bound=1)
+CONTACT_PER_CLASS = flags.DEFINE_integer(
+  "contact_per_class", 6, "Images per class on the contact sheet.", lower_bound=1
+)
 
 
 def records_root(path: str) -> pathlib.Path:
@@ -25,8 +26,10 @@ def records_root(path: str) -> pathlib.Path:
       return candidate
   if (root / "manifest.json").is_file():
     return root.parent
-  raise UsageError(f"--records={path}: no converted dataset there (expected records/shards/"
-                   "manifest.json or records/stylegan/); run --stage=data first")
+  raise UsageError(
+    f"--records={path}: no converted dataset there (expected records/shards/"
+    "manifest.json or records/stylegan/); run --stage=data first"
+  )
 
 
 def run(ctx: context.RunContext) -> None:
@@ -39,13 +42,20 @@ def run(ctx: context.RunContext) -> None:
       inspect_lib.write_png(ctx.workdir.images / f"contact_sheet_{split}.png", sheet)
   if (root / "stylegan").is_dir():
     report["stylegan"] = inspect_lib.inspect_multires(root / "stylegan")
-    inspect_lib.write_png(ctx.workdir.images / "stylegan_levels.png",
-                          inspect_lib.multires_sheet(root / "stylegan"))
+    inspect_lib.write_png(
+      ctx.workdir.images / "stylegan_levels.png", inspect_lib.multires_sheet(root / "stylegan")
+    )
   problems = [p for part in report.values() for p in part["problems"]]
   (ctx.workdir.reports / "inspect.json").write_text(json.dumps(report, indent=2) + "\n")
-  print(json.dumps({k: {kk: v for kk, v in part.items() if kk != "class_names"}
-                    for k, part in report.items()}, indent=2))
+  print(
+    json.dumps(
+      {k: {kk: v for kk, v in part.items() if kk != "class_names"} for k, part in report.items()},
+      indent=2,
+    )
+  )
   print(f"contact sheets: {ctx.workdir.images}")
   if problems:
-    raise UsageError(f"{len(problems)} problem(s) in {root}, first: {problems[0]}; "
-                     f"see {ctx.workdir.reports / 'inspect.json'}")
+    raise UsageError(
+      f"{len(problems)} problem(s) in {root}, first: {problems[0]}; "
+      f"see {ctx.workdir.reports / 'inspect.json'}"
+    )

@@ -21,7 +21,7 @@ import pathlib
 import subprocess
 import sys
 
-CONFIG_PATH = pathlib.Path(__file__).resolve().parent / 'local_config.bzl'
+CONFIG_PATH = pathlib.Path(__file__).resolve().parent / "local_config.bzl"
 
 # Runs inside the chosen interpreter; prints what the build needs as JSON.
 _PROBE = """
@@ -43,16 +43,17 @@ class ConfigureError(RuntimeError):
 
 def probe(python: str) -> dict[str, object]:
   """Asks `python` for its TensorFlow install; returns the probe's JSON."""
-  quiet_env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  quiet_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
   try:
-    result = subprocess.run([python, '-c', _PROBE], capture_output=True,
-                            text=True, check=False, env=quiet_env)
+    result = subprocess.run(
+      [python, "-c", _PROBE], capture_output=True, text=True, check=False, env=quiet_env
+    )
   except OSError as error:
-    raise ConfigureError(f'{python}: cannot run it ({error})') from error
+    raise ConfigureError(f"{python}: cannot run it ({error})") from error
   if result.returncode != 0:
     raise ConfigureError(
-        f'{python}: importing tensorflow failed (exit {result.returncode}):\n'
-        f'{result.stderr.strip()}')
+      f"{python}: importing tensorflow failed (exit {result.returncode}):\n{result.stderr.strip()}"
+    )
   # TensorFlow may log to stdout before the JSON line; the JSON is the last.
   return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -65,59 +66,58 @@ def split_flags(info: dict[str, object]) -> dict[str, object]:
   compile flags are copts; the link flags must name exactly one library in
   the wheel directory.
   """
-  lib_dir = pathlib.Path(str(info['tf_lib_dir']))
+  lib_dir = pathlib.Path(str(info["tf_lib_dir"]))
   defines, copts = [], []
-  for flag in info['compile_flags']:
-    if flag.startswith('-I'):
-      if pathlib.Path(flag[2:]) != lib_dir / 'include':
-        raise ConfigureError(
-            f'tf.sysconfig include flag {flag!r} is not {lib_dir}/include')
-    elif flag.startswith('-D'):
+  for flag in info["compile_flags"]:
+    if flag.startswith("-I"):
+      if pathlib.Path(flag[2:]) != lib_dir / "include":
+        raise ConfigureError(f"tf.sysconfig include flag {flag!r} is not {lib_dir}/include")
+    elif flag.startswith("-D"):
       defines.append(flag[2:])
     else:
       copts.append(flag)
-  libraries = [flag[3:] for flag in info['link_flags']
-               if flag.startswith('-l:')]
+  libraries = [flag[3:] for flag in info["link_flags"] if flag.startswith("-l:")]
   if len(libraries) != 1 or not (lib_dir / libraries[0]).is_file():
     raise ConfigureError(
-        f'tf.sysconfig link flags {info["link_flags"]} do not name one '
-        f'library in {lib_dir}')
-  return {'TF_DEFINES': defines, 'TF_COPTS': copts,
-          'TF_FRAMEWORK_LIBRARY': libraries[0]}
+      f"tf.sysconfig link flags {info['link_flags']} do not name one library in {lib_dir}"
+    )
+  return {"TF_DEFINES": defines, "TF_COPTS": copts, "TF_FRAMEWORK_LIBRARY": libraries[0]}
 
 
 def render(info: dict[str, object]) -> str:
   """The text of local_config.bzl (JSON strings/lists are valid Starlark)."""
   values = {
-      'PYTHON_INTERPRETER': info['python'],
-      'TF_VERSION': info['tf_version'],
-      'TF_LIB_DIR': info['tf_lib_dir'],
-      **split_flags(info),
+    "PYTHON_INTERPRETER": info["python"],
+    "TF_VERSION": info["tf_version"],
+    "TF_LIB_DIR": info["tf_lib_dir"],
+    **split_flags(info),
   }
   lines = [
-      '"""Machine-specific Bazel settings; written by '
-      'tools/bazel/configure.py, do not edit or commit."""',
-      '',
+    '"""Machine-specific Bazel settings; written by '
+    'tools/bazel/configure.py, do not edit or commit."""',
+    "",
   ]
-  lines += [f'{name} = {json.dumps(value)}' for name, value in values.items()]
-  return '\n'.join(lines) + '\n'
+  lines += [f"{name} = {json.dumps(value)}" for name, value in values.items()]
+  return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument(
-      '--python', default=sys.executable,
-      help='interpreter with TensorFlow installed (default: this one)')
+    "--python",
+    default=sys.executable,
+    help="interpreter with TensorFlow installed (default: this one)",
+  )
   args = parser.parse_args(argv)
   try:
     text = render(probe(args.python))
   except ConfigureError as error:
-    print(f'configure: {error}', file=sys.stderr)
+    print(f"configure: {error}", file=sys.stderr)
     return 1
   CONFIG_PATH.write_text(text)
-  print(f'configure: wrote {CONFIG_PATH}')
+  print(f"configure: wrote {CONFIG_PATH}")
   return 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   sys.exit(main())

@@ -30,12 +30,12 @@ class SourceResult:
 
 # kind -> "module:function"; each function takes (location: str, **options) -> SourceResult.
 _LOADERS: Dict[str, str] = {
-    "folder": "tfpets.data.sources.folders:load_folders",
-    "csv": "tfpets.data.sources.csv_source:load_csv",
-    "oxford_pets": "tfpets.data.sources.oxford_pets:load_oxford_pets",
-    "stanford_cars": "tfpets.data.sources.stanford_cars:load_stanford_cars",
-    "cat": "tfpets.data.sources.cat_landmarks:load_cat_dataset",
-    "tfds": "tfpets.data.sources.tfds_source:load_tfds",
+  "folder": "tfpets.data.sources.folders:load_folders",
+  "csv": "tfpets.data.sources.csv_source:load_csv",
+  "oxford_pets": "tfpets.data.sources.oxford_pets:load_oxford_pets",
+  "stanford_cars": "tfpets.data.sources.stanford_cars:load_stanford_cars",
+  "cat": "tfpets.data.sources.cat_landmarks:load_cat_dataset",
+  "tfds": "tfpets.data.sources.tfds_source:load_tfds",
 }
 KINDS = ("synthetic",) + tuple(_LOADERS)
 
@@ -44,8 +44,9 @@ def parse_spec(spec: str) -> Tuple[str, str]:
   """'kind:location' -> (kind, location); raises ValueError listing the valid kinds."""
   kind, _, location = spec.partition(":")
   if kind not in KINDS:
-    raise ValueError(f"unknown dataset kind {kind!r} in --data={spec!r}; "
-                     f"valid kinds: {', '.join(KINDS)}")
+    raise ValueError(
+      f"unknown dataset kind {kind!r} in --data={spec!r}; valid kinds: {', '.join(KINDS)}"
+    )
   if kind != "synthetic" and not location:
     raise ValueError(f"--data={spec!r} needs a location: {kind}:PATH")
   return kind, location
@@ -60,6 +61,8 @@ def load_source(spec: str, **options) -> SourceResult:
   """Loads a non-synthetic dataset spec (the synthetic one is rendered first, then read as csv)."""
   kind, location = parse_spec(spec)
   if kind == "synthetic":
-    raise ValueError("render the synthetic dataset with tfpets.data.synthetic first, "
-                     "then load its CSV with load_source('csv:...')")
+    raise ValueError(
+      "render the synthetic dataset with tfpets.data.synthetic first, "
+      "then load its CSV with load_source('csv:...')"
+    )
   return loader_for(kind)(location, **options)

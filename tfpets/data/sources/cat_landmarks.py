@@ -50,8 +50,9 @@ def parse_landmark_file(path: str) -> np.ndarray:
     raise ValueError(f"{path}: point count {count} must be positive")
   values = tokens[1:]
   if len(values) != 2 * count:
-    raise ValueError(f"{path}: header says {count} points but {len(values)} numbers follow "
-                     f"(expected {2 * count})")
+    raise ValueError(
+      f"{path}: header says {count} points but {len(values)} numbers follow (expected {2 * count})"
+    )
   coords = []
   for token in values:
     try:
@@ -114,9 +115,12 @@ def read_sidecar_landmarks(image_path: str) -> Tuple[Optional[np.ndarray], str]:
   return points, ""
 
 
-def harmonise_point_counts(records: List[ImageRecord], rejects: rejects_lib.RejectsReport,
-                           num_points: Optional[int] = None,
-                           keep_unannotated: bool = True) -> List[ImageRecord]:
+def harmonise_point_counts(
+  records: List[ImageRecord],
+  rejects: rejects_lib.RejectsReport,
+  num_points: Optional[int] = None,
+  keep_unannotated: bool = True,
+) -> List[ImageRecord]:
   """Makes every record's landmarks the same size so that they can be batched.
 
   num_points=None keeps the files' own count unless the dataset mixes 9- and 5-point files, in which
@@ -137,12 +141,18 @@ def harmonise_point_counts(records: List[ImageRecord], rejects: rejects_lib.Reje
       if target == 5:
         record.landmarks = to_five_points(record.landmarks)
         if num_points is None:
-          rejects.add(record.path, "9 landmarks reduced to 5: the dataset mixes 9- and 5-point "
-                      "files", rejects_lib.CONVERTED)
+          rejects.add(
+            record.path,
+            "9 landmarks reduced to 5: the dataset mixes 9- and 5-point files",
+            rejects_lib.CONVERTED,
+          )
       elif keep_unannotated:
         record.landmarks = None
-        rejects.add(record.path, "5-point landmark file where 9 points are required",
-                    rejects_lib.ANNOTATION_DROPPED)
+        rejects.add(
+          record.path,
+          "5-point landmark file where 9 points are required",
+          rejects_lib.ANNOTATION_DROPPED,
+        )
       else:
         rejects.add(record.path, "5-point landmark file where 9 points are required")
         continue
@@ -150,9 +160,13 @@ def harmonise_point_counts(records: List[ImageRecord], rejects: rejects_lib.Reje
   return kept
 
 
-def load_cat_dataset(location: str, folders_as_classes: bool = False,
-                     keep_unannotated: bool = False, num_points: Optional[int] = None,
-                     **unused_options) -> SourceResult:
+def load_cat_dataset(
+  location: str,
+  folders_as_classes: bool = False,
+  keep_unannotated: bool = False,
+  num_points: Optional[int] = None,
+  **unused_options,
+) -> SourceResult:
   """Reads the Kaggle CAT layout (any depth) into records with landmarks.
 
   Args:
@@ -164,6 +178,7 @@ def load_cat_dataset(location: str, folders_as_classes: bool = False,
   """
   # folders imports this module for sidecars, so a top-level import here would be circular.
   from tfpets.data.sources import folders  # pylint: disable=g-import-not-at-top
+
   root = os.path.abspath(location)
   if not os.path.isdir(root):
     raise FileNotFoundError(f"{location}: no such directory (expected the CAT dataset root)")
@@ -174,8 +189,9 @@ def load_cat_dataset(location: str, folders_as_classes: bool = False,
     if folders_as_classes and top_folder == os.path.basename(path):
       rejects.add(path, "image not inside a class folder (folders_as_classes=True)")
       continue
-    record = _annotated_record(path, top_folder if folders_as_classes else "cat", rejects,
-                               keep_unannotated)
+    record = _annotated_record(
+      path, top_folder if folders_as_classes else "cat", rejects, keep_unannotated
+    )
     if record is not None:
       records.append(record)
   records = harmonise_point_counts(records, rejects, num_points, keep_unannotated)
@@ -187,8 +203,9 @@ def load_cat_dataset(location: str, folders_as_classes: bool = False,
   return SourceResult(records, class_names, rejects)
 
 
-def _annotated_record(path: str, class_name: str, rejects: rejects_lib.RejectsReport,
-                      keep_unannotated: bool) -> Optional[ImageRecord]:
+def _annotated_record(
+  path: str, class_name: str, rejects: rejects_lib.RejectsReport, keep_unannotated: bool
+) -> Optional[ImageRecord]:
   points, problem = read_sidecar_landmarks(path)
   if points is None:
     reason = problem or "no landmark file (.cat or .animal)"
@@ -197,5 +214,6 @@ def _annotated_record(path: str, class_name: str, rejects: rejects_lib.RejectsRe
       return None
     if problem:
       rejects.add(path, reason, rejects_lib.ANNOTATION_DROPPED)
-  return ImageRecord(path=path, label=-1, class_name=class_name, landmarks=points, species="cat",
-                     source="cat")
+  return ImageRecord(
+    path=path, label=-1, class_name=class_name, landmarks=points, species="cat", source="cat"
+  )

@@ -25,8 +25,7 @@ from absl import logging
 
 from tfpets.data import rejects as rejects_lib
 from tfpets.data.records import ImageRecord
-from tfpets.data.sources import SourceResult
-from tfpets.data.sources import folders
+from tfpets.data.sources import SourceResult, folders
 
 REQUIRED_COLUMNS = ("path", "label")
 BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
@@ -82,18 +81,25 @@ def _check_header(location: str, fieldnames: Optional[Sequence[str]]) -> int:
   columns = [c.strip() for c in fieldnames]
   missing = [c for c in REQUIRED_COLUMNS if c not in columns]
   if missing:
-    raise ValueError(f"{location}: header lacks required column(s) {', '.join(missing)} "
-                     f"(found: {', '.join(columns)})")
+    raise ValueError(
+      f"{location}: header lacks required column(s) {', '.join(missing)} "
+      f"(found: {', '.join(columns)})"
+    )
   present_box = [c for c in BOX_COLUMNS if c in columns]
   if present_box and len(present_box) != len(BOX_COLUMNS):
-    raise ValueError(f"{location}: box columns need all of {','.join(BOX_COLUMNS)} "
-                     f"(found only {','.join(present_box)})")
+    raise ValueError(
+      f"{location}: box columns need all of {','.join(BOX_COLUMNS)} "
+      f"(found only {','.join(present_box)})"
+    )
   landmark_cols = [c for c in columns if _LANDMARK_COLUMN.match(c)]
   num_points = len(landmark_cols) // 2
-  if landmark_cols and (num_points not in (9, 5)
-                        or sorted(landmark_cols) != sorted(landmark_columns(num_points))):
-    raise ValueError(f"{location}: landmark columns must be lm0_x,lm0_y,...,lm{{N-1}}_y for N = 9 "
-                     f"or 5 (found {','.join(landmark_cols)})")
+  if landmark_cols and (
+    num_points not in (9, 5) or sorted(landmark_cols) != sorted(landmark_columns(num_points))
+  ):
+    raise ValueError(
+      f"{location}: landmark columns must be lm0_x,lm0_y,...,lm{{N-1}}_y for N = 9 "
+      f"or 5 (found {','.join(landmark_cols)})"
+    )
   known = set(REQUIRED_COLUMNS + BOX_COLUMNS + OPTIONAL_TEXT_COLUMNS) | set(landmark_cols)
   unknown = [c for c in columns if c not in known]
   if unknown:
@@ -106,8 +112,9 @@ def _cell(row: Dict[str, Optional[str]], column: str) -> str:
   return value.strip() if value else ""
 
 
-def _parse_row(row: Dict[str, Optional[str]], row_number: int, base_dir: str, num_points: int,
-               source: str) -> ImageRecord:
+def _parse_row(
+  row: Dict[str, Optional[str]], row_number: int, base_dir: str, num_points: int, source: str
+) -> ImageRecord:
   if None in row:
     raise _RowError(f"row {row_number}: more cells than header columns")
   path, class_name = _cell(row, "path"), _cell(row, "label")
@@ -121,13 +128,20 @@ def _parse_row(row: Dict[str, Optional[str]], row_number: int, base_dir: str, nu
   if not os.path.isfile(full_path):
     raise _RowError(f"row {row_number}: file not found")
   return ImageRecord(
-      path=full_path, label=-1, class_name=class_name, box=box,
-      landmarks=None if landmarks is None else np.reshape(landmarks, (-1, 2)),
-      species=_cell(row, "species"), split=_cell(row, "split"), source=source)
+    path=full_path,
+    label=-1,
+    class_name=class_name,
+    box=box,
+    landmarks=None if landmarks is None else np.reshape(landmarks, (-1, 2)),
+    species=_cell(row, "species"),
+    split=_cell(row, "split"),
+    source=source,
+  )
 
 
-def _numbers(row: Dict[str, Optional[str]], columns: Sequence[str], row_number: int,
-             what: str) -> Optional[List[float]]:
+def _numbers(
+  row: Dict[str, Optional[str]], columns: Sequence[str], row_number: int, what: str
+) -> Optional[List[float]]:
   """All-empty -> None; all numbers -> the list; anything else -> _RowError naming the column."""
   if not columns or all(not _cell(row, c) for c in columns if c in row):
     return None

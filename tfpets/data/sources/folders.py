@@ -13,12 +13,10 @@ from typing import List, Optional, Sequence
 
 from tfpets.data import rejects as rejects_lib
 from tfpets.data.records import ImageRecord
-from tfpets.data.sources import SourceResult
-from tfpets.data.sources import cat_landmarks
+from tfpets.data.sources import SourceResult, cat_landmarks
 
 # Extensions the decoder can open; the decoder sniffs the real format, this only picks candidates.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 def is_hidden(name: str) -> bool:
@@ -59,8 +57,9 @@ def _stray_file_reason(name: str, present: set) -> Optional[str]:
     image_name = cat_landmarks.sidecar_image_name(name)
     if image_name not in present:
       return "landmark file without its image"
-    first = next(image_name + s for s in cat_landmarks.SIDECAR_SUFFIXES
-                 if image_name + s in present)
+    first = next(
+      image_name + s for s in cat_landmarks.SIDECAR_SUFFIXES if image_name + s in present
+    )
     return "" if first == name else f"second landmark file for {image_name}; {first} is used"
   if is_image_name(name):
     return None
@@ -68,8 +67,13 @@ def _stray_file_reason(name: str, present: set) -> Optional[str]:
   return f"not an image (extension {ext!r})" if ext else "not an image (no extension)"
 
 
-def load_folders(location: str, split: str = "", source: str = "folder",
-                 num_points: Optional[int] = None, **unused_options) -> SourceResult:
+def load_folders(
+  location: str,
+  split: str = "",
+  source: str = "folder",
+  num_points: Optional[int] = None,
+  **unused_options,
+) -> SourceResult:
   """Reads `location/<class>/...` into labelled records.
 
   Args:
@@ -105,20 +109,30 @@ def load_folders(location: str, split: str = "", source: str = "folder",
   return SourceResult(records, class_names, rejects)
 
 
-def _record(path: str, label: int, class_name: str, split: str, source: str,
-            rejects: rejects_lib.RejectsReport) -> ImageRecord:
+def _record(
+  path: str,
+  label: int,
+  class_name: str,
+  split: str,
+  source: str,
+  rejects: rejects_lib.RejectsReport,
+) -> ImageRecord:
   points, problem = cat_landmarks.read_sidecar_landmarks(path)
   if problem:
     rejects.add(path, problem, rejects_lib.ANNOTATION_DROPPED)
-  return ImageRecord(path=path, label=label, class_name=class_name, landmarks=points,
-                     source=source, split=split)
+  return ImageRecord(
+    path=path, label=label, class_name=class_name, landmarks=points, source=source, split=split
+  )
 
 
-def require_records(records: Sequence[ImageRecord], rejects: rejects_lib.RejectsReport,
-                    location: str) -> None:
+def require_records(
+  records: Sequence[ImageRecord], rejects: rejects_lib.RejectsReport, location: str
+) -> None:
   """Raises ValueError naming the location and the first rejects when a source yields nothing."""
   if records:
     return
   examples = "; ".join(f"{e.path}: {e.reason}" for e in rejects.entries[:3])
-  raise ValueError(f"{location}: no usable images found"
-                   + (f" ({rejects.summary()}; e.g. {examples})" if examples else ""))
+  raise ValueError(
+    f"{location}: no usable images found"
+    + (f" ({rejects.summary()}; e.g. {examples})" if examples else "")
+  )

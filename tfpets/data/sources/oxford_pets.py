@@ -23,8 +23,7 @@ import numpy as np
 
 from tfpets.data import rejects as rejects_lib
 from tfpets.data.records import ImageRecord
-from tfpets.data.sources import SourceResult
-from tfpets.data.sources import folders
+from tfpets.data.sources import SourceResult, folders
 
 SPLITS = ("all", "trainval", "test")
 # Images of a known breed that list.txt omits (Abyssinian_34, a GIF, among them) are kept under this
@@ -57,8 +56,16 @@ def load_oxford_pets(location: str, split: str = "all", **unused_options) -> Sou
     if split == "all" and breed in class_names:
       label = class_names.index(breed)
       species = next(e.species for e in entries.values() if e.breed == breed)
-      records.append(ImageRecord(path=path, label=label, class_name=breed, species=species,
-                                 source="oxford_pets", split=UNLISTED))
+      records.append(
+        ImageRecord(
+          path=path,
+          label=label,
+          class_name=breed,
+          species=species,
+          source="oxford_pets",
+          split=UNLISTED,
+        )
+      )
     else:
       rejects.add(path, "not in annotations/list.txt", rejects_lib.IGNORED)
   for name, entry in entries.items():
@@ -69,9 +76,17 @@ def load_oxford_pets(location: str, split: str = "all", **unused_options) -> Sou
       rejects.add(path, "image file missing (listed in annotations/list.txt)")
       continue
     box = _head_box(os.path.join(annotations_dir, "xmls", name + ".xml"), rejects)
-    records.append(ImageRecord(path=path, label=label_of[entry.class_id], class_name=entry.breed,
-                               box=box, species=entry.species, source="oxford_pets",
-                               split=entry.split))
+    records.append(
+      ImageRecord(
+        path=path,
+        label=label_of[entry.class_id],
+        class_name=entry.breed,
+        box=box,
+        species=entry.species,
+        source="oxford_pets",
+        split=entry.split,
+      )
+    )
   folders.require_records(records, rejects, location)
   return SourceResult(records, class_names, rejects)
 
@@ -84,8 +99,9 @@ def _check_layout(location: str) -> Tuple[str, str]:
   missing = [p for p in expected if not os.path.exists(p)]
   if missing:
     raise FileNotFoundError(
-        f"{location}: not the Oxford-IIIT Pet layout; missing {', '.join(missing)} (expected "
-        "images/ and annotations/{list.txt,trainval.txt,test.txt,xmls/})")
+      f"{location}: not the Oxford-IIIT Pet layout; missing {', '.join(missing)} (expected "
+      "images/ and annotations/{list.txt,trainval.txt,test.txt,xmls/})"
+    )
   return images_dir, annotations_dir
 
 
@@ -97,8 +113,11 @@ def _read_lists(annotations_dir: str, rejects: rejects_lib.RejectsReport) -> Dic
     for name, entry in _parse_list_file(path, rejects):
       known = entries.setdefault(name, entry)
       if split and known.split and known.split != split:
-        rejects.add(name, f"listed in both {known.split}.txt and {list_name}; kept in "
-                    f"{known.split}", rejects_lib.ANNOTATION_DROPPED)
+        rejects.add(
+          name,
+          f"listed in both {known.split}.txt and {list_name}; kept in {known.split}",
+          rejects_lib.ANNOTATION_DROPPED,
+        )
       elif split:
         known.split = split
   return entries
@@ -130,13 +149,16 @@ def _parse_list_file(path: str, rejects: rejects_lib.RejectsReport) -> List[Tupl
 def _breed_of_class(class_id: int, entries: Dict[str, _Entry], annotations_dir: str) -> str:
   breeds = sorted({e.breed for e in entries.values() if e.class_id == class_id})
   if len(breeds) != 1:
-    raise ValueError(f"{annotations_dir}: CLASS-ID {class_id} is used by several breeds "
-                     f"({', '.join(breeds)}); the annotation files are inconsistent")
+    raise ValueError(
+      f"{annotations_dir}: CLASS-ID {class_id} is used by several breeds "
+      f"({', '.join(breeds)}); the annotation files are inconsistent"
+    )
   return breeds[0]
 
 
-def _unlisted_images(images_dir: str, entries: Dict[str, _Entry],
-                     rejects: rejects_lib.RejectsReport) -> List[Tuple[str, str]]:
+def _unlisted_images(
+  images_dir: str, entries: Dict[str, _Entry], rejects: rejects_lib.RejectsReport
+) -> List[Tuple[str, str]]:
   """(path, breed) of images that list.txt omits; stray non-image files go to the report."""
   unlisted = []
   for name in sorted(os.listdir(images_dir)):
@@ -159,9 +181,11 @@ def _head_box(xml_path: str, rejects: rejects_lib.RejectsReport) -> Optional[np.
     bndbox = ElementTree.parse(xml_path).getroot().find("object/bndbox")
     if bndbox is None:
       raise ValueError("no <object><bndbox>")
-    return np.array([float(bndbox.findtext(tag, "")) for tag in ("xmin", "ymin", "xmax", "ymax")],
-                    np.float32)
+    return np.array(
+      [float(bndbox.findtext(tag, "")) for tag in ("xmin", "ymin", "xmax", "ymax")], np.float32
+    )
   except (ElementTree.ParseError, ValueError) as e:
-    rejects.add(xml_path, f"unreadable head box ({e}); image kept without box",
-                rejects_lib.ANNOTATION_DROPPED)
+    rejects.add(
+      xml_path, f"unreadable head box ({e}); image kept without box", rejects_lib.ANNOTATION_DROPPED
+    )
     return None

@@ -25,8 +25,7 @@ import scipy.io
 
 from tfpets.data import rejects as rejects_lib
 from tfpets.data.records import ImageRecord
-from tfpets.data.sources import SourceResult
-from tfpets.data.sources import folders
+from tfpets.data.sources import SourceResult, folders
 
 SPLITS = ("all", "train", "test")
 TEST_LABELS_FILE = "cars_test_annos_withlabels.mat"
@@ -50,23 +49,27 @@ def load_stanford_cars(location: str, split: str = "all", **unused_options) -> S
   missing = [p for p in (meta_path, train_annos) if not os.path.isfile(p)]
   if missing:
     raise FileNotFoundError(
-        f"{location}: not a Stanford Cars layout; missing {', '.join(missing)} (expected "
-        "devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_train/, cars_test/ and "
-        f"{TEST_LABELS_FILE}, or car_data/{{train,test}}/<class>/)")
+      f"{location}: not a Stanford Cars layout; missing {', '.join(missing)} (expected "
+      "devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_train/, cars_test/ and "
+      f"{TEST_LABELS_FILE}, or car_data/{{train,test}}/<class>/)"
+    )
   return _load_devkit(root, split, location)
 
 
 def _kaggle_root(root: str) -> Optional[str]:
   for candidate in (os.path.join(root, "car_data"), root):
-    if (all(os.path.isdir(os.path.join(candidate, s)) for s in ("train", "test"))
-        and not os.path.isdir(os.path.join(candidate, "devkit"))):
+    if all(
+      os.path.isdir(os.path.join(candidate, s)) for s in ("train", "test")
+    ) and not os.path.isdir(os.path.join(candidate, "devkit")):
       return candidate
   return None
 
 
 def _load_kaggle(kaggle_root: str, split: str, location: str) -> SourceResult:
-  parts = {s: folders.load_folders(os.path.join(kaggle_root, s), split=s, source="stanford_cars")
-           for s in ("train", "test")}
+  parts = {
+    s: folders.load_folders(os.path.join(kaggle_root, s), split=s, source="stanford_cars")
+    for s in ("train", "test")
+  }
   class_names = sorted(set(parts["train"].class_names) | set(parts["test"].class_names))
   label_of = {name: i for i, name in enumerate(class_names)}
   rejects = rejects_lib.RejectsReport()
@@ -91,20 +94,31 @@ def _load_devkit(root: str, split: str, location: str) -> SourceResult:
   if test_labels:
     annotation_files["test"] = test_labels
   elif split == "test":
-    raise FileNotFoundError(f"{location}: the test split needs {TEST_LABELS_FILE} in {root} or "
-                            f"{devkit} (devkit/cars_test_annos.mat has no class labels)")
+    raise FileNotFoundError(
+      f"{location}: the test split needs {TEST_LABELS_FILE} in {root} or "
+      f"{devkit} (devkit/cars_test_annos.mat has no class labels)"
+    )
   elif os.path.isdir(os.path.join(root, "cars_test")):
-    rejects.add(os.path.join(root, "cars_test"),
-                f"test images have no labels: {TEST_LABELS_FILE} not found in {root} or {devkit}")
+    rejects.add(
+      os.path.join(root, "cars_test"),
+      f"test images have no labels: {TEST_LABELS_FILE} not found in {root} or {devkit}",
+    )
   annotations = {name: _read_annotations(path) for name, path in annotation_files.items()}
-  class_ids = sorted({class_id for rows in annotations.values() for _, class_id, _ in rows
-                      if 1 <= class_id <= len(meta_names)})
+  class_ids = sorted(
+    {
+      class_id
+      for rows in annotations.values()
+      for _, class_id, _ in rows
+      if 1 <= class_id <= len(meta_names)
+    }
+  )
   label_of = {class_id: i for i, class_id in enumerate(class_ids)}
   records = []
   for name, rows in annotations.items():
     images_dir = _images_dir(root, f"cars_{name}")
-    _report_unannotated(images_dir, {fname for fname, _, _ in rows}, annotation_files[name],
-                        rejects)
+    _report_unannotated(
+      images_dir, {fname for fname, _, _ in rows}, annotation_files[name], rejects
+    )
     if split not in ("all", name):
       continue
     for fname, class_id, box in rows:
@@ -114,9 +128,16 @@ def _load_devkit(root: str, split: str, location: str) -> SourceResult:
       elif not os.path.isfile(path):
         rejects.add(path, "file not found (listed in the annotations)")
       else:
-        records.append(ImageRecord(path=path, label=label_of[class_id],
-                                   class_name=meta_names[class_id - 1], box=box,
-                                   source="stanford_cars", split=name))
+        records.append(
+          ImageRecord(
+            path=path,
+            label=label_of[class_id],
+            class_name=meta_names[class_id - 1],
+            box=box,
+            source="stanford_cars",
+            split=name,
+          )
+        )
   folders.require_records(records, rejects, location)
   return SourceResult(records, [meta_names[i - 1] for i in class_ids], rejects)
 
@@ -153,8 +174,10 @@ def _read_annotations(path: str) -> List[_Annotation]:
   fields = table.dtype.names or ()
   missing = [f for f in _ANNOTATION_FIELDS if f not in fields]
   if missing:
-    raise ValueError(f"{path}: annotations lack field(s) {', '.join(missing)} "
-                     f"(found: {', '.join(fields)}; a file without 'class' has no labels)")
+    raise ValueError(
+      f"{path}: annotations lack field(s) {', '.join(missing)} "
+      f"(found: {', '.join(fields)}; a file without 'class' has no labels)"
+    )
   rows = []
   for entry in table:
     box = np.array([float(entry[f]) for f in _ANNOTATION_FIELDS[:4]], np.float32)
@@ -162,13 +185,16 @@ def _read_annotations(path: str) -> List[_Annotation]:
   return rows
 
 
-def _report_unannotated(images_dir: str, annotated: set, annotation_file: str,
-                        rejects: rejects_lib.RejectsReport) -> None:
+def _report_unannotated(
+  images_dir: str, annotated: set, annotation_file: str, rejects: rejects_lib.RejectsReport
+) -> None:
   if not os.path.isdir(images_dir):
     return
   for name in sorted(os.listdir(images_dir)):
     if name not in annotated:
-      reason = (f"not in {os.path.basename(annotation_file)}" if folders.is_image_name(name)
-                else "not an image")
+      reason = (
+        f"not in {os.path.basename(annotation_file)}"
+        if folders.is_image_name(name)
+        else "not an image"
+      )
       rejects.add(os.path.join(images_dir, name), reason, rejects_lib.IGNORED)
-

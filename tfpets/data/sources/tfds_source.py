@@ -38,8 +38,7 @@ from tensorflow_datasets.core.download import resource as tfds_resource
 
 from tfpets.data import rejects as rejects_lib
 from tfpets.data.records import ImageRecord
-from tfpets.data.sources import SourceResult
-from tfpets.data.sources import folders
+from tfpets.data.sources import SourceResult, folders
 
 SPLITS = ("all", "train", "test")
 
@@ -50,16 +49,17 @@ class ChecksumMismatchError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class _DatasetFields:
-  id_key: str                     # feature naming the example ('file_name' or 'id')
-  box_key: str                    # normalised BBoxFeature
-  species_key: Optional[str]      # ClassLabel of the species, if any
-  encoded_keys: Tuple[str, ...]   # image features to keep encoded
+  id_key: str  # feature naming the example ('file_name' or 'id')
+  box_key: str  # normalised BBoxFeature
+  species_key: Optional[str]  # ClassLabel of the species, if any
+  encoded_keys: Tuple[str, ...]  # image features to keep encoded
 
 
 _DATASETS: Dict[str, _DatasetFields] = {
-    "oxford_iiit_pet": _DatasetFields("file_name", "head_bbox", "species",
-                                      ("image", "segmentation_mask")),
-    "cars196": _DatasetFields("id", "bbox", None, ("image",)),
+  "oxford_iiit_pet": _DatasetFields(
+    "file_name", "head_bbox", "species", ("image", "segmentation_mask")
+  ),
+  "cars196": _DatasetFields("id", "bbox", None, ("image",)),
 }
 
 
@@ -67,9 +67,14 @@ def default_data_dir() -> str:
   return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
-def load_tfds(location: str, data_dir: Optional[str] = None,
-              tfds_manual_dir: Optional[str] = None, split: str = "all",
-              tfds_verify_checksums: bool = True, **unused_options) -> SourceResult:
+def load_tfds(
+  location: str,
+  data_dir: Optional[str] = None,
+  tfds_manual_dir: Optional[str] = None,
+  split: str = "all",
+  tfds_verify_checksums: bool = True,
+  **unused_options,
+) -> SourceResult:
   """Loads `tfds:<name>` (location = name, optionally `name:version`), preparing it offline."""
   name = location.split(":", 1)[0]
   if name not in _DATASETS:
@@ -99,11 +104,13 @@ def stage_download_cache(name: str, archives_dir: str, data_dir: str) -> List[st
 
   TFDS then treats them as downloaded and does not hash them. Returns the staged paths.
   """
-  missing = [f for f in expected_archives(name).values()
-             if not os.path.isfile(os.path.join(archives_dir, f))]
+  missing = [
+    f for f in expected_archives(name).values() if not os.path.isfile(os.path.join(archives_dir, f))
+  ]
   if missing:
-    raise FileNotFoundError(f"{archives_dir}: missing archive(s) for tfds:{name}: "
-                            f"{', '.join(missing)}")
+    raise FileNotFoundError(
+      f"{archives_dir}: missing archive(s) for tfds:{name}: {', '.join(missing)}"
+    )
   staged = []
   for url, info in tfds.builder_cls(name).url_infos.items():
     source = os.path.abspath(os.path.join(archives_dir, info.filename))
@@ -114,39 +121,54 @@ def stage_download_cache(name: str, archives_dir: str, data_dir: str) -> List[st
     if not os.path.lexists(target):
       os.symlink(source, target)
     with open(target + ".INFO", "w", encoding="utf-8") as f:
-      json.dump({"urls": [url], "dataset_names": [name], "original_fname": info.filename,
-                 "url_info": info.asdict()}, f, sort_keys=True)
+      json.dump(
+        {
+          "urls": [url],
+          "dataset_names": [name],
+          "original_fname": info.filename,
+          "url_info": info.asdict(),
+        },
+        f,
+        sort_keys=True,
+      )
     staged.append(target)
   return staged
 
 
-def _prepare_offline(builder, data_dir: str, manual_dir: Optional[str],
-                     verify_checksums: bool) -> None:
+def _prepare_offline(
+  builder, data_dir: str, manual_dir: Optional[str], verify_checksums: bool
+) -> None:
   name = builder.name
   manual_dir = os.path.abspath(manual_dir or os.path.join(data_dir, "downloads", "manual"))
-  missing = [(url, filename) for url, filename in expected_archives(name).items()
-             if not os.path.isfile(os.path.join(manual_dir, filename))
-             and not _is_cached(download_cache_path(name, url, data_dir))]
+  missing = [
+    (url, filename)
+    for url, filename in expected_archives(name).items()
+    if not os.path.isfile(os.path.join(manual_dir, filename))
+    and not _is_cached(download_cache_path(name, url, data_dir))
+  ]
   if missing:
     names = ", ".join(filename for _, filename in missing)
     raise FileNotFoundError(
-        f"tfds:{name} is not prepared in {data_dir} and archive(s) {names} were not found in "
-        f"{manual_dir} (nor in the download cache {os.path.join(data_dir, 'downloads', name)}). "
-        f"Put the original files ({', '.join(expected_archives(name).values())}) in that "
-        "directory or pass --tfds_manual_dir; nothing is downloaded.")
+      f"tfds:{name} is not prepared in {data_dir} and archive(s) {names} were not found in "
+      f"{manual_dir} (nor in the download cache {os.path.join(data_dir, 'downloads', name)}). "
+      f"Put the original files ({', '.join(expected_archives(name).values())}) in that "
+      "directory or pass --tfds_manual_dir; nothing is downloaded."
+    )
   if not verify_checksums:
     stage_download_cache(name, manual_dir, data_dir)
     # The manual directory wins over the cache in TFDS and would be hashed; point TFDS at a
     # directory that cannot hold the original names so that the staged cache entries are used.
     manual_dir = os.path.join(data_dir, "downloads", name)
   try:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, try_download_gcs=False))
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+    )
   except tfds_download_manager.NonMatchingChecksumError as e:
     raise ChecksumMismatchError(
-        f"tfds:{name}: an archive in {manual_dir} differs from the checksum TFDS registers for "
-        "it. Use the original release files, or pass tfds_verify_checksums=False to use these "
-        f"unhashed (e.g. a re-packed mirror). TFDS says: {e}") from e
+      f"tfds:{name}: an archive in {manual_dir} differs from the checksum TFDS registers for "
+      "it. Use the original release files, or pass tfds_verify_checksums=False to use these "
+      f"unhashed (e.g. a re-packed mirror). TFDS says: {e}"
+    ) from e
 
 
 def _is_cached(path: str) -> bool:
@@ -176,16 +198,28 @@ def _read_records(builder, name: str, split: str, location: str) -> SourceResult
   return SourceResult(records, [all_names[i] for i in kept_labels], rejects)
 
 
-def _record(example: dict, fields: _DatasetFields, name: str, split_name: str,
-            all_names: List[str], species_names: Optional[List[str]]) -> ImageRecord:
+def _record(
+  example: dict,
+  fields: _DatasetFields,
+  name: str,
+  split_name: str,
+  all_names: List[str],
+  species_names: Optional[List[str]],
+) -> ImageRecord:
   image_bytes = bytes(example["image"])
   identifier = example[fields.id_key].decode("utf-8")
   label = int(example["label"])
   species = species_names[int(example[fields.species_key])].lower() if species_names else ""
-  return ImageRecord(path=f"tfds:{name}/{split_name}/{identifier}", label=label,
-                     class_name=all_names[label], box=_pixel_box(example[fields.box_key],
-                                                                 image_bytes),
-                     species=species, source="tfds", split=split_name, image_bytes=image_bytes)
+  return ImageRecord(
+    path=f"tfds:{name}/{split_name}/{identifier}",
+    label=label,
+    class_name=all_names[label],
+    box=_pixel_box(example[fields.box_key], image_bytes),
+    species=species,
+    source="tfds",
+    split=split_name,
+    image_bytes=image_bytes,
+  )
 
 
 def _pixel_box(normalised: np.ndarray, image_bytes: bytes) -> Optional[np.ndarray]:

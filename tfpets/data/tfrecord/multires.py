@@ -31,8 +31,8 @@ def labels_path(directory: str | os.PathLike) -> str:
 
 def serialize_level(chw: np.ndarray) -> bytes:
   feature = {
-      "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=list(chw.shape))),
-      "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[chw.tobytes()])),
+    "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=list(chw.shape))),
+    "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[chw.tobytes()])),
   }
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -42,19 +42,22 @@ class MultiResWriter:
 
   def __init__(self, directory: str | os.PathLike, resolution: int):
     log2 = int(np.log2(resolution))
-    if resolution < 4 or 2 ** log2 != resolution:
+    if resolution < 4 or 2**log2 != resolution:
       raise ValueError(f"GAN resolution {resolution} is not a power of two >= 4")
     os.makedirs(directory, exist_ok=True)
     self.directory = str(directory)
     self.resolution = resolution
-    self._writers = [tf.io.TFRecordWriter(level_path(directory, log2 - lod))
-                     for lod in range(log2 - 1)]
+    self._writers = [
+      tf.io.TFRecordWriter(level_path(directory, log2 - lod)) for lod in range(log2 - 1)
+    ]
     self.count = 0
 
   def write(self, pyramid: Sequence[np.ndarray]) -> None:
     if len(pyramid) != len(self._writers) or pyramid[0].shape[1:] != (self.resolution,) * 2:
-      raise ValueError(f"pyramid of {len(pyramid)} levels from {pyramid[0].shape} does not fit "
-                       f"resolution {self.resolution}")
+      raise ValueError(
+        f"pyramid of {len(pyramid)} levels from {pyramid[0].shape} does not fit "
+        f"resolution {self.resolution}"
+      )
     for writer, level in zip(self._writers, pyramid):
       writer.write(serialize_level(level))
     self.count += 1
@@ -79,8 +82,10 @@ def level_files(directory: str | os.PathLike) -> List[str]:
   """Level files, highest resolution first; checks that every level down to 4x4 exists."""
   files = sorted(glob.glob(f"{prefix(directory)}-r[0-9][0-9].tfrecords"), reverse=True)
   if not files:
-    raise FileNotFoundError(f"{directory}: no {os.path.basename(prefix(directory))}-rXX.tfrecords "
-                            "files (StyleGAN multi-resolution records)")
+    raise FileNotFoundError(
+      f"{directory}: no {os.path.basename(prefix(directory))}-rXX.tfrecords "
+      "files (StyleGAN multi-resolution records)"
+    )
   top = int(files[0][-12:-10])
   expected = [level_path(directory, r) for r in range(top, 1, -1)]
   missing = [f for f in expected if f not in files]
@@ -99,7 +104,8 @@ def read_labels(directory: str | os.PathLike) -> Optional[np.ndarray]:
 
 def parse_level(serialized: tf.Tensor) -> tf.Tensor:
   """Serialized record -> uint8 CHW tensor."""
-  ex = tf.io.parse_single_example(serialized, {
-      "shape": tf.io.FixedLenFeature([3], tf.int64),
-      "data": tf.io.FixedLenFeature([], tf.string)})
+  ex = tf.io.parse_single_example(
+    serialized,
+    {"shape": tf.io.FixedLenFeature([3], tf.int64), "data": tf.io.FixedLenFeature([], tf.string)},
+  )
   return tf.reshape(tf.io.decode_raw(ex["data"], tf.uint8), ex["shape"])

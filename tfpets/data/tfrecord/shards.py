@@ -20,18 +20,18 @@ MANIFEST = "manifest.json"
 MAX_LANDMARKS = 9
 
 FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/height": tf.io.FixedLenFeature([], tf.int64),
-    "image/width": tf.io.FixedLenFeature([], tf.int64),
-    "image/label": tf.io.FixedLenFeature([], tf.int64),
-    "image/class_name": tf.io.FixedLenFeature([], tf.string),
-    "image/species": tf.io.FixedLenFeature([], tf.string, default_value=b""),
-    "image/id": tf.io.FixedLenFeature([], tf.string),
-    "image/source_path": tf.io.FixedLenFeature([], tf.string),
-    "image/box": tf.io.FixedLenFeature([4], tf.float32, default_value=[0.0] * 4),
-    "image/has_box": tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    "image/landmarks": tf.io.VarLenFeature(tf.float32),
-    "image/num_landmarks": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+  "image/encoded": tf.io.FixedLenFeature([], tf.string),
+  "image/height": tf.io.FixedLenFeature([], tf.int64),
+  "image/width": tf.io.FixedLenFeature([], tf.int64),
+  "image/label": tf.io.FixedLenFeature([], tf.int64),
+  "image/class_name": tf.io.FixedLenFeature([], tf.string),
+  "image/species": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+  "image/id": tf.io.FixedLenFeature([], tf.string),
+  "image/source_path": tf.io.FixedLenFeature([], tf.string),
+  "image/box": tf.io.FixedLenFeature([4], tf.float32, default_value=[0.0] * 4),
+  "image/has_box": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+  "image/landmarks": tf.io.VarLenFeature(tf.float32),
+  "image/num_landmarks": tf.io.FixedLenFeature([], tf.int64, default_value=0),
 }
 
 
@@ -51,14 +51,14 @@ def serialize(prepared) -> bytes:
   """tfpets.data.prepare.PreparedImage -> serialized tf.train.Example."""
   r = prepared.record
   feature = {
-      "image/encoded": _bytes([prepared.encoded]),
-      "image/height": _ints([prepared.height]),
-      "image/width": _ints([prepared.width]),
-      "image/label": _ints([r.label]),
-      "image/class_name": _bytes([r.class_name.encode()]),
-      "image/species": _bytes([r.species.encode()]),
-      "image/id": _bytes([r.image_id.encode()]),
-      "image/source_path": _bytes([r.path.encode()]),
+    "image/encoded": _bytes([prepared.encoded]),
+    "image/height": _ints([prepared.height]),
+    "image/width": _ints([prepared.width]),
+    "image/label": _ints([r.label]),
+    "image/class_name": _bytes([r.class_name.encode()]),
+    "image/species": _bytes([r.species.encode()]),
+    "image/id": _bytes([r.image_id.encode()]),
+    "image/source_path": _bytes([r.path.encode()]),
   }
   if r.box is not None:
     feature["image/box"] = _floats(r.box)
@@ -78,17 +78,17 @@ def parse(serialized: tf.Tensor, decode_image: bool = True) -> Dict[str, tf.Tens
   points = tf.reshape(tf.sparse.to_dense(ex["image/landmarks"]), [-1, 2])
   points = tf.pad(points, [[0, MAX_LANDMARKS - tf.shape(points)[0]], [0, 0]])
   out = {
-      "label": tf.cast(ex["image/label"], tf.int32),
-      "class_name": ex["image/class_name"],
-      "species": ex["image/species"],
-      "id": ex["image/id"],
-      "source_path": ex["image/source_path"],
-      "height": tf.cast(ex["image/height"], tf.int32),
-      "width": tf.cast(ex["image/width"], tf.int32),
-      "box": ex["image/box"],
-      "has_box": tf.cast(ex["image/has_box"], tf.bool),
-      "landmarks": tf.ensure_shape(points, [MAX_LANDMARKS, 2]),
-      "num_landmarks": tf.cast(ex["image/num_landmarks"], tf.int32),
+    "label": tf.cast(ex["image/label"], tf.int32),
+    "class_name": ex["image/class_name"],
+    "species": ex["image/species"],
+    "id": ex["image/id"],
+    "source_path": ex["image/source_path"],
+    "height": tf.cast(ex["image/height"], tf.int32),
+    "width": tf.cast(ex["image/width"], tf.int32),
+    "box": ex["image/box"],
+    "has_box": tf.cast(ex["image/has_box"], tf.bool),
+    "landmarks": tf.ensure_shape(points, [MAX_LANDMARKS, 2]),
+    "num_landmarks": tf.cast(ex["image/num_landmarks"], tf.int32),
   }
   if decode_image:
     image = tf.io.decode_jpeg(ex["image/encoded"], channels=3)
@@ -99,15 +99,18 @@ def parse(serialized: tf.Tensor, decode_image: bool = True) -> Dict[str, tf.Tens
 
 
 def shard_paths(directory: str | os.PathLike, split: str, num_shards: int) -> List[str]:
-  return [os.path.join(str(directory), f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord")
-          for i in range(num_shards)]
+  return [
+    os.path.join(str(directory), f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord")
+    for i in range(num_shards)
+  ]
 
 
 class ShardWriter:
   """Writes one split's examples round-robin into `num_shards` files."""
 
-  def __init__(self, directory: str | os.PathLike, split: str, num_records: int,
-               records_per_shard: int = 1024):
+  def __init__(
+    self, directory: str | os.PathLike, split: str, num_records: int, records_per_shard: int = 1024
+  ):
     os.makedirs(directory, exist_ok=True)
     num_shards = max(1, math.ceil(num_records / records_per_shard))
     self.paths = shard_paths(directory, split, num_shards)
@@ -123,18 +126,27 @@ class ShardWriter:
       w.close()
 
 
-def write_manifest(directory: str | os.PathLike, class_names: Sequence[str],
-                   split_counts: Dict[str, Dict[str, int]], files: Dict[str, List[str]],
-                   extra: dict | None = None) -> str:
+def write_manifest(
+  directory: str | os.PathLike,
+  class_names: Sequence[str],
+  split_counts: Dict[str, Dict[str, int]],
+  files: Dict[str, List[str]],
+  extra: dict | None = None,
+) -> str:
   """manifest.json: class names, per-split per-class counts, shard files, schema version."""
   manifest = {
-      "schema_version": SCHEMA_VERSION,
-      "format": "tfpets.shards",
-      "class_names": list(class_names),
-      "num_classes": len(class_names),
-      "splits": {split: {"num_examples": int(sum(c.values())), "per_class": c,
-                         "files": [os.path.basename(f) for f in files[split]]}
-                 for split, c in split_counts.items()},
+    "schema_version": SCHEMA_VERSION,
+    "format": "tfpets.shards",
+    "class_names": list(class_names),
+    "num_classes": len(class_names),
+    "splits": {
+      split: {
+        "num_examples": int(sum(c.values())),
+        "per_class": c,
+        "files": [os.path.basename(f) for f in files[split]],
+      }
+      for split, c in split_counts.items()
+    },
   }
   manifest.update(extra or {})
   path = pathlib.Path(directory) / MANIFEST
@@ -147,12 +159,15 @@ def write_manifest(directory: str | os.PathLike, class_names: Sequence[str],
 def read_manifest(directory: str | os.PathLike) -> dict:
   path = pathlib.Path(directory) / MANIFEST
   if not path.is_file():
-    raise FileNotFoundError(f"{path}: no manifest; convert a dataset first "
-                            "(python -m tfpets.launch --stage=data)")
+    raise FileNotFoundError(
+      f"{path}: no manifest; convert a dataset first (python -m tfpets.launch --stage=data)"
+    )
   manifest = json.loads(path.read_text())
   if manifest.get("schema_version") != SCHEMA_VERSION:
-    raise ValueError(f"{path}: schema_version {manifest.get('schema_version')} is not "
-                     f"{SCHEMA_VERSION}; re-run --stage=data")
+    raise ValueError(
+      f"{path}: schema_version {manifest.get('schema_version')} is not "
+      f"{SCHEMA_VERSION}; re-run --stage=data"
+    )
   return manifest
 
 

@@ -13,15 +13,18 @@ import pathlib
 from typing import Any
 
 from tfpets.gan import networks
-from tfpets.gan.importers import tf_pickle
-from tfpets.gan.importers import torch_pickle
+from tfpets.gan.importers import tf_pickle, torch_pickle
 from tfpets.gan.importers.common import ConvertedNetworks
-from tfpets.gan.importers.safe_unpickle import PickleFormatError
-from tfpets.gan.importers.safe_unpickle import UnsafePickleError
-from tfpets.gan.importers.safe_unpickle import restricted_load
+from tfpets.gan.importers.safe_unpickle import PickleFormatError, UnsafePickleError, restricted_load
 
-__all__ = ["ConvertedNetworks", "PickleFormatError", "UnsafePickleError", "convert_network_pickle",
-           "load_pickle", "read_network_pickle"]
+__all__ = [
+  "ConvertedNetworks",
+  "PickleFormatError",
+  "UnsafePickleError",
+  "convert_network_pickle",
+  "load_pickle",
+  "read_network_pickle",
+]
 
 
 def load_pickle(path: str | os.PathLike) -> Any:
@@ -49,15 +52,24 @@ def read_network_pickle(path: str | os.PathLike) -> ConvertedNetworks:
     return tf_pickle.convert_tf(data, source)
   if torch_pickle.is_torch_pickle(data):
     return torch_pickle.convert_torch(data, source)
-  raise PickleFormatError(f"{source}: neither a TF1 (G, D, Gs) tuple of dnnlib Networks nor a "
-                          f"PyTorch dict with G/D/G_ema modules (found {type(data).__name__})")
+  raise PickleFormatError(
+    f"{source}: neither a TF1 (G, D, Gs) tuple of dnnlib Networks nor a "
+    f"PyTorch dict with G/D/G_ema modules (found {type(data).__name__})"
+  )
 
 
-def convert_network_pickle(path: str | os.PathLike, out_dir: str | os.PathLike
-                           ) -> ConvertedNetworks:
+def convert_network_pickle(
+  path: str | os.PathLike, out_dir: str | os.PathLike
+) -> ConvertedNetworks:
   """Reads `path` and writes <name>.weights.h5 per network plus config.json into `out_dir`."""
   converted = read_network_pickle(path)
-  extra = {"source": {"pickle": str(path), "format": converted.source_format,
-                      "notes": converted.notes, **converted.extra}}
+  extra = {
+    "source": {
+      "pickle": str(path),
+      "format": converted.source_format,
+      "notes": converted.notes,
+      **converted.extra,
+    }
+  }
   networks.save_networks(out_dir, converted.config, converted.networks, extra=extra)
   return converted

@@ -14,12 +14,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfpets.gan import layers
-from tfpets.gan import networks
+from tfpets.gan import layers, networks
 
 
-def _weight_and_bias(out: dict[str, Any], prefix: str,
-                     layer: layers.EqualizedDense | layers.EqualizedConv2D | None) -> None:
+def _weight_and_bias(
+  out: dict[str, Any], prefix: str, layer: layers.EqualizedDense | layers.EqualizedConv2D | None
+) -> None:
   if layer is None:
     return
   out[f"{prefix}.weight"] = layer.weight
@@ -92,8 +92,9 @@ def nchw_to_nhwc_dense(weight: np.ndarray, channels: int, resolution: int) -> np
 _FLIPPED_UP_KERNEL = re.compile(r"synthesis\.b\d+\.(conv0|skip)\.weight")
 
 
-def from_torch_layout(name: str, value: np.ndarray, is_generator: bool,
-                      epilogue_channels: int = 0) -> np.ndarray:
+def from_torch_layout(
+  name: str, value: np.ndarray, is_generator: bool, epilogue_channels: int = 0
+) -> np.ndarray:
   """A PyTorch-layout value of official variable `name` in tfpets' storage layout.
 
   Dense [out, in] -> [in, out]; conv [out, in, k, k] -> [k, k, in, out], spatially flipped for the

@@ -65,26 +65,37 @@ def _safe_set(items: Any = ()) -> set:
 
 # Globals every network pickle may use: NumPy arrays/scalars and plain containers.
 BASE_GLOBALS: dict[tuple[str, str], Any] = {
-    **{(module, "_reconstruct"): _numpy_reconstruct
-       for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    **{(module, "scalar"): _numpy_scalar
-       for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    **{(module, "_frombuffer"): _numpy_frombuffer
-       for module in ("numpy.core.numeric", "numpy._core.numeric")},
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): _safe_set,
-    ("__builtin__", "set"): _safe_set,  # Protocol-2 spelling (torch.save uses protocol 2).
-    ("_codecs", "encode"): _codecs_encode,
+  **{
+    (module, "_reconstruct"): _numpy_reconstruct
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+  },
+  **{
+    (module, "scalar"): _numpy_scalar
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+  },
+  **{
+    (module, "_frombuffer"): _numpy_frombuffer
+    for module in ("numpy.core.numeric", "numpy._core.numeric")
+  },
+  ("numpy", "ndarray"): np.ndarray,
+  ("numpy", "dtype"): np.dtype,
+  ("collections", "OrderedDict"): collections.OrderedDict,
+  ("builtins", "set"): _safe_set,
+  ("__builtin__", "set"): _safe_set,  # Protocol-2 spelling (torch.save uses protocol 2).
+  ("_codecs", "encode"): _codecs_encode,
 }
 
 
 class RestrictedUnpickler(pickle.Unpickler):
   """`pickle.Unpickler` resolving only allow-listed globals (to inert stand-ins)."""
 
-  def __init__(self, file: BinaryIO, allowed: Mapping[tuple[str, str], Any], source: str,
-               persistent_load: Callable[[Any], Any] | None = None):
+  def __init__(
+    self,
+    file: BinaryIO,
+    allowed: Mapping[tuple[str, str], Any],
+    source: str,
+    persistent_load: Callable[[Any], Any] | None = None,
+  ):
     super().__init__(file)
     self._allowed = dict(allowed)
     self._source = source
@@ -95,8 +106,9 @@ class RestrictedUnpickler(pickle.Unpickler):
       return self._allowed[(module, name)]
     except KeyError:
       raise UnsafePickleError(
-          f"{self._source}: refusing to load global '{module}.{name}': it is not on the "
-          "allow-list of network pickles (nothing from the file was executed)") from None
+        f"{self._source}: refusing to load global '{module}.{name}': it is not on the "
+        "allow-list of network pickles (nothing from the file was executed)"
+      ) from None
 
   def persistent_load(self, pid: Any) -> Any:
     if self._persistent_load is None:
@@ -104,8 +116,12 @@ class RestrictedUnpickler(pickle.Unpickler):
     return self._persistent_load(pid)
 
 
-def restricted_load(data: bytes | BinaryIO, allowed: Mapping[tuple[str, str], Any],
-                    source: str, persistent_load: Callable[[Any], Any] | None = None) -> Any:
+def restricted_load(
+  data: bytes | BinaryIO,
+  allowed: Mapping[tuple[str, str], Any],
+  source: str,
+  persistent_load: Callable[[Any], Any] | None = None,
+) -> Any:
   """Unpickles one object from `data` with `RestrictedUnpickler`; errors name `source`."""
   file = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
   unpickler = RestrictedUnpickler(file, allowed, source, persistent_load)
@@ -113,6 +129,15 @@ def restricted_load(data: bytes | BinaryIO, allowed: Mapping[tuple[str, str], An
     return unpickler.load()
   except PickleFormatError:
     raise
-  except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, KeyError,
-          TypeError, ValueError, MemoryError) as e:
+  except (
+    pickle.UnpicklingError,
+    EOFError,
+    AttributeError,
+    ImportError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ValueError,
+    MemoryError,
+  ) as e:
     raise PickleFormatError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from e

@@ -14,10 +14,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from tfpets.gan.importers import common
-from tfpets.gan.importers import names
-from tfpets.gan.importers.safe_unpickle import BASE_GLOBALS
-from tfpets.gan.importers.safe_unpickle import PickleFormatError
+from tfpets.gan.importers import common, names
+from tfpets.gan.importers.safe_unpickle import BASE_GLOBALS, PickleFormatError
 
 MIN_VERSION = 4
 
@@ -60,49 +58,86 @@ class EasyDictStub(dict):
 
 
 TF_GLOBALS: dict[tuple[str, str], Any] = {
-    **BASE_GLOBALS,
-    ("dnnlib.tflib.network", "Network"): TFNetworkStub,
-    ("dnnlib.util", "EasyDict"): EasyDictStub,
-    ("dnnlib", "EasyDict"): EasyDictStub,
+  **BASE_GLOBALS,
+  ("dnnlib.tflib.network", "Network"): TFNetworkStub,
+  ("dnnlib.util", "EasyDict"): EasyDictStub,
+  ("dnnlib", "EasyDict"): EasyDictStub,
 }
 
 # TF kwarg -> NetworkConfig field, with the official default used when the kwarg is absent.
 _G_FIELDS = {
-    "latent_size": ("z_dim", 512), "label_size": ("c_dim", 0), "dlatent_size": ("w_dim", 512),
-    "resolution": ("resolution", 1024), "num_channels": ("img_channels", 3),
-    "mapping_layers": ("mapping_layers", 8), "label_fmaps": ("embed_features", None),
-    "mapping_fmaps": ("mapping_features", None), "mapping_lrmul": ("mapping_lr", 0.01),
-    "fmap_base": ("channel_base", 16384), "fmap_max": ("channel_max", 512),
-    "num_fp16_res": ("num_fp16_res", 0), "conv_clamp": ("conv_clamp", None),
-    "architecture": ("g_architecture", "skip"),
-    "resample_kernel": ("resample_filter", [1, 3, 3, 1]),
-    "use_noise": ("use_noise", True),
+  "latent_size": ("z_dim", 512),
+  "label_size": ("c_dim", 0),
+  "dlatent_size": ("w_dim", 512),
+  "resolution": ("resolution", 1024),
+  "num_channels": ("img_channels", 3),
+  "mapping_layers": ("mapping_layers", 8),
+  "label_fmaps": ("embed_features", None),
+  "mapping_fmaps": ("mapping_features", None),
+  "mapping_lrmul": ("mapping_lr", 0.01),
+  "fmap_base": ("channel_base", 16384),
+  "fmap_max": ("channel_max", 512),
+  "num_fp16_res": ("num_fp16_res", 0),
+  "conv_clamp": ("conv_clamp", None),
+  "architecture": ("g_architecture", "skip"),
+  "resample_kernel": ("resample_filter", [1, 3, 3, 1]),
+  "use_noise": ("use_noise", True),
 }
 _D_FIELDS = {
-    "label_size": ("c_dim", 0), "resolution": ("resolution", 1024),
-    "num_channels": ("img_channels", 3), "architecture": ("d_architecture", "resnet"),
-    "fmap_base": ("channel_base", 16384), "fmap_max": ("channel_max", 512),
-    "num_fp16_res": ("num_fp16_res", 0), "conv_clamp": ("conv_clamp", None),
-    "mapping_fmaps": ("cmap_dim", None), "mapping_layers": ("d_mapping_layers", 0),
-    "mapping_lrmul": ("d_mapping_lr", 0.1), "mbstd_group_size": ("mbstd_group_size", None),
-    "mbstd_num_features": ("mbstd_num_channels", 1),
-    "resample_kernel": ("resample_filter", [1, 3, 3, 1]),
+  "label_size": ("c_dim", 0),
+  "resolution": ("resolution", 1024),
+  "num_channels": ("img_channels", 3),
+  "architecture": ("d_architecture", "resnet"),
+  "fmap_base": ("channel_base", 16384),
+  "fmap_max": ("channel_max", 512),
+  "num_fp16_res": ("num_fp16_res", 0),
+  "conv_clamp": ("conv_clamp", None),
+  "mapping_fmaps": ("cmap_dim", None),
+  "mapping_layers": ("d_mapping_layers", 0),
+  "mapping_lrmul": ("d_mapping_lr", 0.1),
+  "mbstd_group_size": ("mbstd_group_size", None),
+  "mbstd_num_features": ("mbstd_num_channels", 1),
+  "resample_kernel": ("resample_filter", [1, 3, 3, 1]),
 }
 # Kwargs that must keep the value tfpets implements.
-_FIXED = {"nonlinearity": "lrelu", "mapping_nonlinearity": "lrelu", "fmap_decay": 1,
-          "fmap_min": 1, "normalize_latents": True, "dtype": "float32", "fmap_const": None,
-          "use_pagan": False, "use_spectral_norm": False, "adaptive_dropout": 0,
-          "score_max": 1, "score_size": 1}
+_FIXED = {
+  "nonlinearity": "lrelu",
+  "mapping_nonlinearity": "lrelu",
+  "fmap_decay": 1,
+  "fmap_min": 1,
+  "normalize_latents": True,
+  "dtype": "float32",
+  "fmap_const": None,
+  "use_pagan": False,
+  "use_spectral_norm": False,
+  "adaptive_dropout": 0,
+  "score_max": 1,
+  "score_size": 1,
+}
 # Kwargs that only affect how the official code runs the network, not its variables.
-_RUNTIME_ONLY = {"truncation_psi", "truncation_cutoff", "truncation_psi_val",
-                 "truncation_cutoff_val", "structure", "fused_modconv", "randomize_noise",
-                 "conditioning", "freeze_layers", "augment_strength", "pagan_num", "pagan_fade",
-                 # Read by _generator_fields.
-                 "style_mixing_prob", "dlatent_avg_beta", "w_avg_beta"}
+_RUNTIME_ONLY = {
+  "truncation_psi",
+  "truncation_cutoff",
+  "truncation_psi_val",
+  "truncation_cutoff_val",
+  "structure",
+  "fused_modconv",
+  "randomize_noise",
+  "conditioning",
+  "freeze_layers",
+  "augment_strength",
+  "pagan_num",
+  "pagan_fade",
+  # Read by _generator_fields.
+  "style_mixing_prob",
+  "dlatent_avg_beta",
+  "w_avg_beta",
+}
 
 
-def _config_fields(net: TFNetworkStub, table: Mapping[str, tuple[str, Any]],
-                   source: str) -> dict[str, Any]:
+def _config_fields(
+  net: TFNetworkStub, table: Mapping[str, tuple[str, Any]], source: str
+) -> dict[str, Any]:
   kwargs = net.static_kwargs
   fields = {field: kwargs.get(tf_name, default) for tf_name, (field, default) in table.items()}
   fields["channel_base"] = int(fields["channel_base"]) * 2
@@ -113,8 +148,10 @@ def _config_fields(net: TFNetworkStub, table: Mapping[str, tuple[str, Any]],
       continue
     if key in _FIXED:
       if value != _FIXED[key]:
-        raise PickleFormatError(f"{source}: network {net.name} has {key}={value!r}; tfpets "
-                                f"implements only {key}={_FIXED[key]!r}")
+        raise PickleFormatError(
+          f"{source}: network {net.name} has {key}={value!r}; tfpets "
+          f"implements only {key}={_FIXED[key]!r}"
+        )
       continue
     raise PickleFormatError(f"{source}: network {net.name} has unknown TensorFlow kwarg {key!r}")
   return fields
@@ -179,8 +216,12 @@ def _generator_source(name: str) -> tuple[str, Callable[[np.ndarray], np.ndarray
     raise PickleFormatError(f"no TF counterpart for generator variable {name}")
   res, layer, var = int(match.group(1)), match.group(2), match.group(3)
   log2 = int(np.log2(res))
-  scope = {"conv0": "Conv0_up", "conv1": "Conv1" if res > 4 else "Conv", "torgb": "ToRGB",
-           "skip": "Skip"}[layer]
+  scope = {
+    "conv0": "Conv0_up",
+    "conv1": "Conv1" if res > 4 else "Conv",
+    "torgb": "ToRGB",
+    "skip": "Skip",
+  }[layer]
   prefix = f"synthesis/{res}x{res}/{scope}"
   if var == "noise_const":
     index = 0 if res == 4 else 2 * log2 - (5 if layer == "conv0" else 4)
@@ -192,8 +233,9 @@ def _generator_source(name: str) -> tuple[str, Callable[[np.ndarray], np.ndarray
   return f"{prefix}/{var}", _same
 
 
-def _discriminator_source(name: str, epilogue_channels: int
-                          ) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+def _discriminator_source(
+  name: str, epilogue_channels: int
+) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
   """TF variable and conversion for the official name of a discriminator variable."""
   match = re.fullmatch(r"b(\d+)\.(fromrgb|conv0|conv1|skip|conv|fc|out)\.(weight|bias)", name)
   if match:
@@ -204,8 +246,13 @@ def _discriminator_source(name: str, epilogue_channels: int
       if var == "weight":
         return "4x4/Dense0/weight", lambda x: names.nchw_to_nhwc_dense(x, epilogue_channels, 4)
       return "4x4/Dense0/bias", _same
-    scope = {"fromrgb": "FromRGB", "conv0": "Conv0", "conv1": "Conv1_down", "skip": "Skip",
-             "conv": "Conv"}[layer]
+    scope = {
+      "fromrgb": "FromRGB",
+      "conv0": "Conv0",
+      "conv1": "Conv1_down",
+      "skip": "Skip",
+      "conv": "Conv",
+    }[layer]
     return f"{res}x{res}/{scope}/{var}", _same
   match = re.fullmatch(r"mapping\.(embed|fc(\d+))\.(weight|bias)", name)
   if match:
@@ -214,8 +261,9 @@ def _discriminator_source(name: str, epilogue_channels: int
   raise PickleFormatError(f"no TF counterpart for discriminator variable {name}")
 
 
-def _assign_from_tf(model: Any, net: TFNetworkStub, kind: str, source: str,
-                    notes: list[str]) -> None:
+def _assign_from_tf(
+  model: Any, net: TFNetworkStub, kind: str, source: str, notes: list[str]
+) -> None:
   params = tf_params(net)
   is_discriminator = kind == "D"
   if is_discriminator:
@@ -230,8 +278,9 @@ def _assign_from_tf(model: Any, net: TFNetworkStub, kind: str, source: str,
     else:
       tf_name, convert = _generator_source(name)
     if tf_name not in params:
-      raise PickleFormatError(f"{source}: network {net.name} lacks variable {tf_name!r} "
-                              f"(needed for {name})")
+      raise PickleFormatError(
+        f"{source}: network {net.name} lacks variable {tf_name!r} (needed for {name})"
+      )
     used.add(tf_name)
     return convert(common.as_float_array(params[tf_name], source, tf_name))
 
@@ -244,18 +293,24 @@ def _assign_from_tf(model: Any, net: TFNetworkStub, kind: str, source: str,
 def is_tf_pickle(data: Any) -> bool:
   if isinstance(data, TFNetworkStub):
     return True
-  return (isinstance(data, tuple) and len(data) == 3 and
-          all(isinstance(net, TFNetworkStub) for net in data))
+  return (
+    isinstance(data, tuple)
+    and len(data) == 3
+    and all(isinstance(net, TFNetworkStub) for net in data)
+  )
 
 
 def convert_tf(data: Any, source: str) -> common.ConvertedNetworks:
   """(G, D, Gs) or a single Gs stub -> ConvertedNetworks with 'G', 'D', 'G_ema'."""
-  nets = {"G_ema": data} if isinstance(data, TFNetworkStub) else dict(zip(("G", "D", "G_ema"),
-                                                                          data))
+  nets = (
+    {"G_ema": data} if isinstance(data, TFNetworkStub) else dict(zip(("G", "D", "G_ema"), data))
+  )
   for key, net in nets.items():
     if net.version < MIN_VERSION:
-      raise PickleFormatError(f"{source}: network {net.name} has pickle version {net.version}; "
-                              f"tfpets reads version {MIN_VERSION} and later")
+      raise PickleFormatError(
+        f"{source}: network {net.name} has pickle version {net.version}; "
+        f"tfpets reads version {MIN_VERSION} and later"
+      )
   g_net = nets["G_ema"]
   g_fields = _generator_fields(g_net, source)
   if "G" in nets and _generator_fields(nets["G"], source) != g_fields:
@@ -264,6 +319,6 @@ def convert_tf(data: Any, source: str) -> common.ConvertedNetworks:
   config = common.merge_configs(source, g_fields, d_fields)
   notes: list[str] = []
   models = common.build_networks(
-      config, nets, lambda model, net, kind, _: _assign_from_tf(model, net, kind, source, notes))
-  return common.ConvertedNetworks(config=config, networks=models, source_format="tf",
-                                  notes=notes)
+    config, nets, lambda model, net, kind, _: _assign_from_tf(model, net, kind, source, notes)
+  )
+  return common.ConvertedNetworks(config=config, networks=models, source_format="tf", notes=notes)

@@ -20,20 +20,23 @@ from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 
-from tfpets.gan.importers import common
-from tfpets.gan.importers import names
-from tfpets.gan.importers.safe_unpickle import BASE_GLOBALS
-from tfpets.gan.importers.safe_unpickle import PickleFormatError
-from tfpets.gan.importers.safe_unpickle import restricted_load
+from tfpets.gan.importers import common, names
+from tfpets.gan.importers.safe_unpickle import BASE_GLOBALS, PickleFormatError, restricted_load
 from tfpets.gan.importers.tf_pickle import EasyDictStub
 
-LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 
 STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+  "FloatStorage": np.float32,
+  "DoubleStorage": np.float64,
+  "HalfStorage": np.float16,
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
 }
 
 
@@ -58,14 +61,21 @@ class Storage:
 
   def set_bytes(self, data: bytes, source: str) -> None:
     if len(data) != self.numel * self.dtype.itemsize:
-      raise PickleFormatError(f"{source}: storage holds {len(data)} bytes, expected "
-                              f"{self.numel} x {self.dtype.itemsize}")
+      raise PickleFormatError(
+        f"{source}: storage holds {len(data)} bytes, expected {self.numel} x {self.dtype.itemsize}"
+      )
     self.array = np.frombuffer(data, dtype=self.dtype.newbyteorder("<"))
 
 
-def _rebuild_tensor_v2(storage: Storage, storage_offset: int, size: Any, stride: Any,
-                       requires_grad: Any = False, backward_hooks: Any = None,
-                       metadata: Any = None) -> np.ndarray:
+def _rebuild_tensor_v2(
+  storage: Storage,
+  storage_offset: int,
+  size: Any,
+  stride: Any,
+  requires_grad: Any = False,
+  backward_hooks: Any = None,
+  metadata: Any = None,
+) -> np.ndarray:
   del requires_grad, backward_hooks, metadata
   if not isinstance(storage, Storage) or storage.array is None:
     raise PickleFormatError("tensor without readable storage")
@@ -78,11 +88,14 @@ def _rebuild_tensor_v2(storage: Storage, storage_offset: int, size: Any, stride:
     return np.zeros(size, storage.dtype)
   last = offset + sum((n - 1) * s for n, s in zip(size, stride))
   if last >= storage.numel:  # Strides must stay inside the storage (no out-of-bounds views).
-    raise PickleFormatError(f"tensor size={size} stride={stride} offset={offset} exceeds its "
-                            f"storage of {storage.numel} elements")
+    raise PickleFormatError(
+      f"tensor size={size} stride={stride} offset={offset} exceeds its "
+      f"storage of {storage.numel} elements"
+    )
   itemsize = storage.dtype.itemsize
-  view = np.lib.stride_tricks.as_strided(storage.array[offset:], shape=size,
-                                         strides=[s * itemsize for s in stride], writeable=False)
+  view = np.lib.stride_tricks.as_strided(
+    storage.array[offset:], shape=size, strides=[s * itemsize for s in stride], writeable=False
+  )
   return np.array(view, dtype=storage.dtype.newbyteorder("="))
 
 
@@ -90,8 +103,9 @@ def _rebuild_tensor(storage: Storage, storage_offset: int, size: Any, stride: An
   return _rebuild_tensor_v2(storage, storage_offset, size, stride)
 
 
-def _rebuild_parameter(data: np.ndarray, requires_grad: Any = False,
-                       backward_hooks: Any = None, state: Any = None) -> np.ndarray:
+def _rebuild_parameter(
+  data: np.ndarray, requires_grad: Any = False, backward_hooks: Any = None, state: Any = None
+) -> np.ndarray:
   del requires_grad, backward_hooks, state
   return data
 
@@ -187,8 +201,9 @@ def _load_legacy_storage(data: bytes, source: str) -> Storage:
       raise PickleFormatError(f"{source}: storage bytes end early")
     (count,) = struct.unpack("<q", header)
     if count != storage.numel:
-      raise PickleFormatError(f"{source}: storage {key} holds {count} elements, expected "
-                              f"{storage.numel}")
+      raise PickleFormatError(
+        f"{source}: storage {key} holds {count} elements, expected {storage.numel}"
+      )
     storage.set_bytes(stream.read(count * storage.dtype.itemsize), source)
   if not isinstance(result, Storage):
     raise PickleFormatError(f"{source}: storage bytes do not hold a storage")
@@ -199,7 +214,7 @@ def _zip_loader(archive: zipfile.ZipFile, source: str) -> tuple[str, Callable[[A
   pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
   if len(pickles) != 1:
     raise PickleFormatError(f"{source}: zip archive without exactly one data.pkl")
-  prefix = pickles[0][:-len("data.pkl")]
+  prefix = pickles[0][: -len("data.pkl")]
   byteorder = f"{prefix}byteorder"
   if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
     raise PickleFormatError(f"{source}: big-endian torch archives are not supported")
@@ -227,16 +242,16 @@ def _load_storage_bytes(data: bytes, source: str) -> Storage:
 def torch_globals(source: str) -> dict[tuple[str, str], Any]:
   """Allow-list of a PyTorch network pickle: persistence, tensors, storages, EasyDict, NumPy."""
   return {
-      **BASE_GLOBALS,
-      ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-      ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-      ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-      ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-      ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-      ("torch.storage", "_load_from_bytes"): lambda data: _load_storage_bytes(data, source),
-      ("dnnlib.util", "EasyDict"): EasyDictStub,
-      ("dnnlib", "EasyDict"): EasyDictStub,
-      **_storage_types(),
+    **BASE_GLOBALS,
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): lambda data: _load_storage_bytes(data, source),
+    ("dnnlib.util", "EasyDict"): EasyDictStub,
+    ("dnnlib", "EasyDict"): EasyDictStub,
+    **_storage_types(),
   }
 
 
@@ -254,16 +269,35 @@ def load_torch_zip(file: BinaryIO, source: str) -> Any:
 # Configuration from the modules' init kwargs (official defaults where a kwarg is absent).
 # ---------------------------------------------------------------------------------------------
 
-_G_ARGS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs",
-           "synthesis_kwargs")
-_D_ARGS = ("c_dim", "img_resolution", "img_channels", "architecture", "channel_base",
-           "channel_max", "num_fp16_res", "conv_clamp", "cmap_dim", "block_kwargs",
-           "mapping_kwargs", "epilogue_kwargs")
+_G_ARGS = (
+  "z_dim",
+  "c_dim",
+  "w_dim",
+  "img_resolution",
+  "img_channels",
+  "mapping_kwargs",
+  "synthesis_kwargs",
+)
+_D_ARGS = (
+  "c_dim",
+  "img_resolution",
+  "img_channels",
+  "architecture",
+  "channel_base",
+  "channel_max",
+  "num_fp16_res",
+  "conv_clamp",
+  "cmap_dim",
+  "block_kwargs",
+  "mapping_kwargs",
+  "epilogue_kwargs",
+)
 _IGNORED = {"fp16_channels_last", "freeze_layers", "channels_last"}
 
 
-def _kwargs(module: PersistentObject, signature: tuple[str, ...], source: str,
-            what: str) -> dict[str, Any]:
+def _kwargs(
+  module: PersistentObject, signature: tuple[str, ...], source: str, what: str
+) -> dict[str, Any]:
   args = module.init_args
   if len(args) > len(signature):
     raise PickleFormatError(f"{source}: {what} has {len(args)} positional init arguments")
@@ -275,16 +309,18 @@ def _kwargs(module: PersistentObject, signature: tuple[str, ...], source: str,
   return kwargs
 
 
-def _check_sub_kwargs(kwargs: Mapping[str, Any], allowed: set[str], source: str,
-                      what: str) -> dict[str, Any]:
+def _check_sub_kwargs(
+  kwargs: Mapping[str, Any], allowed: set[str], source: str, what: str
+) -> dict[str, Any]:
   kwargs = dict(kwargs or {})
   for key in sorted(kwargs):
     if key in _IGNORED:
       continue
     if key == "activation":
       if kwargs[key] != "lrelu":
-        raise PickleFormatError(f"{source}: {what} uses activation {kwargs[key]!r}; tfpets "
-                                "implements lrelu")
+        raise PickleFormatError(
+          f"{source}: {what} uses activation {kwargs[key]!r}; tfpets implements lrelu"
+        )
       continue
     if key == "kernel_size" and kwargs[key] == 3:
       continue
@@ -295,58 +331,93 @@ def _check_sub_kwargs(kwargs: Mapping[str, Any], allowed: set[str], source: str,
 
 def _generator_fields(module: PersistentObject, source: str) -> dict[str, Any]:
   kwargs = _kwargs(module, _G_ARGS, source, "G")
-  mapping = _check_sub_kwargs(kwargs.get("mapping_kwargs"), {
-      "num_layers", "embed_features", "layer_features", "lr_multiplier", "w_avg_beta"},
-                              source, "G mapping_kwargs")
-  synthesis = _check_sub_kwargs(kwargs.get("synthesis_kwargs"), {
-      "channel_base", "channel_max", "num_fp16_res", "conv_clamp", "architecture",
-      "resample_filter", "use_noise"}, source, "G synthesis_kwargs")
+  mapping = _check_sub_kwargs(
+    kwargs.get("mapping_kwargs"),
+    {"num_layers", "embed_features", "layer_features", "lr_multiplier", "w_avg_beta"},
+    source,
+    "G mapping_kwargs",
+  )
+  synthesis = _check_sub_kwargs(
+    kwargs.get("synthesis_kwargs"),
+    {
+      "channel_base",
+      "channel_max",
+      "num_fp16_res",
+      "conv_clamp",
+      "architecture",
+      "resample_filter",
+      "use_noise",
+    },
+    source,
+    "G synthesis_kwargs",
+  )
   return dict(
-      z_dim=kwargs["z_dim"], c_dim=kwargs["c_dim"], w_dim=kwargs["w_dim"],
-      resolution=kwargs["img_resolution"], img_channels=kwargs["img_channels"],
-      mapping_layers=mapping.get("num_layers", 8),
-      embed_features=mapping.get("embed_features"),
-      mapping_features=mapping.get("layer_features"),
-      mapping_lr=mapping.get("lr_multiplier", 0.01),
-      w_avg_beta=mapping.get("w_avg_beta", 0.995),
-      channel_base=synthesis.get("channel_base", 32768),
-      channel_max=synthesis.get("channel_max", 512),
-      num_fp16_res=synthesis.get("num_fp16_res", 0),
-      conv_clamp=synthesis.get("conv_clamp"),
-      g_architecture=synthesis.get("architecture", "skip"),
-      resample_filter=synthesis.get("resample_filter", [1, 3, 3, 1]),
-      use_noise=synthesis.get("use_noise", True))
+    z_dim=kwargs["z_dim"],
+    c_dim=kwargs["c_dim"],
+    w_dim=kwargs["w_dim"],
+    resolution=kwargs["img_resolution"],
+    img_channels=kwargs["img_channels"],
+    mapping_layers=mapping.get("num_layers", 8),
+    embed_features=mapping.get("embed_features"),
+    mapping_features=mapping.get("layer_features"),
+    mapping_lr=mapping.get("lr_multiplier", 0.01),
+    w_avg_beta=mapping.get("w_avg_beta", 0.995),
+    channel_base=synthesis.get("channel_base", 32768),
+    channel_max=synthesis.get("channel_max", 512),
+    num_fp16_res=synthesis.get("num_fp16_res", 0),
+    conv_clamp=synthesis.get("conv_clamp"),
+    g_architecture=synthesis.get("architecture", "skip"),
+    resample_filter=synthesis.get("resample_filter", [1, 3, 3, 1]),
+    use_noise=synthesis.get("use_noise", True),
+  )
 
 
 def _discriminator_fields(module: PersistentObject, source: str) -> dict[str, Any]:
   kwargs = _kwargs(module, _D_ARGS, source, "D")
-  block = _check_sub_kwargs(kwargs.get("block_kwargs"), {"resample_filter"}, source,
-                            "D block_kwargs")
-  mapping = _check_sub_kwargs(kwargs.get("mapping_kwargs"), {
-      "num_layers", "embed_features", "layer_features", "lr_multiplier"}, source,
-                              "D mapping_kwargs")
-  epilogue = _check_sub_kwargs(kwargs.get("epilogue_kwargs"), {
-      "mbstd_group_size", "mbstd_num_channels"}, source, "D epilogue_kwargs")
+  block = _check_sub_kwargs(
+    kwargs.get("block_kwargs"), {"resample_filter"}, source, "D block_kwargs"
+  )
+  mapping = _check_sub_kwargs(
+    kwargs.get("mapping_kwargs"),
+    {"num_layers", "embed_features", "layer_features", "lr_multiplier"},
+    source,
+    "D mapping_kwargs",
+  )
+  epilogue = _check_sub_kwargs(
+    kwargs.get("epilogue_kwargs"),
+    {"mbstd_group_size", "mbstd_num_channels"},
+    source,
+    "D epilogue_kwargs",
+  )
   cmap_dim = kwargs.get("cmap_dim")
   for key in ("embed_features", "layer_features"):
     if kwargs["c_dim"] and mapping.get(key) not in (None, cmap_dim):
-      raise PickleFormatError(f"{source}: D mapping {key}={mapping[key]} differs from cmap_dim; "
-                              "tfpets uses cmap_dim throughout the label mapping")
+      raise PickleFormatError(
+        f"{source}: D mapping {key}={mapping[key]} differs from cmap_dim; "
+        "tfpets uses cmap_dim throughout the label mapping"
+      )
   return dict(
-      c_dim=kwargs["c_dim"], resolution=kwargs["img_resolution"],
-      img_channels=kwargs["img_channels"], d_architecture=kwargs.get("architecture", "resnet"),
-      channel_base=kwargs.get("channel_base", 32768), channel_max=kwargs.get("channel_max", 512),
-      num_fp16_res=kwargs.get("num_fp16_res", 0), conv_clamp=kwargs.get("conv_clamp"),
-      cmap_dim=cmap_dim, d_mapping_layers=mapping.get("num_layers", 8),
-      d_mapping_lr=mapping.get("lr_multiplier", 0.01),
-      mbstd_group_size=epilogue.get("mbstd_group_size", 4),
-      mbstd_num_channels=epilogue.get("mbstd_num_channels", 1),
-      resample_filter=block.get("resample_filter", [1, 3, 3, 1]))
+    c_dim=kwargs["c_dim"],
+    resolution=kwargs["img_resolution"],
+    img_channels=kwargs["img_channels"],
+    d_architecture=kwargs.get("architecture", "resnet"),
+    channel_base=kwargs.get("channel_base", 32768),
+    channel_max=kwargs.get("channel_max", 512),
+    num_fp16_res=kwargs.get("num_fp16_res", 0),
+    conv_clamp=kwargs.get("conv_clamp"),
+    cmap_dim=cmap_dim,
+    d_mapping_layers=mapping.get("num_layers", 8),
+    d_mapping_lr=mapping.get("lr_multiplier", 0.01),
+    mbstd_group_size=epilogue.get("mbstd_group_size", 4),
+    mbstd_num_channels=epilogue.get("mbstd_num_channels", 1),
+    resample_filter=block.get("resample_filter", [1, 3, 3, 1]),
+  )
 
 
 def is_torch_pickle(data: Any) -> bool:
   return isinstance(data, dict) and any(
-      isinstance(data.get(key), PersistentObject) for key in ("G", "D", "G_ema"))
+    isinstance(data.get(key), PersistentObject) for key in ("G", "D", "G_ema")
+  )
 
 
 def _expect_class(module: Any, key: str, class_name: str, source: str) -> PersistentObject:
@@ -356,8 +427,9 @@ def _expect_class(module: Any, key: str, class_name: str, source: str) -> Persis
   return module
 
 
-def _assign_from_torch(model: Any, module: PersistentObject, kind: str, source: str,
-                       key: str, notes: list[str]) -> None:
+def _assign_from_torch(
+  model: Any, module: PersistentObject, kind: str, source: str, key: str, notes: list[str]
+) -> None:
   tensors = module.tensors()
   if kind == "D":
     variables = names.discriminator_variables(model)
@@ -408,13 +480,16 @@ def convert_torch(data: dict[str, Any], source: str) -> common.ConvertedNetworks
   config = common.merge_configs(source, g_fields, d_fields)
   notes: list[str] = []
   models = common.build_networks(
-      config, modules,
-      lambda model, module, kind, key: _assign_from_torch(model, module, kind, source, key, notes))
+    config,
+    modules,
+    lambda model, module, kind, key: _assign_from_torch(model, module, kind, source, key, notes),
+  )
   extra: dict[str, Any] = {}
   if isinstance(data.get("training_set_kwargs"), dict):
     extra["training_set_kwargs"] = _json_value(data["training_set_kwargs"])
   pipe = data.get("augment_pipe")
   if isinstance(pipe, PersistentObject) and "p" in pipe.tensors():
     extra["augment_p"] = float(np.asarray(pipe.tensors()["p"]).reshape(()))
-  return common.ConvertedNetworks(config=config, networks=models, source_format="torch",
-                                  notes=notes, extra=extra)
+  return common.ConvertedNetworks(
+    config=config, networks=models, source_format="torch", notes=notes, extra=extra
+  )
