@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from tfpets import stages
 from tfpets.data.decode import ImageDecodeError
 from tfpets.errors import UsageError
+from tfpets.runtime import flags as common_flags  # noqa: F401  (defines the shared flags)
 from tfpets.runtime.workdir import Workdir
 
 STAGE_MODULES = {name: importlib.import_module(path) for name, path in stages.STAGES.items()}

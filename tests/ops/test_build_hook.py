@@ -15,7 +15,11 @@ import os
 import pathlib
 import subprocess
 import sys
-from distutils import core as distutils_core  # pylint: disable=g-bad-import-order
+
+# isort: off
+import setuptools  # noqa: F401  (first: it installs its own distutils over the stdlib's)
+from distutils import core as distutils_core
+# isort: on
 
 import numpy as np
 import pytest
