@@ -54,5 +54,5 @@ setup(
   cmdclass={"build_ext": load_ops_build().BuildTFOps},
   install_requires=INSTALL_REQUIRES,
   extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"]},
-  entry_points={"console_scripts": ["tfpets=tfpets.cli:run"]},
+  entry_points={"console_scripts": ["tfpets=tfpets.launch:main"]},
 )

@@ -3,11 +3,12 @@
 Measures images/s of the generator forward, generator forward+backward and discriminator
 forward+backward (gradients with respect to the network's trainable weights, each step one
 `tf.function`) at 32, 64 and 128 px, batch 8, float32 (`num_fp16_res=0`), conv_clamp 256, `auto`
-preset (spec §15.6), median of 5 timed steps after 2 warm-ups. The whole measurement runs once per
+preset, median of 5 timed steps after 2 warm-ups. The whole measurement runs once per
 allocator setting, each in a fresh process: glibc's default malloc, `MALLOC_MMAP_THRESHOLD_=2147483647
 MALLOC_TRIM_THRESHOLD_=68719476736` (no-mmap malloc), and TensorFlow's BFC pool on the CPU
 (`TF_CPU_ALLOCATOR_USE_BFC=true`, what `python -m tfpets.launch` sets). Ratios are tfpets / official
-(official = the "no-mmap malloc" column of spec §15.6; >= 1.0 means tfpets is as fast or faster).
+(official = `OFFICIAL` below, benchmarks/RESULTS.md section 3; >= 1.0 means tfpets is as fast or
+faster).
 Besides wall-clock images/s, each figure has `img_per_s_from_cpu` = batch / (process CPU seconds
 / 2): the throughput with both cores to itself, which stays meaningful when other processes share
 the machine (the load average before and after is recorded).
@@ -38,7 +39,8 @@ import subprocess
 import sys
 import time
 
-# Official PyTorch, 2-core x86-64, batch 8, fp32, no-mmap malloc (spec §15.6): img/s.
+# Official PyTorch, 2-core x86-64, batch 8, fp32, no-mmap malloc, img/s: the figures recorded in
+# benchmarks/RESULTS.md, section 3, for runs without --official-repo.
 OFFICIAL = {
   32: {"G_fwd": 26.8, "G_fwd_bwd": 10.6, "D_fwd_bwd": 14.7},
   64: {"G_fwd": 16.3, "G_fwd_bwd": 6.17, "D_fwd_bwd": 7.68},
@@ -257,7 +259,7 @@ def main() -> None:
     "preset": "auto",
     "dtype": "float32",
     "xla": args.xla,
-    "official_reference": "spec §15.6, no-mmap malloc column; official_measured: "
+    "official_reference": "OFFICIAL (benchmarks/RESULTS.md section 3); official_measured: "
     "the official code in this run",
     "load_average_before": os.getloadavg(),
     "runs": {},

@@ -42,7 +42,7 @@ def _worker(records: str, steps: int, intra: int, inter: int, concurrent: bool) 
   """Runs in a fresh process: median milliseconds per training step of each stage."""
   import numpy as np
 
-  from tfpets.runtime import strategy
+  from tfpets.runtime import strategy, training
 
   strategy.set_op_threads(intra, inter)
   import keras
@@ -89,7 +89,7 @@ def _worker(records: str, steps: int, intra: int, inter: int, concurrent: bool) 
     return fit
 
   if concurrent:
-    train.train_concurrently(job("bbox"), job("landmarks"))
+    training.train_concurrently(job("bbox"), job("landmarks"))
   else:
     job("bbox")()
     job("landmarks")()

@@ -27,7 +27,7 @@ get_memory_info('CPU:0')` is not available with TF's default CPU allocator.
 
 Allocator settings: `default` (glibc defaults), `nommap`
 (MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=68719476736, the
-setting of specs/stylegan2-ada.md §15.6) and `tf_bfc`
+official PyTorch code's best, benchmarks/RESULTS.md section 3) and `tf_bfc`
 (TF_CPU_ALLOCATOR_USE_BFC=true: TensorFlow's own pooling allocator on CPU).
 With glibc, every large op output is a fresh mapping that the kernel
 zero-fills page by page; `nommap` only partly helps because TensorFlow

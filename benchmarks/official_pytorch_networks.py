@@ -1,7 +1,8 @@
 """Throughput of the official StyleGAN2-ADA PyTorch networks on this machine, for side-by-side runs.
 
 Builds the official `training.networks.Generator` and `Discriminator` with the `auto` preset at
-batch 8 (spec §15.6: z_dim = w_dim = 512, no labels, 2 mapping layers, channel_base 16384,
+batch 8 (as in benchmarks/RESULTS.md section 3: z_dim = w_dim = 512, no labels, 2 mapping layers,
+channel_base 16384,
 channel_max 512, fp32 everywhere (num_fp16_res 0), conv_clamp 256, G 'skip', D 'resnet', minibatch
 std group 4 with 1 channel) and times, per resolution:
 
@@ -60,7 +61,7 @@ def _import_official_networks(repo: pathlib.Path) -> types.ModuleType:
 
 
 def build_networks(networks: types.ModuleType, resolution: int) -> tuple[Any, Any]:
-  """Official G and D with the `auto` preset at batch 8 (spec §15.6)."""
+  """Official G and D with the `auto` preset at batch 8."""
   common = dict(channel_base=16384, channel_max=512, num_fp16_res=0, conv_clamp=256)
   generator = networks.Generator(
     z_dim=Z_DIM,

@@ -18,7 +18,7 @@ def test_data_then_inspect_on_the_synthetic_pets(tmp_path):
     "--synthetic_breeds=4",
     "--synthetic_per_breed=10",
     "--synthetic_size=64",
-    "--gan_resolution=32",
+    "--data_gan_resolution=32",
   )
   assert result.returncode == 0, result.stderr[-3000:]
   manifest = json.loads((data_dir / "records" / "shards" / "manifest.json").read_text())
@@ -48,7 +48,7 @@ def test_inspect_reports_a_corrupt_record_file(tmp_path):
       "--synthetic_breeds=2",
       "--synthetic_per_breed=5",
       "--synthetic_size=32",
-      "--gan_resolution=0",
+      "--data_gan_resolution=0",
     ).returncode
     == 0
   )

@@ -12,7 +12,7 @@ from absl import app, flags, logging
 
 from tfpets import stages
 from tfpets.data.decode import ImageDecodeError
-from tfpets.errors import UsageError
+from tfpets.errors import ArgumentError, UsageError
 from tfpets.runtime import flags as common_flags  # noqa: F401  (defines the shared flags)
 from tfpets.runtime.workdir import Workdir
 
@@ -73,10 +73,27 @@ def run_stage(stage: str) -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags take the form --name=value")
+  common_flags.warn_deprecated_spellings()
   try:
     run_stage(STAGE.value)
+  except ArgumentError as e:
+    _fail(str(as_flag_error(e, STAGE_MODULES[STAGE.value])))
   except (UsageError, ImageDecodeError, FileNotFoundError) as e:
     _fail(str(e))
+
+
+def as_flag_error(error: ArgumentError, module) -> UsageError:
+  """The library's error about its argument, worded with the stage flag that argument came from."""
+  flag_name = getattr(module, "ARGUMENT_FLAGS", {}).get(error.argument)
+  return error.as_flag(flag_name) if flag_name else error
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """absl's parsing, with a bad or missing flag reported as one line like every other user error."""
+  try:
+    return flag_values(argv)
+  except flags.Error as e:
+    _fail(f"{str(e).rstrip('.')}; see --helpfull")
 
 
 def _fail(message: str) -> None:
@@ -85,4 +102,4 @@ def _fail(message: str) -> None:
 
 
 def run() -> None:
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -257,7 +257,7 @@ def make_kaggle_cars(root) -> Dict[str, Dict[str, List[str]]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# TFDS archives (datasets.md §4.3: tiny archives in the official layout)
+# TFDS archives: tiny archives in the official layout, read from a manual dir
 
 
 def tar_folder(archive, root, members, gzip: bool) -> pathlib.Path:

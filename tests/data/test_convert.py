@@ -15,7 +15,7 @@ from tfpets.data import rejects as rejects_lib
 from tfpets.data.records import ImageRecord
 from tfpets.data.sources import SourceResult, load_source
 from tfpets.data.tfrecord import multires, shards
-from tfpets.errors import UsageError
+from tfpets.errors import ArgumentError, UsageError
 
 
 def read_rejects(path):
@@ -141,7 +141,7 @@ def test_every_bad_file_is_in_the_report_with_its_reason(tmp_path):
 
 def test_strict_and_nothing_usable_fail(tmp_path):
   source = _folder_source(tmp_path, ["good.jpg", "empty.jpg"])
-  with pytest.raises(UsageError, match="--strict: 1 file"):
+  with pytest.raises(UsageError, match=r"strict=True: 1 file\(s\) skipped"):
     convert.convert(
       source,
       tmp_path / "a",
@@ -218,3 +218,25 @@ def test_subsets_nest_through_conversion(tmp_path):
     members[subset] = {ex["id"].numpy() for ex in read_split(tmp_path / subset / "shards", "train")}
   assert len(members["0.2"]) == 4 and len(members["0.5"]) == 10 and len(members["1.0"]) == 20
   assert members["0.2"] < members["0.5"] < members["1.0"]
+
+
+def test_convert_dataset_renders_and_converts_the_synthetic_pets(tmp_path):
+  options = convert.ConvertOptions(splits="train=0.5,test=0.5", gan_resolution=32, workers=1)
+  synthetic = convert.SyntheticOptions(num_breeds=2, images_per_breed=4, size=64)
+  result = convert.convert_dataset("synthetic", tmp_path, options, synthetic)
+  assert sorted((tmp_path / "source").rglob("*.jpg")) and result.images_written == 8
+  assert result.split_counts == {"test": 4, "train": 4}
+  levels = multires.level_files(tmp_path / "records" / "stylegan")
+  first = next(iter(tf.data.TFRecordDataset(levels[0]).map(multires.parse_level)))
+  assert first.shape == (3, 32, 32) and len(levels) == 4  # 32, 16, 8 and 4 px
+  assert sum(1 for _ in tf.data.TFRecordDataset(levels[0])) == 4  # the train split only
+
+
+@pytest.mark.parametrize(
+  "field,value,argument",
+  [("splits", "train=2", "splits"), ("subset", "0", "subset"), ("dedupe", "maybe", "dedupe")],
+)
+def test_bad_options_fail_before_any_work_naming_the_argument(field, value, argument):
+  with pytest.raises(ArgumentError) as info:
+    convert.ConvertOptions(**{field: value})
+  assert info.value.argument == argument and info.value.value == value

@@ -26,7 +26,7 @@ from tfpets.data.sources.folders import load_folders
 from tfpets.data.sources.oxford_pets import load_oxford_pets
 from tfpets.data.sources.stanford_cars import load_stanford_cars
 
-# landmarks.md §2.3: the 5-point variant keeps 1-based points #1, #2, #3, #5, #8.
+# The Kaggle CAT 5-point variant (docs/landmarks.md) keeps 1-based points #1, #2, #3, #5, #8.
 FIVE_POINT_ROWS = [n - 1 for n in (1, 2, 3, 5, 8)]
 
 
@@ -354,7 +354,7 @@ def test_oxford_real_slice_against_official_lists(oxford_pets_3class):
 
 
 def test_cars_devkit_structure_matches_the_release_reader(tmp_path):
-  """Fixture .mat files have the structure loadmat shows for the real devkit (datasets.md §2)."""
+  """Fixture .mat files have the structure loadmat shows for the real devkit (the Stanford Cars devkit)."""
   fx = sf.make_stanford_cars(tmp_path, with_defects=False)
   annos = scipy.io.loadmat(str(tmp_path / "devkit" / "cars_train_annos.mat"))["annotations"]
   assert annos.shape == (1, len(fx.annotations["train"]))

@@ -126,8 +126,11 @@ def test_parse_subset(text, expected):
 
 @pytest.mark.parametrize("text", ["0", "1.5", "abc", "-3", "", "0.0", "nan", "150%"])
 def test_parse_subset_errors(text):
-  with pytest.raises(ValueError, match=r"invalid subset .*fraction in \(0, 1\]"):
+  with pytest.raises(
+    ValueError, match=r"^subset=.*: invalid subset: .*fraction in \(0, 1\]"
+  ) as info:
     subsets.parse_subset(text)
+  assert info.value.argument == "subset" and info.value.value == text
 
 
 # ---------------------------------------------------------------------------------------------

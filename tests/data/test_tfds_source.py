@@ -1,7 +1,7 @@
 """tfds:oxford_iiit_pet and tfds:cars196 prepared offline from tiny archives in the official layout.
 
 Archives are built in tmp_path, TFDS is pointed at them through the download-cache-name route
-(datasets.md §4.3), and every socket connection is refused, so a download attempt fails the test.
+(its download cache, keyed by the archive URL), and every socket connection is refused, so a download attempt fails the test.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import source_fixtures as sf
 from tfpets.data import decode
 from tfpets.data.sources import tfds_source
 
-# datasets.md §4.3: the cache name TFDS uses for the registered images.tar.gz.
+# The cache name TFDS uses for the registered images.tar.gz.
 OXFORD_IMAGES_CACHE_NAME = (
   "thor.robots.ox.ac.uk_vgg_pets_imagesZxlcXhwB8atfm2pdIrjCelgNiW7ORYkX5h1Fkzf6MY0.tar.gz"
 )

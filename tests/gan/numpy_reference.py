@@ -1,4 +1,5 @@
-"""An independent NumPy forward pass of StyleGAN2-ADA, written from the spec (§2, §2.8, §13).
+"""An independent NumPy forward pass of StyleGAN2-ADA, written from the official
+networks.py, upfirdn2d.py and bias_act.py of stylegan2-ada-pytorch and the TF1 variable layout.
 
 It works on TF1-named variables in TF1 layouts (NCHW activations, `[k, k, in, out]` kernels, the
 modulation bias stored minus 1, `Dense0` flattened NCHW) and follows the TF1 formulation: weights

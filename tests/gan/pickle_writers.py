@@ -1,14 +1,14 @@
-"""Writers of tiny official-format network pickles, built from the spec (no TF1, dnnlib, torch).
+"""Writers of tiny official-format network pickles, built in the official formats (no TF1, dnnlib, torch).
 
-* TF1 (§13.1, §2.7): a pickled tuple (G, D, Gs) of objects whose class pickles as
+* TF1 (stylegan2-ada dnnlib/tflib/network.py, training/networks.py): a pickled tuple (G, D, Gs) of objects whose class pickles as
   `dnnlib.tflib.network.Network`, with the official `__getstate__` keys; variables are
   (name, ndarray) lists, G holding `mapping` and `synthesis` components.
-* PyTorch (§13.2, §13.4): a plain pickle of {G, D, G_ema, augment_pipe, training_set_kwargs}
+* PyTorch (stylegan2-ada-pytorch training/training_loop.py, legacy.py): a plain pickle of {G, D, G_ema, augment_pipe, training_set_kwargs}
   whose modules reduce to `torch_utils.persistence._reconstruct_persistent_obj(meta)`, parameters
   to `torch._utils._rebuild_parameter`, tensors to `torch._utils._rebuild_tensor_v2` and storages
   to `torch.storage._load_from_bytes(<legacy torch.save bytes>)`; or the same object in a
   `torch.save` zip archive. The PyTorch tensors are derived from the TF variables with the
-  official name/layout map (§13.4: transposes, flips, mod_bias + 1).
+  official name/layout map (legacy.py: transposes, flips, mod_bias + 1).
 
 `pickle._Pickler` (the pure-Python pickler) is subclassed so that stand-in classes are written as
 the official global names without those modules existing.
@@ -73,7 +73,7 @@ def dumps(obj: Any, protocol: int = 3, persistent_id=None) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------------
-# Random TF1 variables for a configuration (spec §2.7).
+# Random TF1 variables for a configuration, named as stylegan2-ada training/networks.py names them.
 # ------------------------------------------------------------------------------------------------
 
 
@@ -394,7 +394,7 @@ def module_tree(root: Module, tensors: Mapping[str, np.ndarray]) -> Module:
 
 
 def torch_generator_tensors(g: Mapping[str, np.ndarray], resolution: int) -> dict[str, np.ndarray]:
-  """legacy.py's TF -> PyTorch map (spec §13.4) for a flat TF generator parameter dict."""
+  """legacy.py's TF -> PyTorch map for a flat TF generator parameter dict."""
   out = {"mapping.w_avg": g["dlatent_avg"]}
   for name, value in g.items():
     if name.startswith("mapping/"):

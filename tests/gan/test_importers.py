@@ -1,4 +1,4 @@
-"""Official TF1 and PyTorch pickles (built here from the spec) -> tfpets networks, checked against
+"""Official TF1 and PyTorch pickles (built here in the official formats) -> tfpets networks, checked against
 the independent NumPy forward pass on the same variables."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Parameter counts of every spec §2.6 row (and the §15.6 rows), from built, never-run models."""
+"""Parameter counts of the official networks for every preset (as the official train.py builds
+them, stylegan2-ada-pytorch training/networks.py), from built, never-run models."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def _non_trainable(model) -> int:
   return sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
 
 
-# (preset, resolution, c_dim, num_ws, G trainable, D trainable); spec §2.6.
+# (preset, resolution, c_dim, num_ws, G trainable, D trainable); as the official code counts them.
 SPEC_2_6 = [
   ("stylegan2", 1024, 0, 18, 30_370_060, 29_012_513),
   ("paper512", 512, 0, 16, 30_276_583, 28_982_849),
@@ -40,7 +41,7 @@ def test_parameter_counts_match_spec_table(preset, resolution, c_dim, num_ws, g_
 
 def test_pet_project_generator_non_trainable_is_w_avg_plus_noise_buffers():
   generator = networks.Generator(presets.network_config("auto", 128))
-  # Spec §2.6: 22,993,453 including the W average and the 11 noise buffers.
+  # The official count: 22,993,453 including the W average and the 11 noise buffers.
   assert generator.count_params() == 22_993_453
   noise = sum((2 ** ((i + 5) // 2)) ** 2 for i in range(2 * 7 - 3))
   assert _non_trainable(generator) == 512 + noise
@@ -50,7 +51,7 @@ def test_paper1024_has_the_stylegan2_networks():
   assert presets.network_config("paper1024", 1024) == presets.network_config("stylegan2", 1024)
 
 
-# Spec §15.6 at channel_base 16384: (preset, resolution, G); D does not depend on the mapping.
+# The networks of benchmarks/RESULTS.md (G and D against the official code), channel_base 16384: (preset, resolution, G); D does not depend on the mapping.
 SPEC_15_6_G = [
   ("auto", 32, 19_947_539),
   ("auto", 64, 22_243_608),

@@ -1,4 +1,4 @@
-"""Preset resolution (spec §9) and NetworkConfig behaviour."""
+"""Preset resolution (the official train.py) and NetworkConfig behaviour."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_pet_project_configuration_is_auto_at_128():
   ) == (2, 4, 4, 256, 16384, 512)
   assert (config.g_architecture, config.d_architecture, config.c_dim) == ("skip", "resnet", 0)
   assert config.num_ws == 12
-  # fp16 in the top 4 resolutions only: 16, 32, 64, 128 (spec §5).
+  # fp16 in the top 4 resolutions only: 16, 32, 64, 128 (the official num_fp16_res=4).
   assert [r for r in config.block_resolutions() if config.use_fp16(r)] == [16, 32, 64, 128]
   train = presets.training_config("auto", 128)
   assert (train.batch, train.mbstd_group_size, train.learning_rate, train.ema_kimg) == (

@@ -102,7 +102,7 @@ def test_balanced_crop_and_negatives_move_the_box_with_the_pixels():
   x0, y0, x1, y1 = BOX.astype(int)
   image[y0 : y1 + 1, x0 : x1 + 1] = 255
   options = augment.AugmentOptions(
-    flip_horizontal=True, crop_scale_balanced=True, negative_fraction=0.5
+    flip_horizontal=True, crop_scale_balanced=True, head_negative_fraction=0.5
   )
   heads = 0
   for i in range(12):

@@ -51,7 +51,7 @@ def test_iou_metric_loss_and_numpy_evaluation_agree_with_reference(pairs):
   metric.update_state(truth, predicted)
   assert float(metric.result()) == pytest.approx(expected.mean(), abs=1e-5)
 
-  # keras-cv's IoU per example, averaged over the batch: the spec's iou_loss = 1 - mean IoU ...
+  # keras-cv's IoU per example, averaged over the batch: frederic's iou_loss = 1 - mean IoU ...
   loss = losses.IoULoss()
   assert float(loss(truth, predicted)) == pytest.approx(1 - expected.mean(), abs=1e-4)
   # ... and sample weights drop background frames from it (Keras divides by the batch size).
@@ -120,5 +120,5 @@ def test_heatmap_loss_against_numpy():
 
 
 def test_unknown_loss_is_refused():
-  with pytest.raises(ValueError, match="--loss_fn='giou'"):
+  with pytest.raises(ValueError, match="^loss_fn='giou': must be one of mse, iou$"):
     losses.box_loss("giou")

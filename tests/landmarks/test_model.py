@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfpets.errors import UsageError
 from tfpets.landmarks import model as model_lib
 
 
@@ -88,13 +87,21 @@ def test_config_round_trip_and_refusals(tmp_path):
   assert config.roi_candidate_scales == (0.7, 1.2) and config.num_candidates == 3
   config.save(tmp_path)
   assert model_lib.DetectorConfig.load(tmp_path) == config
-  with pytest.raises(UsageError, match="--num_landmarks=7"):
+  assert model_lib.DetectorConfig(image_size=96, roi_size=0).roi_size == 96
+  with pytest.raises(ValueError, match=r"^num_landmarks=7: must be 9 \(Kaggle CAT\) or 5$"):
     model_lib.DetectorConfig(num_landmarks=7)
-  with pytest.raises(UsageError, match="--heatmap_stride=2: one of 4, 8"):
+  with pytest.raises(ValueError, match="^heatmap_stride=2: must be one of 4, 8$"):
     model_lib.DetectorConfig(heatmap_stride=2)
-  with pytest.raises(UsageError, match="--roi_candidate_scales=0.7,0.0: scales must be positive"):
+  with pytest.raises(ValueError, match="^head='sparse': must be one of heatmap, dense$"):
+    model_lib.DetectorConfig(head="sparse")
+  with pytest.raises(ValueError, match="^roi_candidate_scales='0.7,0.0': must be positive$"):
     model_lib.DetectorConfig(roi_candidate_scales=(0.7, 0))
-  with pytest.raises(UsageError, match="--roi_size=72: .* multiple of 16"):
+  with pytest.raises(ValueError, match="^roi_candidate_scales='0.7,x': must be numbers$"):
+    model_lib.DetectorConfig(roi_candidate_scales=["0.7", "x"])
+  with pytest.raises(
+    ValueError,
+    match="^roi_size=72: must be at least 32 pixels, and a multiple of 16 with head 'heatmap'$",
+  ):
     model_lib.DetectorConfig(roi_size=72)
-  with pytest.raises(UsageError, match="no such file"):
+  with pytest.raises(ValueError, match="^backbone_weights='.*missing.h5': no such file"):
     model_lib.build_model("bbox", config, backbone_weights=str(tmp_path / "missing.h5"))

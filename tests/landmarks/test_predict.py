@@ -12,7 +12,6 @@ import tensorflow as tf
 from PIL import Image
 
 from tfpets.data import decode
-from tfpets.errors import UsageError
 from tfpets.landmarks import augment, predict
 from tfpets.landmarks import model as model_lib
 
@@ -130,9 +129,13 @@ def test_predict_files_writes_annotated_image_and_json(detector, tmp_path):
 def test_list_images_accepts_glob_and_rejects_nothing_found(tmp_path):
   _write_inputs(tmp_path / "in")
   assert len(predict.list_images(str(tmp_path / "in" / "*.png"))) == 2
-  with pytest.raises(UsageError, match="no image files"):
+  with pytest.raises(ValueError, match=r"^images='.*\*\.bmp': no image files there$"):
     predict.list_images(str(tmp_path / "in" / "*.bmp"))
-  with pytest.raises(UsageError, match="no trained detector"):
+  with pytest.raises(
+    ValueError, match="^images='': must name an image file, a folder or a glob pattern$"
+  ):
+    predict.list_images("")
+  with pytest.raises(ValueError, match=r"^directory='.*': no trained detector there"):
     predict.Detector.from_directory(tmp_path)
 
 

@@ -1,18 +1,18 @@
-"""Training frames from records, and a stage run that is killed and resumed from its checkpoint."""
+"""Training frames from records, a stage run that is killed and resumed from its checkpoint, and
+two stages trained side by side."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tfpets.landmarks import augment, data, train, verifier
 from tfpets.landmarks import model as model_lib
+from tfpets.runtime import training
 
 CONFIG = model_lib.DetectorConfig(image_size=32, roi_size=32, units=16)
 
@@ -21,7 +21,7 @@ CONFIG = model_lib.DetectorConfig(image_size=32, roi_size=32, units=16)
 def test_frames_hold_targets_inside_the_frame(tiny_shards, stage):
   spec = data.FrameSpec(stage, 48, 9)
   assert data.count_usable(tiny_shards, "train", spec) == 12
-  options = augment.AugmentOptions(flip_horizontal=True, rotate_n=20, negative_fraction=0.2)
+  options = augment.AugmentOptions(flip_horizontal=True, rotate_n=20, head_negative_fraction=0.2)
   frames, targets, *weights = next(
     iter(data.frames(tiny_shards, "train", spec, batch_size=8, training=True, options=options))
   )
@@ -74,8 +74,8 @@ def test_training_datasets_have_no_autotune_thread(tiny_shards):
   """Destroying an iterator waits for tf.data's autotuning thread to wake (up to a minute), which
   delayed the end of Keras `fit`; the stages' and the verifier's datasets run without it."""
   spec = data.FrameSpec("landmarks", 32, 9)
-  for training in (True, False):
-    ds = data.frames(tiny_shards, "train", spec, batch_size=4, training=training)
+  for is_training in (True, False):
+    ds = data.frames(tiny_shards, "train", spec, batch_size=4, training=is_training)
     assert ds.options().autotune.enabled is False
   x, y = np.zeros((6, 16, 16, 3), np.uint8), np.linspace(0, 1, 6).astype(np.float32)
   assert verifier._dataset(x, y, 2, 0, True).options().autotune.enabled is False
@@ -98,7 +98,7 @@ def test_killed_stage_resumes_from_its_last_epoch(tiny_shards, tmp_path):
   kill = _KillAtEpoch(2)
   with pytest.raises(_Killed):
     run([kill])
-  state = json.loads((paths.checkpoints / "landmarks" / train.STATE_FILE).read_text())
+  state = json.loads((paths.checkpoints / "landmarks" / training.STATE_FILE).read_text())
   assert state["epoch"] == 2 and not state.get("done")
 
   record = _Record()
@@ -146,13 +146,13 @@ def _stage_job(stage, tiny_shards, paths, epochs, more_callbacks=()):
 
 def test_stages_trained_concurrently_each_finish_and_save(tiny_shards, tmp_path):
   paths = train.RunPaths(tmp_path / "checkpoints", tmp_path / "models", tmp_path / "logs")
-  (bbox, bbox_summary), (landmarks, landmarks_summary) = train.train_concurrently(
+  (bbox, bbox_summary), (landmarks, landmarks_summary) = training.train_concurrently(
     _stage_job("bbox", tiny_shards, paths, 2), _stage_job("landmarks", tiny_shards, paths, 2)
   )
   assert (bbox.name, landmarks.name) == ("bbox_detector", "landmarks_detector")
   assert bbox_summary["epochs_run"] == landmarks_summary["epochs_run"] == 2
   for stage in ("bbox", "landmarks"):
-    assert train.read_state(paths.checkpoints / stage)["done"]
+    assert training.read_state(paths.checkpoints / stage)["done"]
     assert (paths.models / f"{stage}.keras").is_file()
 
 
@@ -168,95 +168,7 @@ def test_a_failed_stage_cancels_the_concurrent_one_which_stays_resumable(tiny_sh
     "landmarks", tiny_shards, paths, 1000, [_SignalAtEpochEnd(first_epoch_saved)]
   )
   with pytest.raises(ValueError, match="broken records"):
-    train.train_concurrently(broken_stage, landmarks)
-  state = train.read_state(paths.checkpoints / "landmarks")
+    training.train_concurrently(broken_stage, landmarks)
+  state = training.read_state(paths.checkpoints / "landmarks")
   assert 1 <= state["epoch"] < 1000 and not state.get("done")
   assert not (paths.models / "landmarks.keras").exists()
-
-
-def test_recomputed_batch_norm_statistics_are_the_batches_statistics():
-  """After recomputing on copies of one batch, inference mode normalises that batch exactly as
-  training mode does (the moving statistics are that batch's statistics)."""
-  model = model_lib.build_model("landmarks", CONFIG)
-  frames = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
-  before = model(frames, training=False)["landmarks"].numpy()
-  batches = tf.data.Dataset.from_tensors((frames, {})).repeat(3)
-  train.recompute_batch_norm(model, batches, 3)
-  expected = model(frames, training=True)["landmarks"].numpy()
-  after = model(frames, training=False)["landmarks"].numpy()
-  np.testing.assert_allclose(after, expected, atol=1e-3)
-  assert np.abs(before - expected).max() > 1e-2  # it did change something
-  assert all(layer.momentum == model_lib.BN_MOMENTUM for layer in train._batch_norm_layers(model))
-
-
-def test_recomputed_batch_norm_statistics_average_the_batches():
-  """The moving statistics become the plain mean of the batches' means and (biased) variances."""
-  model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=0.9)])
-  rng = np.random.default_rng(1)
-  batches = [
-    rng.normal(loc, scale, (8, 3)).astype(np.float32)
-    for loc, scale in ((0.0, 1.0), (5.0, 2.0), (-3.0, 0.5))
-  ]
-  train.recompute_batch_norm(
-    model, tf.data.Dataset.from_tensor_slices((np.stack(batches), np.zeros(3))), 3
-  )
-  layer = model.layers[0]
-  np.testing.assert_allclose(
-    layer.moving_mean.numpy(), np.mean([b.mean(0) for b in batches], 0), rtol=1e-5
-  )
-  np.testing.assert_allclose(
-    layer.moving_variance.numpy(), np.mean([b.var(0) for b in batches], 0), rtol=1e-5
-  )
-  assert layer.momentum == 0.9
-
-
-class _SlowEpochs(keras.callbacks.Callback):
-  """Makes every epoch last at least `seconds` (the first at least `first` if given)."""
-
-  def __init__(self, seconds: float, first: float = 0.0):
-    super().__init__()
-    self.seconds, self.first = seconds, first
-
-  def on_epoch_end(self, epoch, logs=None):
-    time.sleep(self.first if epoch == 0 and self.first else self.seconds)
-
-
-def test_time_budget_stops_before_an_epoch_that_would_overrun():
-  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-  model.compile("sgd", "mse")
-  x = np.zeros((4, 2), np.float32)
-  budget = train.TimeBudget(seconds=1.0)
-  # The sleep runs before the budget's own epoch end (list order), as a slow epoch would.
-  history = model.fit(x, x[:, :1], epochs=50, verbose=0, callbacks=[_SlowEpochs(0.4), budget])
-  epochs = len(history.history["loss"])
-  # Each epoch lasts >= 0.4 s, so the budget allows at most 2 (a third would end past 1 s).
-  assert 1 <= epochs <= 2
-  assert budget.stopped_epoch == epochs
-
-
-def test_time_budget_does_not_judge_later_epochs_by_a_slow_first_one():
-  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-  model.compile("sgd", "mse")
-  x = np.zeros((4, 2), np.float32)
-  budget = train.TimeBudget(seconds=4.0)
-  start = time.monotonic()
-  history = model.fit(
-    x, x[:, :1], epochs=200, verbose=0, callbacks=[_SlowEpochs(0.1, first=1.0), budget]
-  )
-  used = time.monotonic() - start
-  # Expecting every epoch to last as long as the first (>= 1 s) would stop with over 1 s unused;
-  # judged by the 0.1 s epochs, the run ends within about one of them of the budget.
-  assert used > 4.0 - 0.6
-  assert len(history.history["loss"]) >= 3
-  assert budget.stopped_epoch == len(history.history["loss"])
-
-
-def test_time_budget_drops_the_learning_rate_once_after_its_anneal_point():
-  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-  model.compile(keras.optimizers.SGD(0.5), "mse")
-  x = np.zeros((4, 2), np.float32)
-  budget = train.TimeBudget(seconds=1.2, anneal_at=0.3)
-  model.fit(x, x[:, :1], epochs=50, verbose=0, callbacks=[_SlowEpochs(0.2), budget])
-  # Each epoch lasts >= 0.2 s: 0.36 s (0.3 x 1.2) have passed by the end of epoch 2 at the latest.
-  assert budget.annealed_epoch is not None and budget.annealed_epoch <= 2
-  assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.05)

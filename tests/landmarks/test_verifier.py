@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpets.errors import UsageError
 from tfpets.landmarks import evaluate, predict, verifier
 from tfpets.landmarks import model as model_lib
 
@@ -144,12 +143,14 @@ def test_candidates_without_a_verifier_are_refused(candidates, scales):
   )
   assert model_lib.stages_of(config) == ("bbox", "landmarks", "verifier")
   detector = predict.Detector(config, _decoy_stage_one, _bright_square_verifier)
-  with pytest.raises(UsageError, match="2 candidates .* need the head verifier"):
+  with pytest.raises(ValueError, match="verifier_fn is required: 2 candidates .* need the head"):
     detector.detect(np.zeros((64, 64, 3), np.uint8))
 
 
 def test_candidates_need_the_heatmap_head():
-  with pytest.raises(UsageError, match="--lm_head=heatmap"):
+  with pytest.raises(
+    ValueError, match="^roi_candidates=3: more than one candidate needs head 'heatm"
+  ):
     model_lib.DetectorConfig(head="dense", roi_candidates=3)
 
 

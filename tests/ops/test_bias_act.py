@@ -16,7 +16,7 @@ SQRT2 = np.sqrt(2.0)
 SELU_SCALE = 1.0507009873554805
 SELU_ALPHA = 1.6732632423543772
 
-# act -> (f(x, alpha) in float64, default alpha, default gain); spec §3.2.
+# act -> (f(x, alpha) in float64, default alpha, default gain); the table of torch_utils/ops/bias_act.py.
 NUMPY_ACTS = {
   "linear": (lambda x, a: x, 0.0, 1.0),
   "relu": (lambda x, a: np.maximum(x, 0.0), 0.0, SQRT2),

@@ -13,7 +13,7 @@ import tfpets.ops as ops
 
 
 def numpy_upfirdn2d(x, k, up=(1, 1), down=(1, 1), pad=(0, 0, 0, 0), flip=False, gain=1.0):
-  """Spec §4.1 literally, in float64: zero insertion, pad/crop, per-plane
+  """The official definition (stylegan2-ada-pytorch torch_utils/ops/upfirdn2d.py) literally, in float64: zero insertion, pad/crop, per-plane
   scipy convolution (correlation when flip), decimation. A 1-D filter acts
   separably, which equals its outer product."""
   k = np.asarray(k, np.float64)
@@ -173,7 +173,7 @@ def test_conv2d_resample_matches_numpy(mode, kernel):
 
 
 def test_conv2d_resample_up_uses_spec_paddings():
-  """Spec §2.8: transposed conv (2H + 1) then the filter with pads (1, 1)."""
+  """The official conv2d_resample (torch_utils/ops/conv2d_resample.py): transposed conv (2H + 1) then the filter with pads (1, 1)."""
   rng = np.random.default_rng(0)
   x = rng.normal(size=(1, 5, 5, 2)).astype(np.float32)
   w = rng.normal(size=(3, 3, 2, 3)).astype(np.float32)

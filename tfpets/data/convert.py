@@ -21,11 +21,11 @@ from absl import logging
 
 from tfpets.data import prepare as prepare_lib
 from tfpets.data import rejects as rejects_lib
-from tfpets.data import subsets
+from tfpets.data import sources, subsets
 from tfpets.data.decode import ImageDecodeError
 from tfpets.data.records import ImageRecord
 from tfpets.data.sources import SourceResult
-from tfpets.errors import UsageError
+from tfpets.errors import ArgumentError, UsageError
 
 # Below this many images, spawning worker processes costs more than it saves (measured on 2 cores).
 _PROCESS_POOL_MIN_JOBS = 5000
@@ -56,6 +56,14 @@ class ConvertOptions:
   workers: int = 0  # 0: one per core
   strict: bool = False
   seed: int = 0
+
+  def __post_init__(self):
+    # Fail on a bad option before minutes of decoding, not after.
+    if self.splits not in ("auto", "source"):
+      parse_split_fractions(self.splits)
+    subsets.parse_subset(self.subset)
+    if self.dedupe not in DEDUPE_MODES:
+      raise ArgumentError("dedupe", self.dedupe, f"not one of {', '.join(DEDUPE_MODES)}")
 
 
 @dataclasses.dataclass
@@ -110,12 +118,11 @@ def parse_split_fractions(text: str) -> Dict[str, float]:
   try:
     fractions = {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
   except ValueError:
-    raise UsageError(
-      f"--splits={text!r}: expected auto, source or name=fraction,... "
-      "(for example train=0.75,val=0.25)"
+    raise ArgumentError(
+      "splits", text, "expected auto, source or name=fraction,... (for example train=0.75,val=0.25)"
     ) from None
   if abs(sum(fractions.values()) - 1.0) > 1e-6 or min(fractions.values()) < 0:
-    raise UsageError(f"--splits={text!r}: fractions must be >= 0 and sum to 1")
+    raise ArgumentError("splits", text, "fractions must be >= 0 and sum to 1")
   return fractions
 
 
@@ -126,7 +133,9 @@ def assign_splits(records: List[ImageRecord], spec: str, seed: int) -> Dict[str,
     for r in records:
       name = _SOURCE_SPLITS.get(r.split, r.split)
       if not name:
-        raise UsageError(f"{r.path}: no split given by the source; use --splits=train=0.8,...")
+        raise ArgumentError(
+          "splits", "source", f"{r.path} has no split in the source; give fractions (train=0.8,...)"
+        )
       out[name].append(r)
     return dict(out)
   fractions = parse_split_fractions("train=0.8,val=0.1,test=0.1" if spec == "auto" else spec)
@@ -194,8 +203,6 @@ def convert(
       report.add(record.path, reason, action)
     prepared_by_path[record.path] = result
 
-  if options.dedupe not in DEDUPE_MODES:
-    raise UsageError(f"dedupe={options.dedupe!r} is not one of {', '.join(DEDUPE_MODES)}")
   if options.dedupe != "off":
     items = list(prepared_by_path.values())
     duplicates = subsets.find_duplicates_by_fingerprint(
@@ -278,9 +285,63 @@ def convert(
   )
   skipped = report.paths(rejects_lib.SKIPPED)
   if options.strict and skipped:
-    raise UsageError(
-      f"--strict: {len(skipped)} file(s) skipped, first {skipped[0]}; see {csv_path}"
+    raise ArgumentError(
+      "strict", True, f"{len(skipped)} file(s) skipped, first {skipped[0]}; see {csv_path}"
     )
   return ConvertResult(
     str(shards_dir), str(gan_dir) if gan_dir else None, split_counts, report, csv_path, seconds
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticOptions:
+  """Size of the embedded synthetic pets (tfpets.data.synthetic)."""
+
+  num_breeds: int = 12
+  images_per_breed: int = 100
+  size: int = 128
+
+
+def load_dataset(
+  spec: str,
+  root: str | os.PathLike,
+  synthetic_options: SyntheticOptions = SyntheticOptions(),
+  seed: int = 0,
+  workers: int = 0,
+  tfds_manual_dir: Optional[str] = None,
+  tfds_data_dir: Optional[str] = None,
+) -> SourceResult:
+  """Reads dataset `spec` (`sources.parse_spec`); the synthetic pets are rendered into root/source."""
+  kind, _ = sources.parse_spec(spec)
+  if kind == "synthetic":
+    from tfpets.data import synthetic
+
+    csv_path = synthetic.write_dataset(
+      str(pathlib.Path(root) / "source"),
+      num_breeds=synthetic_options.num_breeds,
+      images_per_breed=synthetic_options.images_per_breed,
+      size=synthetic_options.size,
+      seed=seed,
+      workers=workers or (os.cpu_count() or 1),
+    )
+    return sources.load_source(f"csv:{csv_path}")
+  options = {}
+  if kind == "tfds":
+    options = {"tfds_manual_dir": tfds_manual_dir, "data_dir": tfds_data_dir}
+  return sources.load_source(spec, **options)
+
+
+def convert_dataset(
+  spec: str,
+  root: str | os.PathLike,
+  options: ConvertOptions,
+  synthetic_options: SyntheticOptions = SyntheticOptions(),
+  tfds_manual_dir: Optional[str] = None,
+  tfds_data_dir: Optional[str] = None,
+) -> ConvertResult:
+  """Reads `spec` and converts it into root/records (shards, StyleGAN records) and root/reports."""
+  root = pathlib.Path(root)
+  source = load_dataset(
+    spec, root, synthetic_options, options.seed, options.workers, tfds_manual_dir, tfds_data_dir
+  )
+  return convert(source, root / "records", root / "reports", options)

@@ -1,9 +1,9 @@
 """The one image decoder.
 
 Never trusts the file extension: the Oxford-IIIT Pet release has a PNG and a GIF named `.jpg`
-(datasets.md §1.2). Everything that can be turned into an 8-bit RGB array is (first GIF frame, alpha
-dropped, CMYK, grayscale and 16-bit converted, EXIF orientation applied), and every conversion is
-named in `DecodedImage.notes` so that conversions can report it. Anything else raises
+(Abyssinian_5 and Abyssinian_34). Everything that can be turned into an 8-bit RGB array is (first
+GIF frame, alpha dropped, CMYK, grayscale and 16-bit converted, EXIF orientation applied), and
+every conversion is named in `DecodedImage.notes` so that conversions can report it. Anything else raises
 `ImageDecodeError` naming the file and the problem.
 """
 

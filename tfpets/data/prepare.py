@@ -36,7 +36,7 @@ def check_annotations(
 ) -> List[tuple]:
   """Validates box/landmarks against the decoded size; drops what is unusable, in place.
 
-  Points a little outside the frame are real (ears cut off, landmarks.md §2.2); a point further out
+  Points a little outside the frame are real (ears cut off in the photo); a point further out
   than `landmark_margin` of the image size is an annotation error.
   """
   issues = []
@@ -144,7 +144,7 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def lod_pyramid(image_hwc: np.ndarray) -> List[np.ndarray]:
-  """StyleGAN2-ADA level-of-detail pyramid (stylegan2-ada.md §12.3).
+  """StyleGAN2-ADA level-of-detail pyramid (official dataset_tool.py, TFRecordExporter.add_image).
 
   CHW, each level the 2x2 box average of the previous one in float32 (a cascade), quantised with
   rint+clip only when stored.

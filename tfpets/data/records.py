@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-# Kaggle CAT point order (datasets.md §3, landmarks.md §2.2).
+# Kaggle CAT point order, as its .cat files store them (docs/landmarks.md, "Formats and measures").
 LANDMARK_NAMES_9 = (
   "left_eye",
   "right_eye",
@@ -24,7 +24,8 @@ LANDMARK_NAMES_9 = (
   "right_ear_2",
   "right_ear_3",
 )
-# The 5-point variant keeps 0-based points [0, 1, 2, 4, 7] of the 9 (landmarks.md §2.3).
+# The 5-point variant keeps 0-based points [0, 1, 2, 4, 7] of the 9, as zylamarek/cat-dataset's
+# utils.py, remove_inner_ear_landmarks(), derives it.
 FIVE_OF_NINE = (0, 1, 2, 4, 7)
 LANDMARK_NAMES_5 = ("left_eye", "right_eye", "mouth", "left_ear_tip", "right_ear_tip")
 

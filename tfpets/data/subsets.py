@@ -1,10 +1,10 @@
 """Stratified nested subsets, stratified splits and duplicate removal for lists of ImageRecords.
 
-Subsets (datasets.md §5.1): per class, the class's records are put in a fixed order (sorted by
-path, then permuted by a generator seeded with the seed and the class name) and a prefix is taken.
-Because only the prefix length depends on the fraction, for one seed the 10 % subset lies inside
-the 50 % subset, which lies inside 100 %. k = round-half-up(fraction * n_class), at least 1; an
-integer N takes min(N, n_class) per class.
+Subsets (the pet paper's 10 / 50 / 100 %, arXiv 2109.00891): per class, the class's records are put
+in a fixed order (sorted by path, then permuted by a generator seeded with the seed and the class
+name) and a prefix is taken. Because only the prefix length depends on the fraction, for one seed
+the 10 % subset lies inside the 50 % subset, which lies inside 100 %.
+k = round-half-up(fraction * n_class), at least 1; an integer N takes min(N, n_class) per class.
 
 Splits: the same per-class order is cut into consecutive pieces whose sizes follow the fractions
 (largest-remainder rounding, so the pieces always cover the class exactly).
@@ -31,6 +31,7 @@ from PIL import Image
 
 from tfpets.data import rejects as rejects_lib
 from tfpets.data.records import ImageRecord
+from tfpets.errors import ArgumentError
 
 SubsetSize = Union[float, int]
 DEFAULT_MAX_HAMMING = 10
@@ -47,9 +48,11 @@ def parse_subset(text: str) -> SubsetSize:
   A whole number is a count: '1' is one image per class, '1.0' is every image.
   """
   value = str(text).strip()
-  error = ValueError(
-    f"invalid subset {text!r}: expected a fraction in (0, 1] such as 0.1, 0.5, "
-    "1.0 (or 10%), or a whole number of images per class such as 20"
+  error = ArgumentError(
+    "subset",
+    text,
+    "invalid subset: expected a fraction in (0, 1] such as 0.1, 0.5, 1.0 (or 10%), or a whole "
+    "number of images per class such as 20",
   )
   try:
     if value.endswith("%"):
@@ -260,13 +263,12 @@ def find_duplicates_by_fingerprint(
 
   A record is removed as a near duplicate of the earliest kept record within max_hamming bits
   (None: exact duplicates only); chains do not propagate, every removal names a kept record. The
-  default 10 is measured on the real 600-image Oxford slice: resized + re-encoded copies were <= 4
-  bits apart, every pair within 12 bits was the same photo (checked by eye; some re-cropped or
-  watermarked), and the closest distinct photos were 14 apart. Flat synthetic renderings can be
-  closer (two distinct synthetic pets were 8 apart): search those for exact duplicates only.
+  default 10 lies between re-encoded copies and the closest distinct photos of real Oxford pets;
+  flat synthetic renderings of distinct pets can be closer, so search those for exact duplicates
+  only.
   """
   if max_hamming is not None and not 0 <= max_hamming < 64:
-    raise ValueError(f"max_hamming must be in [0, 63] or None, got {max_hamming}")
+    raise ArgumentError("max_hamming", max_hamming, "must be in [0, 63] or None")
   digests = [d for d, _ in fingerprints]
   hashes = [h for _, h in fingerprints]
   removed: Dict[int, Duplicate] = {}

@@ -1,6 +1,6 @@
 """StyleGAN2-ADA in TensorFlow 2 / Keras 3 (NHWC).
 
-Modules: `presets` (network/training presets of spec §9, `NetworkConfig`), `layers` (equalised-lr
+Modules: `presets` (the presets of the official train.py, `NetworkConfig`), `layers` (equalised-lr
 dense/conv, modulated conv, noise, ToRGB, minibatch stddev), `networks` (mapping, synthesis,
 Generator, Discriminator, saving/loading), `importers` (official TF1 and PyTorch pickles, read
 with a restricted unpickler).

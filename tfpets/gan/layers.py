@@ -1,14 +1,16 @@
 """StyleGAN2-ADA building blocks as small Keras 3 layers (NHWC), exact to the official code.
 
-Equalised learning rate (spec §2.2): every weight is stored "raw", initialised
-N(0, 1/lr_multiplier), and scaled at run time by lr_multiplier / sqrt(fan_in); biases are scaled by
-lr_multiplier. Kernels use the Keras layout ([k, k, in, out], dense [in, out]), which is also the
-TF1 pickle layout.
+Equalised learning rate (Karras et al., "Progressive Growing of GANs", ICLR 2018, section 4.1;
+official stylegan2-ada-pytorch training/networks.py, FullyConnectedLayer and Conv2dLayer): every
+weight is stored "raw", initialised N(0, 1/lr_multiplier), and scaled at run time by
+lr_multiplier / sqrt(fan_in); biases are scaled by lr_multiplier. Kernels use the Keras layout
+([k, k, in, out], dense [in, out]), which is also the TF1 pickle layout.
 
-Mixed precision is decided per synthesis/discriminator block (spec §5): a layer computes in the
-dtype of its input `x` (float32 or float16) while its variables stay float32. The layers therefore
-use the float32 policy with `autocast=False`, so neither a global Keras policy nor Keras' input
-casting changes their dtypes. Modulation, demodulation and all style math stay in float32.
+Mixed precision is decided per synthesis/discriminator block, as the official training/networks.py
+does with `num_fp16_res`: a layer computes in the dtype of its input `x` (float32 or float16) while
+its variables stay float32. The layers therefore use the float32 policy with `autocast=False`, so
+neither a global Keras policy nor Keras' input casting changes their dtypes. Modulation,
+demodulation and all style math stay in float32.
 
 The modulation bias follows the PyTorch convention: it is initialised to 1 and used as is (the TF1
 pickles store it minus 1, see the importers).
@@ -23,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from tfpets import ops
+from tfpets.gan import rng
 
 DEFAULT_FILTER = (1, 3, 3, 1)
 
@@ -38,7 +41,7 @@ def _normal(stddev: float) -> keras.initializers.Initializer:
 
 
 def normalize_2nd_moment(x: tf.Tensor, axis: int = -1, eps: float = 1e-8) -> tf.Tensor:
-  """x / sqrt(mean(x^2) + eps) along `axis` (spec §2.2)."""
+  """x / sqrt(mean(x^2) + eps) along `axis` (official networks.py, normalize_2nd_moment)."""
   return x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=axis, keepdims=True) + eps)
 
 
@@ -101,7 +104,7 @@ class EqualizedDense(keras.layers.Layer):
 
 
 class EqualizedConv2D(keras.layers.Layer):
-  """Convolution with equalised learning rate, optional 2x up/down resampling (spec §2.8),
+  """Convolution with equalised learning rate, optional 2x up/down resampling (`conv2d_resample`),
   fused bias + activation and the conv clamp. `call(x, gain)` scales the activation gain and the
   clamp together, as the resnet branches need (x * sqrt(0.5))."""
 
@@ -163,7 +166,8 @@ class EqualizedConv2D(keras.layers.Layer):
 
 
 class ModulatedConv2D(keras.layers.Layer):
-  """Style-modulated convolution (spec §2.4), the non-fused form both official codes train with.
+  """Style-modulated convolution (StyleGAN2 paper, Karras et al. CVPR 2020, section 2.2; official
+  training/networks.py, modulated_conv2d), the non-fused form both official codes train with.
 
   styles = affine(w); x * styles -> conv (optionally up 2x) -> x * dcoefs. The demodulation
   coefficients are computed as rsqrt(styles^2 @ sum_kk(weight^2) + 1e-8), which equals the
@@ -252,13 +256,17 @@ class NoiseInjection(keras.layers.Layer):
     self.noise_strength = self.add_weight(name="noise_strength", shape=(), initializer="zeros")
     self.built = True
 
-  def call(self, x: tf.Tensor, noise_mode: str = "random") -> tf.Tensor:
+  def call(
+    self, x: tf.Tensor, noise_mode: str = "random", seed: Any = None, stream: int = 0
+  ) -> tf.Tensor:
+    """`seed` (int [2]) makes 'random' noise a function of (seed, stream), the same with XLA."""
     if noise_mode not in self.NOISE_MODES:
       raise ValueError(f"noise_mode must be one of {self.NOISE_MODES}, got {noise_mode!r}")
     if noise_mode == "none":
       return x
     if noise_mode == "random":
-      noise = tf.random.normal([tf.shape(x)[0], self.resolution, self.resolution, 1])
+      shape = [tf.shape(x)[0], self.resolution, self.resolution, 1]
+      noise = tf.random.normal(shape) if seed is None else rng.normal(seed, shape, stream)
     else:
       noise = self.noise_const[tf.newaxis, :, :, tf.newaxis]
     return x + tf.cast(noise * self.noise_strength, x.dtype)
@@ -310,11 +318,17 @@ class SynthesisLayer(keras.layers.Layer):
     self.built = True
 
   def call(
-    self, x: tf.Tensor, w: tf.Tensor, noise_mode: str = "random", gain: float = 1.0
+    self,
+    x: tf.Tensor,
+    w: tf.Tensor,
+    noise_mode: str = "random",
+    gain: float = 1.0,
+    noise_seed: Any = None,
+    noise_stream: int = 0,
   ) -> tf.Tensor:
     x = self.conv(x, w)
     if self.noise is not None:
-      x = self.noise(x, noise_mode=noise_mode)
+      x = self.noise(x, noise_mode=noise_mode, seed=noise_seed, stream=noise_stream)
     clamp = None if self.conv_clamp is None else self.conv_clamp * gain
     return ops.fused_bias_act(
       x, tf.cast(self.bias, x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp
@@ -381,7 +395,8 @@ class ToRGB(keras.layers.Layer):
 
 
 class MinibatchStdDev(keras.layers.Layer):
-  """Appends the minibatch standard deviation as `num_channels` last channels (spec §2.5).
+  """Appends the minibatch standard deviation as `num_channels` last channels (official
+  training/networks.py, MinibatchStdLayer).
 
   The group axis is the outer split of the batch: samples i and i + N/G share a group. The batch
   must be divisible by min(group_size, N). Computed in float32.

@@ -7,8 +7,8 @@ pickles onto them one to one: `Generator.mapping` (`embed`, `fc{i}`, `w_avg`),
 epilogue `Discriminator.b4` (`fromrgb`, `mbstd`, `conv`, `fc`, `out`).
 
 Images are NHWC float32 in [-1, 1]. Blocks at the top `num_fp16_res` resolutions compute in
-float16 with float32 weights (spec §5); the mapping network, the image accumulation and the
-discriminator epilogue always run in float32.
+float16 with float32 weights (official training/networks.py, `num_fp16_res`); the mapping network,
+the image accumulation and the discriminator epilogue always run in float32.
 
 `save_networks` / `load_networks` store converted or trained networks as `<name>.weights.h5` plus
 `config.json`.
@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from tfpets import ops
-from tfpets.gan import layers
+from tfpets.gan import layers, rng
 from tfpets.gan.presets import NetworkConfig
 
 CONFIG_FILE = "config.json"
@@ -53,7 +53,8 @@ def _split_inputs(inputs: Any, c_dim: int, what: str) -> tuple[tf.Tensor, tf.Ten
 
 
 class MappingNetwork(keras.layers.Layer):
-  """z (and label c) -> w (spec §2.3), with W-average tracking and truncation.
+  """z (and label c) -> w (official training/networks.py, MappingNetwork), with W-average tracking
+  and truncation.
 
   Also serves as the discriminator's label mapping (z_dim = 0, num_ws = None, no W average).
   """
@@ -122,13 +123,17 @@ class MappingNetwork(keras.layers.Layer):
     for idx in range(self.num_layers):
       x = getattr(self, f"fc{idx}")(x)
     if self.w_avg is not None and training and not skip_w_avg_update:
-      batch_mean = tf.reduce_mean(x, axis=0)
-      self.w_avg.assign(batch_mean + self.w_avg_beta * (self.w_avg - batch_mean))
+      self.update_w_avg(tf.reduce_mean(x, axis=0))
     if self.num_ws is not None:
       x = tf.tile(x[:, tf.newaxis, :], [1, self.num_ws, 1])
     if not (isinstance(truncation_psi, (int, float)) and truncation_psi == 1):
       x = self._truncate(x, truncation_psi, truncation_cutoff)
     return x
+
+  def update_w_avg(self, batch_mean: tf.Tensor, apply: Any = True) -> None:
+    """Moves the tracked W average towards `batch_mean` (unless `apply` is False)."""
+    updated = batch_mean + self.w_avg_beta * (self.w_avg - batch_mean)
+    self.w_avg.assign(tf.where(apply, updated, self.w_avg))
 
   def _truncate(self, x: tf.Tensor, psi: Any, cutoff: int | None) -> tf.Tensor:
     if self.w_avg is None:
@@ -223,21 +228,26 @@ class SynthesisBlock(keras.layers.Layer):
     ws: tf.Tensor,
     noise_mode: str = "random",
     force_fp32: bool = False,
+    noise_seed: Any = None,
   ) -> tuple[tf.Tensor, tf.Tensor | None]:
     dtype = tf.float16 if self.use_fp16 and not force_fp32 else tf.float32
     w_iter = iter(tf.unstack(ws, axis=1))
+    # One noise stream per layer of the network: two per resolution.
+    stream = 2 * int(math.log2(self.resolution))
+    noise0 = dict(noise_mode=noise_mode, noise_seed=noise_seed, noise_stream=stream)
+    noise1 = dict(noise_mode=noise_mode, noise_seed=noise_seed, noise_stream=stream + 1)
     if self.const is not None:
       x = tf.tile(tf.cast(self.const, dtype)[tf.newaxis], [tf.shape(ws)[0], 1, 1, 1])
-      x = self.conv1(x, next(w_iter), noise_mode=noise_mode)
+      x = self.conv1(x, next(w_iter), **noise1)
     elif self.skip is not None:
       x = tf.cast(x, dtype)
       y = self.skip(x, gain=_SQRT_HALF)
-      x = self.conv0(x, next(w_iter), noise_mode=noise_mode)
-      x = y + self.conv1(x, next(w_iter), noise_mode=noise_mode, gain=_SQRT_HALF)
+      x = self.conv0(x, next(w_iter), **noise0)
+      x = y + self.conv1(x, next(w_iter), gain=_SQRT_HALF, **noise1)
     else:
       x = tf.cast(x, dtype)
-      x = self.conv0(x, next(w_iter), noise_mode=noise_mode)
-      x = self.conv1(x, next(w_iter), noise_mode=noise_mode)
+      x = self.conv0(x, next(w_iter), **noise0)
+      x = self.conv1(x, next(w_iter), **noise1)
     if img is not None:
       img = ops.upsample2d(img, self.resample_filter)
     if self.torgb is not None:
@@ -263,7 +273,7 @@ class SynthesisBlock(keras.layers.Layer):
 
 
 class SynthesisNetwork(keras.layers.Layer):
-  """ws [B, num_ws, w_dim] -> images [B, res, res, C] float32 (spec §2.4)."""
+  """ws [B, num_ws, w_dim] -> images [B, res, res, C] float32 (official SynthesisNetwork)."""
 
   def __init__(self, config: NetworkConfig | Mapping[str, Any], **kwargs):
     super().__init__(**layers._layer_kwargs(kwargs))  # pylint: disable=protected-access
@@ -293,14 +303,23 @@ class SynthesisNetwork(keras.layers.Layer):
   def blocks(self) -> list[SynthesisBlock]:
     return [getattr(self, f"b{res}") for res in self.block_resolutions]
 
-  def call(self, ws: tf.Tensor, noise_mode: str = "random", force_fp32: bool = False) -> tf.Tensor:
+  def call(
+    self,
+    ws: tf.Tensor,
+    noise_mode: str = "random",
+    force_fp32: bool = False,
+    noise_seed: Any = None,
+  ) -> tf.Tensor:
+    """Images from ws; `noise_seed` (int [2]) makes 'random' noise repeatable (tfpets.gan.rng)."""
     ws = tf.cast(ws, tf.float32)
     x = img = None
     w_idx = 0
     for block in self.blocks:
       block_ws = ws[:, w_idx : w_idx + block.num_conv + block.num_torgb]
       w_idx += block.num_conv
-      x, img = block(x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32)
+      x, img = block(
+        x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32, noise_seed=noise_seed
+      )
     return img
 
   def get_config(self) -> dict[str, Any]:
@@ -311,7 +330,8 @@ class Generator(keras.Model):
   """Mapping + synthesis. `call((z, c))` -> images [B, res, res, C] in about [-1, 1].
 
   In training (`training=True`) the W average is updated and styles are mixed with probability
-  `config.style_mixing_prob` (spec §2.3); truncation applies only when psi != 1.
+  `config.style_mixing_prob` (as the official training/loss.py, StyleGAN2Loss.run_G, mixes them);
+  truncation applies only when psi != 1.
   """
 
   def __init__(self, config: NetworkConfig | Mapping[str, Any], **kwargs):
@@ -343,6 +363,7 @@ class Generator(keras.Model):
     truncation_psi: Any = 1.0,
     truncation_cutoff: int | None = None,
     style_mixing_prob: float | None = None,
+    mixing_seed: Any = None,
   ) -> tf.Tensor:
     """ws [B, num_ws, w_dim]; in training with style mixing (config probability by default)."""
     ws = self.mapping(
@@ -350,13 +371,23 @@ class Generator(keras.Model):
     )
     prob = self.config.style_mixing_prob if style_mixing_prob is None else style_mixing_prob
     if training and prob > 0:
-      ws = self._mix_styles(ws, z, c, prob)
+      ws = self.mix_styles(ws, z, c, prob, mixing_seed)
     return ws
 
-  def _mix_styles(self, ws: tf.Tensor, z: tf.Tensor, c: tf.Tensor | None, prob: float) -> tf.Tensor:
-    cutoff = tf.random.uniform([], 1, self.num_ws, dtype=tf.int32)
-    cutoff = tf.where(tf.random.uniform([]) < prob, cutoff, self.num_ws)
-    ws2 = self.mapping(tf.random.normal(tf.shape(z)), c, training=True, skip_w_avg_update=True)
+  def mix_styles(
+    self, ws: tf.Tensor, z: tf.Tensor, c: tf.Tensor | None, prob: float, seed: Any = None
+  ) -> tf.Tensor:
+    """With probability `prob`, the layers from a random cutoff on take the ws of fresh latents.
+
+    `seed` (int [2]) makes the cutoff and the latents repeatable (tfpets.gan.rng).
+    """
+    if seed is None:
+      draws, z2 = tf.random.uniform([2]), tf.random.normal(tf.shape(z))
+    else:
+      draws, z2 = rng.uniform(seed, [2], stream=0), rng.normal(seed, tf.shape(z), stream=1)
+    cutoff = 1 + tf.cast(draws[0] * (self.num_ws - 1), tf.int32)
+    cutoff = tf.where(draws[1] < prob, cutoff, self.num_ws)
+    ws2 = self.mapping(z2, c, training=True, skip_w_avg_update=True)
     layer_idx = tf.range(self.num_ws)[tf.newaxis, :, tf.newaxis]
     return tf.where(layer_idx < cutoff, ws, ws2)
 
@@ -538,7 +569,7 @@ class DiscriminatorEpilogue(keras.layers.Layer):
 
 
 class Discriminator(keras.Model):
-  """`call(img)` or `call((img, c))` -> logits [B, 1] float32 (spec §2.5)."""
+  """`call(img)` or `call((img, c))` -> logits [B, 1] float32 (official Discriminator)."""
 
   def __init__(self, config: NetworkConfig | Mapping[str, Any], **kwargs):
     kwargs.setdefault("dtype", "float32")

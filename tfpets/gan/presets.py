@@ -1,4 +1,7 @@
-"""StyleGAN2-ADA network and training presets (spec §9), and the network configuration.
+"""StyleGAN2-ADA network and training presets, and the network configuration.
+
+The presets are those of the official stylegan2-ada-pytorch train.py (`cfg_specs` in
+setup_training_loop_kwargs()).
 
 `NetworkConfig` holds everything that shapes the generator and the discriminator, in the PyTorch
 naming of the official code (`channel_base = 2 * fmap_base`, `channels(res) = min(channel_base //
@@ -157,7 +160,7 @@ class NetworkConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-  """Optimisation settings of a preset (spec §9), resolved for a GPU count."""
+  """Optimisation settings of a preset, resolved for a GPU count."""
 
   batch: int
   mbstd_group_size: int
@@ -190,7 +193,7 @@ def _check_preset(preset: str) -> None:
 
 
 def training_config(preset: str, resolution: int, gpus: int = 1) -> TrainingConfig:
-  """The optimisation settings `train.py` derives for `preset` (spec §9)."""
+  """The optimisation settings the official `train.py` derives for `preset`."""
   _check_preset(preset)
   ref_gpus, kimg, batch, mbstd, _, lr, gamma, ema_kimg, ema_rampup, _ = _TABLE[preset]
   if ref_gpus is None:  # auto (and demo): formulas of train.py.

@@ -1,12 +1,13 @@
 """Training frames for the two detector stages, sampled inside tf.data with TF ops.
 
-Each example's augmentations (landmarks.md §4: rotation with an expanded canvas, then a crop,
-then a horizontal flip) are composed into one affine matrix, so the image is resampled once
-(`geometry.warp`) and landmarks and boxes go through the very same matrix. Randomness is stateless,
-seeded per example, so a run is reproducible.
+Each example's augmentations (in the order of frederic's `cat_data_generator.py`, from
+zylamarek/frederic: rotation with an expanded canvas, then a crop, then a horizontal flip) are
+composed into one affine matrix, so the image is resampled once (`geometry.warp`) and landmarks and
+boxes go through the very same matrix. Randomness is stateless, seeded per example, so a run is
+reproducible.
 
 Stage 1 (head box, and the landmarks as an auxiliary target) sees the whole (rotated) image
-letterboxed, or with `crop_scale_balanced` the spec's scale-balancing crop; a fraction of frames are
+letterboxed, or with `crop_scale_balanced` frederic's scale-balancing crop; a fraction of frames are
 background crops that miss the head, which teach the head-presence output. Stage 2 (landmarks)
 sees the square ROI the detector would cut around the head box: the box grown by a margin between
 `roi_margin` and `roi_first_margin` of its longer side per side, jittered.
@@ -27,8 +28,8 @@ from tfpets.landmarks import geometry
 # ear inner base, tip, outer base), so a flip reverses points 3..8. 5 points: eyes and ear tips.
 FLIP_PERMUTATION = {9: (1, 0, 2, 8, 7, 6, 5, 4, 3), 5: (1, 0, 2, 4, 3)}
 
-# crop_scale_balanced (landmarks.md §4): side = bb + v * 13 * bb, v ~ Beta(1.05, 30) or
-# 1 - Beta(1, 10000) with equal odds.
+# crop_scale_balanced (frederic's `cat_data_generator.py`): side = bb + v * 13 * bb, with
+# v ~ Beta(1.05, 30) or 1 - Beta(1, 10000) at equal odds.
 _BALANCED_SCALE = 13.0
 _NEGATIVE_CANDIDATES = 8
 
@@ -38,7 +39,7 @@ class AugmentOptions:
   flip_horizontal: bool = False
   rotate_n: float = 0.0  # rotation ~ U[-n, n] degrees
   crop_scale_balanced: bool = False  # stage 1 only
-  negative_fraction: float = 0.0  # stage 1: frames without the head
+  head_negative_fraction: float = 0.0  # stage 1: frames without the head
   roi_margin: float = 0.1  # stage 2: margin per side, fraction of the longer box side
   roi_jitter: float = 0.1  # stage 2: each side's margin varies by U[-jitter, jitter]
   roi_first_margin: float = 0.0  # stage 2: widest margin (the first prediction pass's); 0: none
@@ -120,7 +121,7 @@ def _box_after(matrix, box, has_box, points) -> tf.Tensor:
 
 
 def balanced_window(draws: _Draws, box, width, height) -> tf.Tensor:
-  """The spec's crop_scale_balanced window (edge coordinates) around box in the canvas."""
+  """frederic's crop_scale_balanced window (edge coordinates) around box in the canvas."""
   bx0, by0, bx1, by1 = tf.unstack(box)
   longer = tf.maximum(tf.maximum(bx1 - bx0, by1 - by0), 1.0)
   v = tf.where(draws.uniform() < 0.5, draws.beta(1.05, 30.0), 1.0 - draws.beta(1.0, 10000.0))
@@ -211,9 +212,9 @@ def bbox_frame(
   if options.crop_scale_balanced:
     window = balanced_window(draws, _pixel_extent(box), width, height)
   is_head = tf.constant(True)
-  if options.negative_fraction > 0:
+  if options.head_negative_fraction > 0:
     negative, found = negative_window(draws, _pixel_extent(box), width, height)
-    use = found & (draws.uniform() < options.negative_fraction)
+    use = found & (draws.uniform() < options.head_negative_fraction)
     window = tf.where(use, negative, window)
     is_head = ~use
   frame, box, moved = _render(draws, options, example, points, num_points, matrix, window, size)

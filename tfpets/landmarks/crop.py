@@ -1,4 +1,5 @@
-"""The head-cropped dataset variant (landmarks.md §10).
+"""The head-cropped dataset variant (docs/landmarks.md): the seed paper (arXiv 2109.00891)
+publishes its cropped Oxford pets but not how it cut them, so this procedure is tfpets' own.
 
 Per image: the head is the union of the landmarks' box and the head box (predicted by the detector,
 or annotated with `use_annotations`); the crop is the square `prepare.square_window` cuts around it
@@ -24,6 +25,7 @@ from tfpets.data import rejects as rejects_lib
 from tfpets.data.records import ImageRecord
 from tfpets.data.sources import SourceResult
 from tfpets.data.tfrecord import shards
+from tfpets.errors import ArgumentError
 from tfpets.landmarks import data
 
 NO_HEAD_ACTIONS = ("keep", "skip")
@@ -142,7 +144,7 @@ def crop_dataset(
   `detector` (a predict.Detector) is used unless options.use_annotations.
   """
   if options.no_head not in NO_HEAD_ACTIONS:
-    raise ValueError(f"no_head={options.no_head!r}: one of {NO_HEAD_ACTIONS}")
+    raise ArgumentError("no_head", options.no_head, f"must be one of {', '.join(NO_HEAD_ACTIONS)}")
   manifest = shards.read_manifest(shards_dir)
   class_names = list(manifest["class_names"])
   outcome = CropOutcome([], class_names, [], [])

@@ -14,30 +14,34 @@ from typing import Dict
 import tensorflow as tf
 
 from tfpets.data.tfrecord import shards
-from tfpets.errors import UsageError
+from tfpets.errors import ArgumentError
 from tfpets.landmarks import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 STAGES = ("bbox", "landmarks")
 
 
-def find_shards(path: str | pathlib.Path) -> pathlib.Path:
+def find_shards(records: str | pathlib.Path) -> pathlib.Path:
   """The shards folder of a converted dataset: accepts the data stage's workdir, its records/
   folder or the shards/ folder itself."""
-  root = pathlib.Path(path)
+  root = pathlib.Path(records)
   for candidate in (root / "records" / "shards", root / "shards", root):
     if (candidate / shards.MANIFEST).is_file():
       return candidate
-  raise UsageError(
-    f"--records={path}: no converted dataset there (expected records/shards/"
-    "manifest.json); run --stage=data first"
+  raise ArgumentError(
+    "records",
+    str(records),
+    f"no converted dataset there (expected records/shards/{shards.MANIFEST} in it; the data "
+    "stage writes one)",
   )
 
 
 def split_size(shards_dir: pathlib.Path, split: str) -> int:
   manifest = shards.read_manifest(shards_dir)
   if split not in manifest["splits"]:
-    raise UsageError(f"{shards_dir}: no {split!r} split; splits: {', '.join(manifest['splits'])}")
+    raise ArgumentError(
+      "split", split, f"no such split in {shards_dir} (its splits: {', '.join(manifest['splits'])})"
+    )
   return int(manifest["splits"][split]["num_examples"])
 
 
@@ -144,7 +148,7 @@ def frames(
   """Batches of stage frames. Training data repeats forever, shuffled and augmented; evaluation
   data is one deterministic pass without augmentation, with ROIs of exactly `roi_margin`."""
   if spec.stage not in STAGES:
-    raise ValueError(f"stage {spec.stage!r} is not one of {STAGES}")
+    raise ValueError(f"spec.stage must be one of {', '.join(STAGES)}, got {spec.stage!r}")
   ds = examples(shards_dir, split, spec, shuffle=training, seed=seed)
   if training:
     ds = ds.repeat()
@@ -162,9 +166,8 @@ def frames(
 
 def without_autotune_thread(ds: tf.data.Dataset) -> tf.data.Dataset:
   """The dataset without tf.data's autotuning thread. An iterator's destructor waits for that
-  thread to wake, and its sleeps grow to a minute, so Keras `fit` returned 15-40 s after its last
-  epoch now and then (seen with py-spy, in stage 2 and the head verifier); parallel maps then use
-  every core, which is as fast here (120 batches timed either way)."""
+  thread to wake, and its sleeps grow long, so Keras `fit` could return long after its last epoch;
+  parallel maps then use every core, which is as fast for these pipelines."""
   options = tf.data.Options()
   options.autotune.enabled = False
   return ds.with_options(options)

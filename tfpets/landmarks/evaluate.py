@@ -1,7 +1,8 @@
-"""Held-out evaluation of a detector in original-image pixels (landmarks.md §8 definitions).
+"""Held-out evaluation of a detector in original-image pixels.
 
-RMSE is the root of the mean squared coordinate error (x and y errors pooled), as the spec's
-`sqrt(mse)`; per point it pools that point's x and y errors over images. Box IoU compares the
+RMSE is the root of the mean squared coordinate error (x and y errors pooled), as the
+`sqrt(mse)` of frederic's `tools/test_separately.py` (zylamarek/frederic); per point it pools that
+point's x and y errors over images. Box IoU compares the
 detector's head box with the annotated head box (or the landmarks' box where there is none).
 `roi_rmse` is the paper-comparable figure: the landmarks model alone inside ROIs cut around the true
 head box, in pixels of its frame.

@@ -73,8 +73,9 @@ def rotation_expand(angle_degrees, width, height) -> Tuple[tf.Tensor, tf.Tensor,
 def window_to_frame(window, size) -> tf.Tensor:
   """Letterboxes window [..., 4] = (x0, y0, x1, y1) (edge coordinates) into a size x size frame.
 
-  The longer side fills the frame; the shorter one is centred with black bars, as the spec's
-  letterbox resize (landmarks.md §3) but without rounding the scale or the offsets.
+  The longer side fills the frame; the shorter one is centred with black bars, as frederic's
+  letterbox `resize` (zylamarek/frederic, `utils/image.py`) but without rounding the scale or the
+  offsets.
   """
   window = _f32(window)
   x0, y0, x1, y1 = tf.unstack(window, axis=-1)
@@ -130,8 +131,9 @@ def box_from_points(points) -> tf.Tensor:
 
 
 def square_roi(box, margin) -> tf.Tensor:
-  """The detector's ROI (landmarks.md §7): the box grown by `margin` x its longer side on every
-  side, made square about its centre. Returns an edge-coordinate window [..., 4]."""
+  """The detector's ROI, as frederic's `postprocess_bounding_box` (`utils/image.py`) makes it: the
+  box grown by `margin` x its longer side on every side, made square about its centre. Returns an
+  edge-coordinate window [..., 4]."""
   box = _f32(box)
   centre = (box[..., :2] + box[..., 2:]) / 2 + HALF_PIXEL
   longer = tf.reduce_max(box[..., 2:] - box[..., :2], -1, keepdims=True)

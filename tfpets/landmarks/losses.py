@@ -1,7 +1,8 @@
-"""Losses and metrics of the detector (landmarks.md §5), serializable Keras objects.
+"""Losses and metrics of the detector, serializable Keras objects.
 
-`--loss_fn=iou` is plain IoU (not GIoU) through keras-cv's box IoU, per example, so that
-background frames can be masked out with sample weights; the spec's `iou_loss` is its batch mean.
+The IoU loss (`loss_fn='iou'`) is plain IoU (not GIoU) through keras-cv's box IoU, per example,
+so that background frames can be masked out with sample weights; the `iou_loss` of frederic's
+`utils/general.py` (zylamarek/frederic) is its batch mean.
 Coordinates are pixels of the model frame (`FrameCoordinates`), so RMSE is in pixels too.
 """
 
@@ -11,6 +12,8 @@ from typing import Dict, List
 
 import keras
 from keras import ops
+
+from tfpets.errors import ArgumentError
 
 LOSS_FNS = ("mse", "iou")
 EPSILON = 1e-7
@@ -33,7 +36,7 @@ def box_iou(y_true, y_pred):
 
 @keras.saving.register_keras_serializable(package="tfpets")
 class IoULoss(keras.losses.Loss):
-  """1 - IoU per example (keras-cv `compute_iou`, xyxy); the batch mean is the spec's iou_loss."""
+  """1 - IoU per example (keras-cv `compute_iou`, xyxy); the batch mean is frederic's iou_loss."""
 
   def __init__(self, name: str = "iou_loss", **kwargs):
     super().__init__(name=name, **kwargs)
@@ -48,7 +51,7 @@ class IoULoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="tfpets")
 class BoxIoU(keras.metrics.MeanMetricWrapper):
-  """Mean IoU over examples (logged as `iou`, landmarks.md §5)."""
+  """Mean IoU over examples (logged as `iou`, as frederic's `iou` metric)."""
 
   def __init__(self, name: str = "iou", dtype=None):
     super().__init__(fn=box_iou, name=name, dtype=dtype)
@@ -102,7 +105,7 @@ class HeatmapLoss(keras.losses.Loss):
 
 def box_loss(loss_fn: str) -> keras.losses.Loss:
   if loss_fn not in LOSS_FNS:
-    raise ValueError(f"--loss_fn={loss_fn!r} is not one of {', '.join(LOSS_FNS)}")
+    raise ArgumentError("loss_fn", loss_fn, f"must be one of {', '.join(LOSS_FNS)}")
   return IoULoss() if loss_fn == "iou" else keras.losses.MeanSquaredError(name="box_mse")
 
 
@@ -110,7 +113,7 @@ def stage_losses(
   stage: str, loss_fn: str, frame_size: int, heatmaps: bool, heatmap_weight: float = 1.0
 ) -> tuple:
   """(losses, loss weights) per output. Stage 1: box loss + presence cross-entropy. Stage 2: MSE
-  on landmarks and on the box (the landmarks stage always uses MSE, as the spec's `get_loss_fn`
+  on landmarks and on the box (the landmarks stage always uses MSE, as frederic's `get_loss_fn`
   forces). The heatmap head adds `HeatmapLoss` on its maps, weighted by heatmap_weight, and in
   stage 1 MSE on its auxiliary landmarks."""
   if stage == "bbox":
@@ -141,5 +144,6 @@ def stage_metrics(stage: str) -> Dict[str, List[keras.metrics.Metric]]:
 
 def monitor(stage: str) -> tuple:
   """(metric, mode) that ReduceLROnPlateau, EarlyStopping and best-model saving follow
-  (landmarks.md §6.3: bbox val_iou max, landmarks val_loss min)."""
+  (frederic's `tools/train.py`: the bbox stage's validation IoU, maximised; the landmarks
+  stage's validation loss, minimised)."""
   return ("val_box_iou", "max") if stage == "bbox" else ("val_loss", "min")

@@ -1,4 +1,7 @@
-"""The two MobileNetV2 regressors of the detector (landmarks.md §3) and their shared configuration.
+"""The two MobileNetV2 regressors of the detector and their shared configuration.
+
+The design follows frederic (zylamarek/frederic, `tools/train.py`): a head-box model on the whole
+image, then a landmarks model on the head's region of interest, each a MobileNetV2.
 
 Both take a square frame of float pixels in [0, 255] (preprocessing is inside the model, so exported
 models take plain pixels) and return coordinates in pixels of that frame:
@@ -10,13 +13,13 @@ models take plain pixels) and return coordinates in pixels of that frame:
                    predicts "landmarks" too, as an auxiliary task.
 
 Two coordinate heads on the same MobileNetV2 backbone:
-  dense    the spec's head: global pooling -> Dense(units, relu) x 2 -> Dense, through
-           `FrameCoordinates` (`--landmark_norm`).
-  heatmap  integral regression: stride-8 features (with upsampled stride-16 features) -> one
-           heatmap per point -> spatial softmax -> expected position (`SoftArgmax`); the box
+  dense    frederic's head: global pooling -> Dense(units, relu) x 2 -> Dense, through
+           `FrameCoordinates` (`landmark_norm`).
+  heatmap  integral regression (Sun et al., "Integral Human Pose Regression", ECCV 2018):
+           stride-8 features (with upsampled stride-16 features) -> one heatmap per point ->
+           spatial softmax -> expected position (`SoftArgmax`); the box
            is a centre heatmap with per-cell sizes (`CentreSizeBox`). Trained from scratch it
-           learns localisation far faster than the dense head, which is what a CPU budget of
-           minutes needs.
+           learns localisation in far fewer steps than the dense head, which a CPU budget needs.
            It uses MobileNetV2 up to its stride-16 stage; the presence logit comes from the
            pooled stride-16 features.
 The dense head's presence logit comes from its hidden layers.
@@ -33,7 +36,7 @@ from typing import Tuple
 import keras
 
 from tfpets.data.records import LANDMARK_NAMES_5, LANDMARK_NAMES_9
-from tfpets.errors import UsageError
+from tfpets.errors import ArgumentError
 
 NORMS = ("none", "unit", "center")
 HEADS = ("heatmap", "dense")
@@ -41,9 +44,8 @@ HEADS = ("heatmap", "dense")
 _TAPS = {4: "block_3_expand_relu", 8: "block_6_expand_relu", 16: "block_13_expand_relu"}
 HEATMAP_STRIDES = (4, 8)
 POOLINGS = ("max", "avg", "none")
-# Keras's MobileNetV2 uses 0.999, whose moving statistics lag for hundreds of steps behind weights
-# that train from scratch: runs of a few hundred steps validated at IoU 0.02 on frames where the
-# training batches reached 0.8. 0.9 tracks within a few steps.
+# Keras's MobileNetV2 uses 0.999, whose moving statistics lag hundreds of steps behind weights that
+# train from scratch, so that short runs validate far worse than they train; 0.9 keeps up.
 BN_MOMENTUM = 0.9
 CONFIG_FILE = "detector.json"
 VERIFIER_WIDTHS = (16, 32, 64, 96)
@@ -55,7 +57,7 @@ class DetectorConfig:
   """Everything prediction needs besides the weights; saved beside the models as detector.json."""
 
   image_size: int = 128  # stage 1 frame (the whole image, letterboxed)
-  roi_size: int = 128  # stage 2 frame (the square head ROI)
+  roi_size: int = 128  # stage 2 frame (the square head ROI); 0: image_size
   num_landmarks: int = 9
   head: str = "heatmap"  # coordinate head: heatmap | dense
   width_multiplier: float = 0.35
@@ -73,47 +75,16 @@ class DetectorConfig:
   heatmap_stride: int = 8  # heatmap head: frame pixels per heatmap cell (4 or 8)
 
   def __post_init__(self):
-    if self.num_landmarks not in (5, 9):
-      raise UsageError(f"--num_landmarks={self.num_landmarks}: must be 9 (Kaggle CAT) or 5")
-    if self.landmark_norm not in NORMS:
-      raise UsageError(f"--landmark_norm={self.landmark_norm!r}: one of {', '.join(NORMS)}")
-    if self.pooling not in POOLINGS:
-      raise UsageError(f"--lm_pooling={self.pooling!r}: one of {', '.join(POOLINGS)}")
-    if self.roi_passes < 1:
-      raise UsageError(f"--roi_passes={self.roi_passes}: at least 1")
-    if self.roi_candidates < 1:
-      raise UsageError(f"--roi_candidates={self.roi_candidates}: at least 1")
-    try:  # a flag's strings, or a list from detector.json
+    """Checks every field; an ArgumentError names the first bad one."""
+    self.roi_size = self.roi_size or self.image_size
+    try:  # strings (as a flag gives them) or a list (as detector.json holds them)
       self.roi_candidate_scales = tuple(float(s) for s in self.roi_candidate_scales)
     except ValueError:
-      raise UsageError(
-        f"--roi_candidate_scales={','.join(map(str, self.roi_candidate_scales))}: "
-        "a comma-separated list of numbers, e.g. 0.7"
-      ) from None
-    if any(s <= 0 for s in self.roi_candidate_scales):
-      raise UsageError(
-        f"--roi_candidate_scales={','.join(map(str, self.roi_candidate_scales))}: "
-        "scales must be positive"
-      )
-    if self.roi_candidates > 1 and self.head != "heatmap":
-      raise UsageError(
-        "--roi_candidates > 1 takes its candidates from stage 1's centre heatmap: "
-        "it needs --lm_head=heatmap"
-      )
-    if self.verifier_size < 16:
-      raise UsageError(f"--verifier_size={self.verifier_size}: at least 16")
-    if self.heatmap_stride not in HEATMAP_STRIDES:
-      raise UsageError(
-        f"--heatmap_stride={self.heatmap_stride}: one of {', '.join(map(str, HEATMAP_STRIDES))}"
-      )
-    if self.head not in HEADS:
-      raise UsageError(f"--lm_head={self.head!r}: one of {', '.join(HEADS)}")
-    for flag, size in (("--image_size", self.image_size), ("--roi_size", self.roi_size)):
-      if size < 32 or (self.head == "heatmap" and size % 16):
-        raise UsageError(
-          f"{flag}={size}: the detector needs at least 32 pixels, and a multiple "
-          "of 16 with --lm_head=heatmap"
-        )
+      scales = _listed(self.roi_candidate_scales)
+      raise ArgumentError("roi_candidate_scales", scales, "must be numbers") from None
+    problems = _config_problems(self)
+    if problems:
+      raise ArgumentError(*problems[0])
 
   @property
   def num_candidates(self) -> int:
@@ -139,10 +110,56 @@ class DetectorConfig:
   def load(cls, directory: str | os.PathLike) -> "DetectorConfig":
     path = pathlib.Path(directory) / CONFIG_FILE
     if not path.is_file():
-      raise UsageError(f"{path}: no detector configuration; train one with --stage=landmarks")
+      raise FileNotFoundError(f"{path}: no detector configuration (the landmarks stage writes one)")
     payload = json.loads(path.read_text())
     payload.pop("point_names", None)
     return cls(**payload)
+
+
+def _listed(values) -> str:
+  return ",".join(map(str, values))
+
+
+def _choice(name: str, value, choices) -> list:
+  if value in choices:
+    return []
+  return [(name, value, f"must be one of {', '.join(map(str, choices))}")]
+
+
+def _config_problems(config: DetectorConfig) -> list:
+  """(field, value, problem) of each bad field of `config`."""
+  problems = []
+  if config.num_landmarks not in (5, 9):
+    problems.append(("num_landmarks", config.num_landmarks, "must be 9 (Kaggle CAT) or 5"))
+  problems += _choice("head", config.head, HEADS)
+  problems += _choice("landmark_norm", config.landmark_norm, NORMS)
+  problems += _choice("pooling", config.pooling, POOLINGS)
+  problems += _choice("heatmap_stride", config.heatmap_stride, HEATMAP_STRIDES)
+  for name in ("roi_passes", "roi_candidates"):
+    if getattr(config, name) < 1:
+      problems.append((name, getattr(config, name), "must be at least 1"))
+  if any(s <= 0 for s in config.roi_candidate_scales):
+    problems.append(
+      ("roi_candidate_scales", _listed(config.roi_candidate_scales), "must be positive")
+    )
+  if config.roi_candidates > 1 and config.head != "heatmap":
+    problems.append(
+      (
+        "roi_candidates",
+        config.roi_candidates,
+        "more than one candidate needs head 'heatmap' (the candidates are peaks of stage 1's "
+        "centre heatmap)",
+      )
+    )
+  if config.verifier_size < 16:
+    problems.append(("verifier_size", config.verifier_size, "must be at least 16"))
+  for name in ("image_size", "roi_size"):
+    size = getattr(config, name)
+    if size < 32 or (config.head == "heatmap" and size % 16):
+      problems.append(
+        (name, size, "must be at least 32 pixels, and a multiple of 16 with head 'heatmap'")
+      )
+  return problems
 
 
 @keras.saving.register_keras_serializable(package="tfpets")
@@ -178,9 +195,11 @@ class FrameCoordinates(keras.layers.Layer):
 
 def _backbone(size: int, config: DetectorConfig, weights: str) -> keras.Model:
   if weights and not os.path.isfile(weights):
-    raise UsageError(
-      f"--backbone_weights={weights}: no such file (a MobileNetV2 no-top .h5 "
-      "matching --width_multiplier; nothing is downloaded)"
+    raise ArgumentError(
+      "backbone_weights",
+      weights,
+      f"no such file (expected a MobileNetV2 no-top .h5 of width {config.width_multiplier}; "
+      "nothing is downloaded)",
     )
   try:
     backbone = keras.applications.MobileNetV2(
@@ -191,9 +210,10 @@ def _backbone(size: int, config: DetectorConfig, weights: str) -> keras.Model:
       pooling=None if config.pooling == "none" else config.pooling,
     )
   except ValueError as e:
-    raise UsageError(
-      f"MobileNetV2 backbone (size {size}, width {config.width_multiplier}, "
-      f"weights {weights or 'random'}): {e}"
+    raise ArgumentError(
+      "backbone_weights",
+      weights,
+      f"do not fit MobileNetV2 of size {size} and width {config.width_multiplier}: {e}",
     ) from None
   for layer in backbone.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
@@ -309,8 +329,8 @@ def _heatmap_head(backbone, x, size: int, stage: str, config: DetectorConfig):
     "box": CentreSizeBox(size, dtype="float32", name="box")(box_maps),
     "centre_map": keras.layers.Identity(dtype="float32", name="centre_map")(box_maps[..., :1]),
   }
-  # Stage 1 predicts the landmarks too (the spec's --include_landmarks idea): eyes, mouth and
-  # ears tell the network where a head is far sooner than the box alone.
+  # Stage 1 predicts the landmarks too (frederic's `--include_landmarks`): eyes, mouth and ears
+  # tell the network where a head is far sooner than the box alone.
   maps = keras.layers.Conv2D(config.num_landmarks, 1, dtype="float32", name="landmark_maps")(h)
   outputs["landmarks"] = SoftArgmax(size, dtype="float32", name="landmarks")(maps)
   outputs["landmark_maps"] = maps
@@ -363,5 +383,5 @@ def build_model(stage: str, config: DetectorConfig, backbone_weights: str = "") 
 
 def load_model(path: str | os.PathLike) -> keras.Model:
   if not os.path.isfile(path):
-    raise UsageError(f"{path}: no such model file; train one with --stage=landmarks")
+    raise FileNotFoundError(f"{path}: no such model file (the landmarks stage writes it)")
   return keras.models.load_model(path, compile=False)

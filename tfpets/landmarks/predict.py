@@ -1,4 +1,7 @@
-"""The two-stage detector on images of any size (landmarks.md §7), and prediction files.
+"""The two-stage detector on images of any size, and prediction files.
+
+Steps 1 and 2 are those of frederic's `Predictor` (zylamarek/frederic, `predictor.py`), in float
+geometry throughout.
 
 1. The whole image is letterboxed into the stage-1 frame; the bbox model gives the head box and a
    head-presence logit, mapped back to the original pixels.
@@ -10,7 +13,7 @@
    centred ROI gives better landmarks); the last pass gives the results. `roi_first_margin`
    widens the first ROI, so that a stage-1 box that is off still has the head inside it.
    With `roi_flip`, each stage-2 pass averages its estimates on the ROI and on its mirror image
-   (test-time augmentation: the two errors are partly independent, so box IoU gains about 0.015).
+   (test-time augmentation: the two estimates' errors are partly independent).
 3. With more than one candidate (`roi_candidates` > 1 or `roi_candidate_scales`), stage 2 runs
    from stage 1's box, from boxes on the next peaks of its centre heatmap and from stage 1's box
    rescaled, and the head verifier (verifier.py), which scores how well a box fits a head, keeps
@@ -36,7 +39,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfpets.data import decode
-from tfpets.errors import UsageError
+from tfpets.errors import ArgumentError
 from tfpets.landmarks import augment, draw, geometry
 from tfpets.landmarks import model as model_lib
 
@@ -149,9 +152,9 @@ def run_pipeline(
   """
   count = config.num_candidates
   if count > 1 and verifier_fn is None:
-    raise UsageError(
-      f"{count} candidates (--roi_candidates, --roi_candidate_scales) need the "
-      f"head verifier model ({model_lib.MODEL_FILES['verifier']})"
+    raise ValueError(
+      f"verifier_fn is required: {count} candidates (roi_candidates and roi_candidate_scales) "
+      f"need the head verifier model ({model_lib.MODEL_FILES['verifier']})"
     )
   images = tf.cast(images, tf.float32)
   frames, matrices = stage_one(images, config)
@@ -248,15 +251,14 @@ class Detector:
     )
 
   @classmethod
-  def from_directory(cls, path: str | os.PathLike) -> "Detector":
+  def from_directory(cls, directory: str | os.PathLike) -> "Detector":
     """Loads a trained detector: the landmarks stage's workdir or its models/ folder."""
-    directory = models_directory(path)
-    config = model_lib.DetectorConfig.load(directory)
+    models = models_directory(directory)
+    config = model_lib.DetectorConfig.load(models)
     return cls.from_models(
       config,
       *(
-        model_lib.load_model(directory / model_lib.MODEL_FILES[s])
-        for s in model_lib.stages_of(config)
+        model_lib.load_model(models / model_lib.MODEL_FILES[s]) for s in model_lib.stages_of(config)
       ),
     )
 
@@ -296,33 +298,36 @@ class Detector:
     return results
 
 
-def models_directory(path: str | os.PathLike) -> pathlib.Path:
-  root = pathlib.Path(path)
+def models_directory(directory: str | os.PathLike) -> pathlib.Path:
+  """The folder of a trained detector's models: `directory` itself or its models/ folder."""
+  root = pathlib.Path(directory)
   for candidate in (root / "models", root):
     if (candidate / model_lib.CONFIG_FILE).is_file():
       return candidate
-  raise UsageError(
-    f"--detector={path}: no trained detector there (expected models/"
-    f"{model_lib.CONFIG_FILE}); train one with --stage=landmarks"
+  raise ArgumentError(
+    "directory",
+    str(directory),
+    f"no trained detector there (expected {model_lib.CONFIG_FILE} in it or in its models/ "
+    "folder; the landmarks stage writes them)",
   )
 
 
-def list_images(spec: str) -> List[str]:
-  """A file, a folder (searched recursively for image files) or a glob pattern."""
-  if not spec:
-    raise UsageError("--images is required: an image file, a folder or a glob pattern")
-  if os.path.isfile(spec):
-    return [spec]
-  if os.path.isdir(spec):
+def list_images(images: str) -> List[str]:
+  """The image files `images` names: a file, a folder (searched recursively) or a glob pattern."""
+  if not images:
+    raise ArgumentError("images", images, "must name an image file, a folder or a glob pattern")
+  if os.path.isfile(images):
+    return [images]
+  if os.path.isdir(images):
     found = [
       str(p)
-      for p in sorted(pathlib.Path(spec).rglob("*"))
+      for p in sorted(pathlib.Path(images).rglob("*"))
       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     ]
   else:
-    found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    found = sorted(p for p in glob.glob(images, recursive=True) if os.path.isfile(p))
   if not found:
-    raise UsageError(f"--images={spec}: no image files there")
+    raise ArgumentError("images", images, "no image files there")
   return found
 
 

@@ -1,19 +1,18 @@
-"""The head verifier: a small CNN that scores how well a box fits a head (beyond the seed paper).
+"""The head verifier: a small CNN that scores how well a box fits a head (not in the seed paper).
 
-Stage 1 puts the head at the soft-argmax of its centre heatmap. On a few percent of images (small
-heads beside head-like clutter) that lands on background, or on a box far too big for a small
-head, and those few images carry most of the landmark error; the true head is then usually
-at one of the next peaks of the same heatmap, or inside a smaller box. With more than one
-candidate the detector runs stage 2 from every candidate (`predict.candidate_boxes`) and keeps the
-one whose final box this model scores highest (`predict.run_pipeline`).
+Stage 1 puts the head at the soft-argmax of its centre heatmap. On a few images (small heads
+beside head-like clutter) that lands on background, or on a box far too big for a small head, and
+those images carry most of the landmark error; the true head is then usually at one of the next
+peaks of the same heatmap, or inside a smaller box. With more than one candidate the detector runs
+stage 2 from every candidate (`predict.candidate_boxes`) and keeps the one whose final box this
+model scores highest (`predict.run_pipeline`).
 
 Its target is a box's quality, its IoU with the true head mapped linearly from QUALITY_IOU to
-0..1 (sigmoid cross-entropy against that soft label), not head-or-not: among candidates that all
-found the head it then also prefers the best-fitting box (box IoU +0.01 on the synthetic pets,
-against a verifier trained on hard labels). It trains after stage 1, on square ROIs
-(`predict.VERIFIER_MARGIN`) of the training split: the true head box with scale and shift jitter,
-every stage-1 candidate (the very confusions it must catch: without them it does much worse), a
-head-sized box beside the head (body and tail) and random ones elsewhere.
+0..1 (sigmoid cross-entropy against that soft label), not head-or-not, so that among candidates
+that all found the head it also prefers the best-fitting box. It trains after stage 1, on square
+ROIs (`predict.VERIFIER_MARGIN`) of the training split: the true head box with scale and shift
+jitter, every stage-1 candidate (the very confusions it must catch), a head-sized box beside the
+head (body and tail) and random ones elsewhere.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from absl import logging
 from tfpets.errors import UsageError
 from tfpets.landmarks import data, evaluate, predict
 from tfpets.landmarks import model as model_lib
-from tfpets.landmarks import train as train_lib
+from tfpets.runtime import training
 
 QUALITY_IOU = (0.3, 0.9)  # IoUs whose quality is 0 and 1; linear in between
 NEGATIVE_IOU = 0.1  # background boxes overlap the head at most this much
@@ -40,7 +39,6 @@ JITTER_SCALE = 0.4  # and their size scaled by exp(U[-s, s])
 # Negatives next to the head, in head sizes: the body and tail, which look most like it.
 NEAR_MISS_DISTANCE = (1.0, 2.0)
 STATE_DIR = "verifier"
-FINISH_SECONDS = 6.0  # kept for BatchNorm statistics, validation and saving (3 s measured)
 
 
 def box_quality(iou: np.ndarray) -> np.ndarray:
@@ -115,18 +113,18 @@ def training_examples(
   return np.concatenate(all_frames), np.concatenate(all_labels)
 
 
-def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, training: bool):
+def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, for_training: bool):
   def flip(frame, label):
     return tf.image.random_flip_left_right(frame, seed=seed), label
 
   def to_model(frame, label):
     return tf.cast(frame, tf.float32), {"head": label[None]}
 
-  if training:  # shuffled here once, so that a small buffer suffices (a full one takes seconds)
+  if for_training:  # shuffled here once, so that a small buffer suffices (a full one takes seconds)
     order = np.random.default_rng(seed).permutation(len(y))
     x, y = x[order], y[order]
   ds = tf.data.Dataset.from_tensor_slices((x, y))
-  if training:
+  if for_training:
     ds = ds.shuffle(4096, seed=seed).repeat().map(flip)
   return data.without_autotune_thread(ds.map(to_model).batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
@@ -145,22 +143,23 @@ def train_verifier(
   extra_callbacks: Sequence = (),
 ) -> Tuple[keras.Model, dict]:
   """Trains the verifier within about `seconds` from now (or loads it when a previous run
-  finished it); returns (model, summary). It takes a minute, so a killed run trains it again."""
+  finished it); returns (model, summary). It trains in one go, without checkpoints: it is short
+  enough that a killed run trains it again."""
   directory = checkpoints_dir / STATE_DIR
   model_path = models_dir / model_lib.MODEL_FILES["verifier"]
-  state = train_lib.read_state(directory)
-  if state.get("done") and model_path.is_file():
+  summary = training.finished_summary(directory)
+  if summary is not None and model_path.is_file():
     logging.info("verifier: already trained (%s); loading it", model_path)
-    return model_lib.load_model(model_path), state.get("summary", {})
+    return model_lib.load_model(model_path), summary
   start = time.time()
   rng = np.random.default_rng(seed)
   x, y = training_examples(train_samples, config, bbox_fn, rng)
   val_x, val_y = training_examples(val_samples, config, bbox_fn, rng)
   if len(y) == 0 or y.min() == y.max():
     raise UsageError(
-      "more than one candidate: the head verifier needs training images with head "
-      f"boxes and background around them; the training split gave {len(y)} "
-      f"examples, {int(np.sum(y > 0))} of them on a head"
+      "the head verifier (more than one candidate) needs training images with head boxes and "
+      f"background around them; the training split gave {len(y)} examples, "
+      f"{int(np.sum(y > 0))} of them on a head"
     )
   logging.info(
     "verifier: %d training ROIs (mean quality %.2f), %d validation ROIs, built in %.0f s",
@@ -174,7 +173,7 @@ def train_verifier(
     keras.optimizers.Adam(2e-3), loss={"head": keras.losses.BinaryCrossentropy(from_logits=True)}
   )
   # Validated once at the end: within seconds, every step is worth more than a curve.
-  budget = train_lib.TimeBudget(max(seconds - (time.time() - start) - FINISH_SECONDS, 1.0))
+  budget = training.TimeBudget(training.seconds_until(start + seconds))
   history = model.fit(
     _dataset(x, y, batch_size, seed, True),
     epochs=1000,
@@ -187,7 +186,7 @@ def train_verifier(
     "verifier: fit returned %.0f s after its start; BatchNorm statistics, saving, validation",
     fitted - start,
   )
-  train_lib.recompute_batch_norm(model, _dataset(x, y, batch_size, seed, True), 20)
+  training.recompute_batch_norm(model, _dataset(x, y, batch_size, seed, True), 20)
   models_dir.mkdir(parents=True, exist_ok=True)
   model.save(model_path)
   summary = {
@@ -201,5 +200,5 @@ def train_verifier(
     quality = 1 / (1 + np.exp(-logits[:, 0].astype(np.float64)))
     summary["val_quality_mae"] = round(float(np.mean(np.abs(quality - val_y))), 4)
   summary["finish_seconds"] = round(time.time() - fitted, 1)
-  train_lib.write_state(directory, {"done": True, "summary": summary})
+  training.mark_done(directory, summary)
   return model, summary

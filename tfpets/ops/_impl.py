@@ -20,7 +20,8 @@ rows of its next output row when its input is 1 MiB or more (or at least
 `TFPETS_OPS_STREAM_MIN_BYTES`, if that is lower). On AVX2 CPUs the float
 relu and lrelu forward pass of `FusedBiasAct` (no clamp, bias on the last
 axis) also packs the sign of its output into one bit per element, which its
-gradient reads instead of the output: 1/32 of the bytes.
+gradient reads instead of the output: 1/32 of the bytes. docs/ops.md lists
+every variable.
 
 `impl='auto'` picks `custom` only when all of these hold:
 

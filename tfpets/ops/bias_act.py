@@ -27,7 +27,7 @@ from tfpets.ops import _impl
 
 @dataclasses.dataclass(frozen=True)
 class ActivationSpec:
-  """One row of the activation table (spec §3.2)."""
+  """One row of the activation table (official torch_utils/ops/bias_act.py, activation_funcs)."""
 
   name: str
   index: int  # Value of the op's `act` attribute.

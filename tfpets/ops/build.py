@@ -182,7 +182,7 @@ def _compile_cuda(nvcc: pathlib.Path, tf_cflags: list[str], work_dir: pathlib.Pa
 
 
 def _cuda_link_flags(nvcc: pathlib.Path) -> list[str]:
-  """How to link the CUDA runtime (see specs/platform.md §1.4).
+  """How to link the CUDA runtime (docs/ops.md, "Building the op library").
 
   nvcc 12 matches TensorFlow's CUDA 12 runtime, which TF's framework library
   already exports; any other version gets its own static runtime with hidden
@@ -280,7 +280,8 @@ def _link(
     return
   objects = _compile_cuda(nvcc, tf_cflags, work_dir)
   cuda_include = _cuda_home(nvcc) / "include"
-  # The static CUDA runtime must come before TF's libraries (platform §1.4).
+  # The static CUDA runtime must come before TF's libraries, whose exported CUDA stubs would
+  # otherwise bind the kernels' calls to TensorFlow's runtime.
   _run(
     [
       cxx,

@@ -1,4 +1,8 @@
-"""2-D convolution combined with up- or downsampling (StyleGAN2 §2.8), NHWC.
+"""2-D convolution combined with up- or downsampling, NHWC.
+
+The official stylegan2-ada-pytorch torch_utils/ops/conv2d_resample.py,
+conv2d_resample(), and the TF1 dnnlib/tflib/ops/upfirdn_2d.py,
+upsample_conv_2d() and conv_downsample_2d(), do the same in NCHW.
 
 The weight is a Keras-layout kernel `[kh, kw, in, out]` used as a correlation
 kernel on the (virtually) resampled image, which is the TF1
@@ -59,9 +63,8 @@ def _rotated(w: tf.Tensor) -> tf.Tensor:
   a correlation with w backwards (transposed convolution, input gradient).
 
   tf.reverse rather than w[::-1, ::-1]: TensorFlow's CPU kernel for
-  negative-stride slices took 16 ms on a 3x3x512x512 kernel here, against
-  under 1 ms for ReverseV2, and G and D rotate every 3x3 kernel once per
-  step."""
+  negative-stride slices is far slower, and G and D rotate every 3x3 kernel
+  once per step (benchmarks/RESULTS.md, section 3)."""
   return tf.transpose(tf.reverse(w, [0, 1]), [0, 1, 3, 2])
 
 
@@ -69,12 +72,9 @@ def _weight_gradient(x: tf.Tensor, dy: tf.Tensor, kh: int, kw: int, stride: int 
   """Weight gradient of the VALID correlation of x with a [kh, kw, in, out]
   kernel at `stride`: one [in, N*H*W] x [N*H*W, out] matmul per kernel tap.
 
-  On a 2-core AVX-512 CPU, batch 8, 3x3 kernels from 8x8x512 to
-  128x128x128, the forward convolution of the transposed tensors (batch as
-  channels, the earlier form) took 1.3-2.9x the time of the matmuls, and
-  TensorFlow's Conv2DBackpropFilter 0.9-1.5x at stride 1 and 1.1-2.9x for
-  the transposed convolutions of G's up layers. Whole G and D steps were
-  1.3-1.9x faster than with the first.
+  On CPU the matmuls run faster than both a forward convolution of the
+  transposed tensors and TensorFlow's Conv2DBackpropFilter at StyleGAN's
+  shapes (benchmarks/RESULTS.md, section 3).
   """
   height, width = tf.shape(dy)[1], tf.shape(dy)[2]
   in_channels, out_channels = tf.shape(x)[3], tf.shape(dy)[3]
@@ -94,9 +94,9 @@ def _phases(x: tf.Tensor, stride: int, rows: int, cols: int) -> tf.Tensor:
   """[stride, stride, N, rows, cols, C]: [p, q, :, a, b] = x[:, stride * a + p,
   stride * b + q], zero past x's edge.
 
-  Strided taps then become stride-1 windows. For the 9 taps of G's 128 px
-  up layer (dy 8x129x129x128, 68 MB), TensorFlow's CPU kernels took 223 ms
-  for the 9 stride-2 slices and 30 ms for this split plus 9 windows."""
+  Strided taps then become stride-1 windows, because TensorFlow's CPU
+  kernel for strided slices is far slower than this split plus stride-1
+  windows (benchmarks/RESULTS.md, section 3)."""
   if stride == 1:
     return x[tf.newaxis, tf.newaxis]
   shape = tf.shape(x)
@@ -118,12 +118,11 @@ def _stride1_conv(x: tf.Tensor, w: tf.Tensor, pads: tuple[int, int, int, int]) -
   """Stride-1 convolution whose gradients are a convolution and matmuls.
 
   Input gradient: the output gradient correlated with the kernel rotated by
-  180 degrees, in/out axes swapped, padded by (k - 1 - pad); on a 2-core
-  AVX2 CPU TensorFlow's forward convolution beat its dedicated input-gradient
-  kernel by up to 45 % at 3x3 StyleGAN shapes (batch 8), and on AVX-512 the
-  two are even. Weight gradient: `_weight_gradient`. XLA lowers both the
-  same way, and higher-order gradients (R1) differentiate through this
-  function.
+  180 degrees, in/out axes swapped, padded by (k - 1 - pad), because on CPU
+  TensorFlow's forward convolution is at least as fast as its dedicated
+  input-gradient kernel. Weight gradient: `_weight_gradient`. XLA lowers
+  both the same way, and higher-order gradients (R1) differentiate through
+  this function.
   """
   kh, kw = _kernel_shape(w)
   px0, px1, py0, py1 = pads

@@ -12,8 +12,8 @@ form as StyleGAN does.
 `ref` is plain TensorFlow, differentiable to any order: depthwise
 convolutions on the zero-upsampled image in graph/eager mode, and under XLA
 (`jit_compile=True`) sums of shifted slices with a polyphase split for
-upsampling, because XLA's CPU depthwise convolution is very slow (measured
-~9 s for a 64->128 px upsample of 8x256 channels, against ~0.1 s this way).
+upsampling, because XLA's CPU depthwise convolution is far slower
+(docs/ops.md).
 `custom` is the `UpFirDn2D` C++/CUDA op, whose gradient is the same op with
 up/down swapped and the filter flipped.
 """
@@ -406,7 +406,8 @@ def upsample2d(
   """Upsamples NHWC images by `factor` with filter `setup_filter(k)`.
 
   Pads ((kW + factor - 1) // 2, (kW - factor) // 2) give exactly factor x
-  the size; the gain is multiplied by factor_x * factor_y (spec §2.8).
+  the size; the gain is multiplied by factor_x * factor_y, as in the official
+  stylegan2-ada-pytorch torch_utils/ops/upfirdn2d.py, upsample2d().
   """
   f = setup_filter(k)
   kh, kw = (f.shape[0], f.shape[0]) if f.ndim == 1 else f.shape
@@ -420,7 +421,8 @@ def downsample2d(
 ) -> tf.Tensor:
   """Downsamples NHWC images by `factor` after filtering with `setup_filter(k)`.
 
-  Pads ((kW - factor + 1) // 2, (kW - factor) // 2) (spec §2.8).
+  Pads ((kW - factor + 1) // 2, (kW - factor) // 2), as in the official
+  stylegan2-ada-pytorch torch_utils/ops/upfirdn2d.py, downsample2d().
   """
   f = setup_filter(k)
   kh, kw = (f.shape[0], f.shape[0]) if f.ndim == 1 else f.shape
@@ -430,9 +432,10 @@ def downsample2d(
 
 
 # ---------------------------------------------------------------------------
-# Gradient of the custom op (spec §4.3): the same op with up and down swapped,
-# the filter flipped and the pads mirrored. It is again an UpFirDn2D op, so
-# gradients of any order follow.
+# Gradient of the custom op: the same op with up and down swapped, the filter
+# flipped and the pads mirrored (as the official torch_utils/ops/upfirdn2d.py,
+# _upfirdn2d_cuda(), computes it). It is again an UpFirDn2D op, so gradients
+# of any order follow.
 # ---------------------------------------------------------------------------
 
 

@@ -1,8 +1,15 @@
-"""Flags shared by every stage. Stage-specific flags live in their stage module."""
+"""Flags shared by every stage, and the deprecated spellings of renamed flags.
+
+The rule (CONTRIBUTING.md): every stage's flags share absl's one namespace, so a flag that more than
+one stage reads is defined here once, and a stage's own flag carries the stage's prefix (`lm_`,
+`crop_`, `data_`, `gan_`, ...). A renamed flag keeps its old spelling as a deprecated alias.
+"""
 
 from __future__ import annotations
 
-from absl import flags
+from typing import Mapping
+
+from absl import flags, logging
 
 from tfpets.runtime.precision import PRECISIONS
 from tfpets.runtime.strategy import STRATEGIES
@@ -78,3 +85,55 @@ TFDS_MANUAL_DIR = flags.DEFINE_string(
 TFDS_DATA_DIR = flags.DEFINE_string(
   "tfds_data_dir", "", "tensorflow-datasets data_dir (default: ~/tensorflow_datasets)."
 )
+# Read by --stage=predict_landmarks and --stage=crop.
+DETECTOR = flags.DEFINE_string(
+  "detector",
+  "runs/landmarks",
+  "A trained landmark detector: the workdir of --stage=landmarks or its models/ folder "
+  "(detector.json, bbox.keras, landmarks.keras).",
+)
+# Read by --stage=crop, and by --stage=landmarks to check that its crops would hold the head.
+CROP_MARGIN = flags.DEFINE_float(
+  "crop_margin",
+  0.2,
+  "Head crops: margin on each side, as a fraction of the longer side of the head (the union of "
+  "the landmarks' box and the head box).",
+  lower_bound=0.0,
+)
+
+# Read by --stage=metrics, and by --stage=gan for the metrics of its snapshots.
+INCEPTION_GRAPH = flags.DEFINE_string(
+  "inception_graph",
+  "",
+  "classify_image_graph_def.pb from TensorFlow's inception-2015-12-05.tgz, for standard FID/KID "
+  "(docs/metrics.md; never downloaded). Empty: a seeded random CNN, whose figures are named "
+  "*_seeded and are not FID.",
+)
+
+
+_DEPRECATED_ALIASES: dict[str, str] = {}
+
+
+def define_deprecated_alias(old: str, new: str, module_name: str) -> None:
+  """Keeps `--old` working as a spelling of `--new` (listed under `module_name` in --helpfull)."""
+  flags.DEFINE_alias(old, new, module_name=module_name)
+  flags.FLAGS[old].help = f"Deprecated spelling of --{new}."
+  _DEPRECATED_ALIASES[old] = new
+
+
+def define_deprecated_aliases(old_to_new: Mapping[str, str], module_name: str) -> None:
+  for old, new in old_to_new.items():
+    define_deprecated_alias(old, new, module_name)
+
+
+def deprecated_aliases() -> Mapping[str, str]:
+  """{old spelling: new name} of every deprecated alias defined so far."""
+  return dict(_DEPRECATED_ALIASES)
+
+
+def warn_deprecated_spellings(flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """Logs one warning per deprecated spelling the command line or flagfile used; returns them."""
+  used = [old for old in _DEPRECATED_ALIASES if old in flag_values and flag_values[old].present]
+  for old in used:
+    logging.warning("--%s is deprecated; use --%s", old, _DEPRECATED_ALIASES[old])
+  return used

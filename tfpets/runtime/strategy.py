@@ -70,8 +70,8 @@ def make_strategy(
 
   auto: TPU if `tpu` is given, MirroredStrategy over all GPUs if there are several, one GPU, else CPU.
   cpu: TensorFlow's default strategy on the one device there is (GPU 0, else the CPU). Not
-    OneDeviceStrategy: its per-step distribution machinery made Keras `fit` of the landmark
-    detector 4x slower on CPU (91 vs 22 images/s, same model and data).
+    OneDeviceStrategy: its per-step distribution machinery makes Keras `fit` of small models
+    several times slower on CPU (benchmarks/RESULTS.md, section 5.1).
   mirrored: all GPUs, or `num_cpu_replicas` logical CPUs on a CPU-only host.
   multiworker: MultiWorkerMirroredStrategy configured from TF_CONFIG (ring all-reduce).
   tpu: TPUStrategy on `tpu` ('local', a name or grpc:// address).

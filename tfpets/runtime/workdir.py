@@ -26,13 +26,17 @@ class Workdir:
 
   def save_flags(self, flag_values: flags.FlagValues, modules: Iterable[str] = ("tfpets",)) -> str:
     """Writes every tfpets flag with its resolved value, as a flagfile that reproduces the run."""
+    from tfpets.runtime.flags import deprecated_aliases
+
+    skip = deprecated_aliases()  # each alias repeats the value its flag already holds
     self.root.mkdir(parents=True, exist_ok=True)
     lines = []
     for module, module_flags in sorted(flag_values.flags_by_module_dict().items()):
       if not any(m in module for m in modules):
         continue
       for flag in sorted(module_flags, key=lambda f: f.name):
-        lines.append(flag.serialize())
+        if flag.name not in skip:
+          lines.append(flag.serialize())
     path = self.root / "flags.txt"
     tmp = path.with_suffix(".txt.tmp")
     tmp.write_text("\n".join(line for line in lines if line) + "\n")

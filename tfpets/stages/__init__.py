@@ -7,4 +7,5 @@ STAGES = {
   "landmarks": "tfpets.stages.landmarks",
   "predict_landmarks": "tfpets.stages.predict_landmarks",
   "crop": "tfpets.stages.crop",
+  "metrics": "tfpets.stages.metrics",
 }

@@ -9,19 +9,12 @@ from absl import flags, logging
 from tfpets.landmarks import crop as crop_lib
 from tfpets.landmarks import data
 from tfpets.runtime import context
-from tfpets.stages import predict_landmarks
+from tfpets.runtime import flags as shared_flags
 
 USE_ANNOTATIONS = flags.DEFINE_boolean(
-  "use_annotations",
+  "crop_use_annotations",
   False,
-  "Crop around the annotated head box and landmarks instead of the detector's predictions.",
-)
-CROP_MARGIN = flags.DEFINE_float(
-  "crop_margin",
-  0.2,
-  "Head crops: margin on each side, as a fraction of the longer side of the "
-  "head (the union of the landmarks' box and the head box).",
-  lower_bound=0.0,
+  "Crop around the annotated head box and landmarks instead of the predictions of --detector.",
 )
 CROP_SIZE = flags.DEFINE_integer(
   "crop_size",
@@ -30,7 +23,7 @@ CROP_SIZE = flags.DEFINE_integer(
   lower_bound=8,
 )
 NO_HEAD = flags.DEFINE_enum(
-  "no_head",
+  "crop_no_head",
   "keep",
   crop_lib.NO_HEAD_ACTIONS,
   "Images where no head is found: keep them uncropped (the whole image padded square) or skip "
@@ -42,6 +35,12 @@ CROP_WORKERS = flags.DEFINE_integer(
   "Processes for converting the crops to records (0: one per core).",
   lower_bound=0,
 )
+# Spellings that launch/ flagfiles and the README used before the crop_ prefix.
+shared_flags.define_deprecated_aliases(
+  {"use_annotations": "crop_use_annotations", "no_head": "crop_no_head"}, __name__
+)
+# The flag each library argument comes from, so that the launcher words their errors as flags.
+ARGUMENT_FLAGS = {"records": "records", "directory": "detector", "no_head": "crop_no_head"}
 
 
 def run(ctx: context.RunContext) -> None:
@@ -50,9 +49,9 @@ def run(ctx: context.RunContext) -> None:
   if not USE_ANNOTATIONS.value:
     from tfpets.landmarks import predict
 
-    detector = predict.Detector.from_directory(predict_landmarks.DETECTOR.value)
+    detector = predict.Detector.from_directory(shared_flags.DETECTOR.value)
   options = crop_lib.CropOptions(
-    margin=CROP_MARGIN.value,
+    margin=shared_flags.CROP_MARGIN.value,
     size=CROP_SIZE.value,
     no_head=NO_HEAD.value,
     use_annotations=USE_ANNOTATIONS.value,

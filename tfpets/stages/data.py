@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 
 from absl import flags, logging
 
-from tfpets.data import convert, sources
+from tfpets.data import convert
 from tfpets.data.prepare import SQUARE_POLICIES
-from tfpets.errors import UsageError
 from tfpets.runtime import context
+from tfpets.runtime import flags as runtime_flags
 
 NEEDS_STRATEGY = False
 
 SPLITS = flags.DEFINE_string(
-  "splits",
+  "data_splits",
   "auto",
   "auto (the source's own splits when it has them, else train=0.8,val=0.1,test=0.1), source, "
   "or name=fraction,... such as train=0.75,val=0.25 (stratified, seeded by --seed).",
 )
 DEDUPE = flags.DEFINE_enum(
-  "dedupe",
+  "data_dedupe",
   "report",
   convert.DEDUPE_MODES,
   "Exact and near-duplicate images (perceptual hash): off; report (list them in "
@@ -30,7 +29,7 @@ DEDUPE = flags.DEFINE_enum(
   "duplicating a test image is the one dropped).",
 )
 MAX_HAMMING = flags.DEFINE_integer(
-  "max_hamming",
+  "data_max_hamming",
   10,
   "Near-duplicate threshold: perceptual hashes at most this many bits apart "
   "(the synthetic pets, distinct by construction, are searched for exact duplicates only).",
@@ -38,29 +37,31 @@ MAX_HAMMING = flags.DEFINE_integer(
   upper_bound=64,
 )
 GAN_RESOLUTION = flags.DEFINE_integer(
-  "gan_resolution",
+  "data_gan_resolution",
   128,
   "Resolution of the StyleGAN multi-resolution records (a power of two; "
   "0 writes none). Every lower level down to 4x4 is written too.",
   lower_bound=0,
 )
 SQUARE = flags.DEFINE_enum(
-  "square",
+  "data_square",
   "center",
   SQUARE_POLICIES,
   "How non-square images become square for the GAN records: center crop, pad with black, or "
-  "head (a square around the head box or landmarks, --head_margin on each side).",
+  "head (a square around the head box or landmarks, --data_head_margin on each side).",
 )
 HEAD_MARGIN = flags.DEFINE_float(
-  "head_margin",
+  "data_head_margin",
   0.2,
-  "Margin around the head for --square=head, as a fraction of the head size.",
+  "Margin around the head for --data_square=head, as a fraction of the head size.",
   lower_bound=0.0,
 )
 RECORDS_PER_SHARD = flags.DEFINE_integer(
-  "records_per_shard", 1024, "Examples per classification shard file.", lower_bound=1
+  "data_records_per_shard", 1024, "Examples per classification shard file.", lower_bound=1
 )
-WORKERS = flags.DEFINE_integer("workers", 0, "Decoding processes (0: one per core).", lower_bound=0)
+WORKERS = flags.DEFINE_integer(
+  "data_workers", 0, "Decoding processes (0: one per core).", lower_bound=0
+)
 SYNTHETIC_BREEDS = flags.DEFINE_integer(
   "synthetic_breeds", 12, "Breeds of the synthetic pets.", lower_bound=2, upper_bound=37
 )
@@ -72,35 +73,32 @@ SYNTHETIC_SIZE = flags.DEFINE_integer(
 )
 
 
-def load(ctx: context.RunContext) -> sources.SourceResult:
-  """Loads --data; the synthetic pets are rendered into <workdir>/source first."""
-  try:
-    kind, location = sources.parse_spec(ctx.flags.data)
-  except ValueError as e:
-    raise UsageError(str(e)) from None
-  if kind == "synthetic":
-    from tfpets.data import synthetic
-
-    csv_path = synthetic.write_dataset(
-      ctx.workdir.root / "source",
-      num_breeds=SYNTHETIC_BREEDS.value,
-      images_per_breed=SYNTHETIC_PER_BREED.value,
-      size=SYNTHETIC_SIZE.value,
-      seed=ctx.seed,
-      workers=WORKERS.value or (os.cpu_count() or 1),
-    )
-    return sources.load_source(f"csv:{csv_path}")
-  options = {}
-  if kind == "tfds":
-    options = {
-      "tfds_manual_dir": ctx.flags.tfds_manual_dir or None,
-      "data_dir": ctx.flags.tfds_data_dir or None,
-    }
-  return sources.load_source(ctx.flags.data, **options)
+# The flag each library argument comes from, so that the launcher words their errors as flags.
+ARGUMENT_FLAGS = {
+  "data": "data",
+  "subset": "subset",
+  "splits": "data_splits",
+  "dedupe": "data_dedupe",
+  "max_hamming": "data_max_hamming",
+  "strict": "strict",
+}
+# Spellings from before the data_ prefix, which flagfiles and scripts may still use.
+runtime_flags.define_deprecated_aliases(
+  {
+    "splits": "data_splits",
+    "dedupe": "data_dedupe",
+    "max_hamming": "data_max_hamming",
+    "gan_resolution": "data_gan_resolution",
+    "square": "data_square",
+    "head_margin": "data_head_margin",
+    "records_per_shard": "data_records_per_shard",
+    "workers": "data_workers",
+  },
+  __name__,
+)
 
 
 def run(ctx: context.RunContext) -> None:
-  source = load(ctx)
   options = convert.ConvertOptions(
     splits=SPLITS.value,
     subset=ctx.flags.subset,
@@ -114,7 +112,17 @@ def run(ctx: context.RunContext) -> None:
     strict=ctx.flags.strict,
     seed=ctx.seed,
   )
-  result = convert.convert(source, ctx.workdir.records, ctx.workdir.reports, options)
+  synthetic_options = convert.SyntheticOptions(
+    SYNTHETIC_BREEDS.value, SYNTHETIC_PER_BREED.value, SYNTHETIC_SIZE.value
+  )
+  result = convert.convert_dataset(
+    ctx.flags.data,
+    ctx.workdir.root,
+    options,
+    synthetic_options,
+    ctx.flags.tfds_manual_dir or None,
+    ctx.flags.tfds_data_dir or None,
+  )
   print(
     json.dumps(
       {

@@ -9,26 +9,25 @@ from absl import flags, logging
 from tfpets.errors import UsageError
 from tfpets.landmarks import predict
 from tfpets.runtime import context
+from tfpets.runtime import flags as shared_flags
 
 NEEDS_STRATEGY = False
 
 IMAGES = flags.DEFINE_string(
-  "images",
+  "predict_images",
   "",
-  "Images to run the landmark detector on: a file, a folder (searched "
-  "recursively) or a glob pattern such as 'photos/*.jpg'.",
+  "Images to run the landmark detector (--detector) on: a file, a folder (searched recursively) "
+  "or a glob pattern such as 'photos/*.jpg'.",
 )
-DETECTOR = flags.DEFINE_string(
-  "detector",
-  "runs/landmarks",
-  "A trained landmark detector: the workdir of --stage=landmarks "
-  "or its models/ folder (detector.json, bbox.keras, landmarks.keras).",
-)
+# The spelling the README used before the predict_ prefix.
+shared_flags.define_deprecated_alias("images", "predict_images", __name__)
+# The flag each library argument comes from, so that the launcher words their errors as flags.
+ARGUMENT_FLAGS = {"images": "predict_images", "directory": "detector"}
 
 
 def run(ctx: context.RunContext) -> None:
   paths = predict.list_images(IMAGES.value)
-  detector = predict.Detector.from_directory(DETECTOR.value)
+  detector = predict.Detector.from_directory(shared_flags.DETECTOR.value)
   results = predict.predict_files(
     detector, paths, ctx.workdir.images, ctx.workdir.reports / "predictions"
   )

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Tuple
 
 from tfpets.data.records import ImageRecord
 from tfpets.data.rejects import RejectsReport
+from tfpets.errors import ArgumentError
 
 
 @dataclasses.dataclass
@@ -44,11 +45,11 @@ def parse_spec(spec: str) -> Tuple[str, str]:
   """'kind:location' -> (kind, location); raises ValueError listing the valid kinds."""
   kind, _, location = spec.partition(":")
   if kind not in KINDS:
-    raise ValueError(
-      f"unknown dataset kind {kind!r} in --data={spec!r}; valid kinds: {', '.join(KINDS)}"
+    raise ArgumentError(
+      "data", spec, f"unknown dataset kind {kind!r}; valid kinds: {', '.join(KINDS)}"
     )
   if kind != "synthetic" and not location:
-    raise ValueError(f"--data={spec!r} needs a location: {kind}:PATH")
+    raise ArgumentError("data", spec, f"needs a location: {kind}:PATH")
   return kind, location
 
 

@@ -1,4 +1,4 @@
-"""Landmark sidecar files and the Kaggle CAT dataset (landmarks.md §2).
+"""Landmark sidecar files and the Kaggle CAT dataset (docs/landmarks.md, "Formats and measures").
 
 A sidecar is a one-line text file named after its image plus `.cat` or `.animal`
 (`00000001_000.jpg` + `00000001_000.jpg.cat`) holding `N x0 y0 ... x{N-1} y{N-1}`: 9 points

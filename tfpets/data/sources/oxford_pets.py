@@ -1,4 +1,4 @@
-"""Oxford-IIIT Pet in its official release layout (datasets.md §1).
+"""Oxford-IIIT Pet in its official release layout (Parkhi et al., "Cats and Dogs", CVPR 2012).
 
   DIR/images/<Breed>_<n>.jpg            (plus three stray .mat files in the release)
   DIR/annotations/list.txt              Image CLASS-ID SPECIES BREED-ID, all annotated images

@@ -1,4 +1,4 @@
-"""Stanford Cars (cars196): the devkit layout or the Kaggle class-folder layout (datasets.md §2).
+"""Stanford Cars (cars196): the devkit layout or the Kaggle class-folder layout.
 
 Devkit layout:
   DIR/devkit/cars_meta.mat              class_names (1, 196)

@@ -1,6 +1,6 @@
 """tensorflow-datasets `oxford_iiit_pet` and `cars196`, prepared offline from local archives.
 
-Nothing here downloads (datasets.md §4.3). A dataset is used when it is already prepared in
+Nothing here downloads. A dataset is used when it is already prepared in
 `data_dir`; otherwise it is prepared from the original archives, found either
 
   * in a manual directory (`tfds_manual_dir`, default `<data_dir>/downloads/manual`) under their

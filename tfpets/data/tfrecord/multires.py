@@ -3,17 +3,20 @@
 `<dir>/<basename(dir)>-rXX.tfrecords`, one file per level of detail (XX = log2 of its resolution),
 each record a tf.train.Example with `shape` = [C, H, W] (int64) and `data` = raw CHW uint8 bytes;
 optional `<dir>/<basename(dir)>-rxx.labels`, an np.save'd float32 one-hot array in record order
-(stylegan2-ada.md §12).
+(official NVlabs/stylegan2-ada dataset_tool.py, TFRecordExporter; tfrecords/README.md).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import pathlib
 from typing import List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from tfpets.errors import ArgumentError
 
 
 def prefix(directory: str | os.PathLike) -> str:
@@ -76,6 +79,20 @@ def one_hot(labels: Sequence[int], num_classes: int) -> np.ndarray:
   out = np.zeros((len(labels), num_classes), np.float32)
   out[np.arange(len(labels)), np.asarray(labels, np.int64)] = 1.0
   return out
+
+
+def find_directory(path: str | os.PathLike) -> pathlib.Path:
+  """The StyleGAN records folder of a converted dataset: its workdir, records/ or the folder itself."""
+  root = pathlib.Path(path)
+  for candidate in (root / "records" / "stylegan", root / "stylegan", root):
+    if glob.glob(f"{prefix(candidate)}-r[0-9][0-9].tfrecords"):
+      return candidate
+  raise ArgumentError(
+    "records",
+    str(path),
+    "no StyleGAN records there (expected records/stylegan/*-rXX.tfrecords); convert a dataset "
+    "with --stage=data first",
+  )
 
 
 def level_files(directory: str | os.PathLike) -> List[str]:

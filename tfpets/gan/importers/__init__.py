@@ -1,6 +1,6 @@
 """Importers of official StyleGAN2-ADA network pickles (TF1 and PyTorch) into tfpets networks.
 
-`read_network_pickle(path)` loads either format with the restricted unpickler (spec §13.3: no
+`read_network_pickle(path)` loads either format with the restricted unpickler (`safe_unpickle`: no
 embedded source is ever executed, only allow-listed globals resolve) and returns the Keras
 networks with their inferred configuration; `convert_network_pickle(path, out_dir)` also writes
 them with `tfpets.gan.networks.save_networks`.

@@ -1,4 +1,7 @@
-"""The variables of tfpets' networks under the official PyTorch state-dict names (spec §13.4).
+"""The variables of tfpets' networks under the official PyTorch state-dict names.
+
+The TF1 side follows the official stylegan2-ada-pytorch legacy.py, convert_tf_generator() and
+convert_tf_discriminator().
 
 Both importers go through these names: the PyTorch importer reads the same names from a pickle,
 the TF importer translates each name into its TF1 variable (see `tf_pickle`). Layout conversions
@@ -83,7 +86,7 @@ def discriminator_variables(discriminator: networks.Discriminator) -> dict[str, 
 
 
 def nchw_to_nhwc_dense(weight: np.ndarray, channels: int, resolution: int) -> np.ndarray:
-  """[C*H*W, out] rows in NCHW flatten order -> rows in NHWC flatten order (spec §13.5)."""
+  """[C*H*W, out] rows in NCHW flatten order (both official codes) -> rows in NHWC flatten order."""
   out = weight.shape[1]
   weight = weight.reshape(channels, resolution, resolution, out).transpose(1, 2, 0, 3)
   return weight.reshape(channels * resolution * resolution, out)

@@ -1,4 +1,4 @@
-"""A restricted unpickler for network pickles (spec §13.3).
+"""A restricted unpickler for network pickles.
 
 Official network pickles embed Python source (`build_module_src`, `module_src`) that the official
 loaders execute. tfpets never executes it and never calls plain `pickle.load` on a network file:

@@ -1,4 +1,4 @@
-"""Official StyleGAN2-ADA TF1 network pickles -> tfpets networks (spec §13.1, §13.4, §13.5).
+"""Official StyleGAN2-ADA TF1 network pickles -> tfpets networks.
 
 A TF1 snapshot is a pickle of the tuple (G, D, Gs) of `dnnlib.tflib.network.Network` objects (or a
 single Gs). Each unpickles here into an inert `TFNetworkStub` holding the pickled state (version,
@@ -198,7 +198,7 @@ def _same(x: np.ndarray) -> np.ndarray:
 
 
 def _plus_one(x: np.ndarray) -> np.ndarray:
-  return x + 1  # TF stores the modulation bias minus its initial 1 (spec §13.4).
+  return x + 1  # TF stores the modulation bias minus its initial 1 (official legacy.py adds it).
 
 
 def _generator_source(name: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:

@@ -4,11 +4,10 @@
 // An output larger than half the last-level cache (32 MB per core complex
 // on current server CPUs) is no longer cached when the next op reads it,
 // and a plain store first reads each output line from memory
-// (write-allocate). Non-temporal stores skip that read. On 2 Zen 4 cores,
-// forward + backward at 8x64x64x256 and 8x128x128x128 ran 6-11 % faster
-// for UpFirDn2D (outputs staged in L1, then copied out) and 1.1-1.3x
-// faster for FusedBiasAct's piecewise-linear rows (stored straight from
-// registers: staged copies gained nothing there).
+// (write-allocate). Non-temporal stores skip that read. UpFirDn2D stages
+// its outputs in L1 and copies them out; FusedBiasAct's piecewise-linear
+// rows store straight from registers, where staging gains nothing
+// (measurements: benchmarks/RESULTS.md).
 
 #ifndef TFPETS_OPS_KERNELS_CPU_STREAM_H_
 #define TFPETS_OPS_KERNELS_CPU_STREAM_H_

@@ -428,7 +428,7 @@ void GradRow(const float* dy, const float* yref, const uint8_t* positive,
 }
 
 // Picks the row loop for the clamp and the bias gradient once per row, so
-// that neither test stays inside the loop (about 10 % faster at 8x64x64x256).
+// that neither test stays inside the loop.
 template <int A>
 void PiecewiseLinearGradRowFor(const float* dy, const float* yref,
                                const uint8_t* positive, int64_t first,

@@ -19,11 +19,11 @@ struct GpuDevice;
 namespace tfpets {
 
 // The CPU element loops are bound by instruction count, not memory, once
-// their data is in cache (a 4 MB lrelu pass ran 1.5-2.5x faster built for
-// AVX2). The library is built for plain x86-64 so that it loads on any such
-// CPU; each kernel's per-range function is compiled a second time for AVX2
-// (TFPETS_AVX2_CLONE: everything it calls is inlined into it, so the whole
-// loop nest gets AVX2 code) and the CPU picks one at run time.
+// their data is in cache, so wider vectors pay (docs/ops.md). The library
+// is built for plain x86-64 so that it loads on any such CPU; each kernel's
+// per-range function is compiled a second time for AVX2 (TFPETS_AVX2_CLONE:
+// everything it calls is inlined into it, so the whole loop nest gets AVX2
+// code) and the CPU picks one at run time.
 // TFPETS_OPS_ISA=baseline forces the plain build (tests compare the two).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX2__)
 #define TFPETS_HAS_AVX2_CLONES 1

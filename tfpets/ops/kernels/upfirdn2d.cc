@@ -283,8 +283,7 @@ void WritePixel(T* out, const S* const* src, const float* w, int count,
 // Hands out the places for a worker's consecutive output elements: in
 // place, or, for a streamed output, in a small buffer that is copied out
 // with non-temporal stores once about kFlushBytes are staged. Small
-// flushes keep the stores overlapping the next loads (in a loop of our
-// own, 1 KB flushes were 1.2x faster than 8 KB ones).
+// flushes keep the stores overlapping the next loads.
 template <typename T>
 class OutputWriter {
  public:
@@ -439,14 +438,8 @@ SpreadPrefetch NextRowsPrefetch(const T* x, const UpFirDnShape& s,
 // multiply-adds per output element instead of kh * kw (8 instead of 16 for
 // StyleGAN's 4-tap filters); up- and downsampling save less. With
 // `s.prefetch` the horizontal pass prefetches the next row's new input
-// rows: on 2 Zen 4 cores, forward + backward at 8x64x64x256 and
-// 8x128x128x128 ran 1.3-1.6x faster for the filter pass, 1.2x for up and
-// 1.04-1.26x for down; at 8x16x16x512 (4 MB, which fits in L3), starting
-// at 1 MiB instead of 16 MiB made the filter pass 1.25-1.32x faster, up
-// 1.07-1.09x and left down unchanged.
-// For the filter, prefetching within the vertical pass instead, 4 KB
-// ahead, gained only 1.07-1.11x; prefetching here into L1 instead of L2
-// was 1.1-1.2x slower.
+// rows (NextRowsPrefetch), which overlaps the two passes' memory waits
+// (measurements and the alternatives tried: docs/ops.md).
 template <typename T>
 void UpFirDnRowsSeparable(const T* x, T* y, const UpFirDnShape& s,
                           const SeparableWeights& weights,
