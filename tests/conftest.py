@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -28,3 +30,22 @@ def oxford_pets_3class(shared_data) -> pathlib.Path:
   if not path.is_dir():
     pytest.skip("../shared/data/oxford_pets_3class is not present")
   return path
+
+
+def launch(*args: str, cwd=None, env=None, timeout: float = 300) -> subprocess.CompletedProcess:
+  """Runs `python -m tfpets.launch ARGS` as a user would; `env` entries add to (or, as None,
+  remove from) this process's environment, which keeps TensorFlow's logs quiet by default."""
+  environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+  for key, value in (env or {}).items():
+    if value is None:
+      environ.pop(key, None)
+    else:
+      environ[key] = value
+  return subprocess.run(
+    [sys.executable, "-m", "tfpets.launch", *args],
+    cwd=cwd or REPO,
+    env=environ,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )

@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 
-from tests.conftest import REPO
+from tests.conftest import launch
 from tests.gan import numpy_reference as ref
 from tests.gan import pickle_writers as pw
 from tests.gan.test_importers import tf_kwargs
 from tfpets.gan import networks
-
-# Registers the stage the way tfpets/stages/__init__.py does, then runs the real launcher.
-_LAUNCH = (
-  "import sys; from tfpets import stages; "
-  "stages.STAGES['convert'] = 'tfpets.stages.convert'; "
-  "from tfpets import cli; sys.argv[0] = 'tfpets.launch'; cli.run()"
-)
-
-
-def launch(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-  return subprocess.run(
-    [sys.executable, "-c", _LAUNCH, *args],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
 
 
 def test_convert_stage_writes_loadable_networks_and_a_report(tmp_path):

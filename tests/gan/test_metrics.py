@@ -5,16 +5,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import scipy.linalg
 import tensorflow as tf
 
-from tests.conftest import REPO
+from tests.conftest import launch
 from tfpets.data.prepare import lod_pyramid
 from tfpets.data.tfrecord import multires
 from tfpets.gan import inception, networks, presets
@@ -346,26 +343,6 @@ def test_generator_sampler_draws_latents_and_labels_from_the_seed():
   want = generator((z, labels), force_fp32=True).numpy().astype(np.float64)
   want = np.clip(np.floor(want * 127.5 + 128.0), 0, 255)
   assert np.abs(batch - want).max() <= 1  # float32 graph vs eager rounding at most
-
-
-# Registers the stage the way tfpets/stages/__init__.py does, then runs the real launcher.
-_LAUNCH = (
-  "import sys; from tfpets import stages; "
-  "stages.STAGES['metrics'] = 'tfpets.stages.metrics'; "
-  "from tfpets import cli; sys.argv[0] = 'tfpets.launch'; cli.run()"
-)
-
-
-def launch(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-  return subprocess.run(
-    [sys.executable, "-c", _LAUNCH, *args],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
 
 
 def test_metrics_stage_writes_the_report_and_reports_bad_names_in_one_line(

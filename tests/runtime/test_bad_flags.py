@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 from absl import flags, logging
 
+from tests import conftest
 from tests.conftest import REPO
 from tfpets import cli
 from tfpets.runtime import flags as runtime_flags
@@ -102,16 +100,8 @@ def test_every_stage_has_a_case():
 
 
 def launch(args, tmp_path, extra_env=None):
-  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-  env.update(PYTHONPATH=str(REPO), **(extra_env or {}))
-  return subprocess.run(
-    [sys.executable, "-m", "tfpets.launch", *args, f"--workdir={tmp_path}"],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  env = {"TF_CPP_MIN_LOG_LEVEL": None, **(extra_env or {})}  # the user's default: quiet
+  return conftest.launch(*args, f"--workdir={tmp_path}", env=env, timeout=600)
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -1,22 +1,6 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-from tests.conftest import REPO
-
-
-def launch(*args, cwd=None):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-  return subprocess.run(
-    [sys.executable, "-m", "tfpets.launch", *args],
-    cwd=cwd or REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+from tests.conftest import launch
 
 
 def test_unknown_stage_lists_the_valid_stages_without_traceback():

@@ -274,7 +274,7 @@ def _check_output_size(
       )
 
 
-def _upfirdn2d_ref(
+def _ref_pass(
   x: tf.Tensor,
   k: tf.Tensor,
   up: tuple[int, int],
@@ -283,14 +283,7 @@ def _upfirdn2d_ref(
   flip: bool,
   gain: float,
 ) -> tf.Tensor:
-  if k.shape.rank == 2:
-    f = tf.cast(k * gain, x.dtype)
-    return _upfirdn_ref_pass(x, f, up, down, pad, flip)
-  f = tf.cast(k * math.sqrt(gain), x.dtype)
-  x = _upfirdn_ref_pass(x, f[tf.newaxis, :], (up[0], 1), (down[0], 1), (pad[0], pad[1], 0, 0), flip)
-  return _upfirdn_ref_pass(
-    x, f[:, tf.newaxis], (1, up[1]), (1, down[1]), (0, 0, pad[2], pad[3]), flip
-  )
+  return _upfirdn_ref_pass(x, tf.cast(k * gain, x.dtype), up, down, pad, flip)
 
 
 def _custom_pass(
@@ -319,7 +312,8 @@ def _custom_pass(
   )
 
 
-def _upfirdn2d_custom(
+def _separable(
+  one_pass,
   x: tf.Tensor,
   k: tf.Tensor,
   up: tuple[int, int],
@@ -328,13 +322,15 @@ def _upfirdn2d_custom(
   flip: bool,
   gain: float,
 ) -> tf.Tensor:
+  """A 2-D filter in one pass of `one_pass`; a 1-D one as a horizontal then a vertical pass,
+  each with the square root of the gain."""
   if k.shape.rank == 2:
-    return _custom_pass(x, k, up, down, pad, flip, gain)
+    return one_pass(x, k, up, down, pad, flip, gain)
   root_gain = math.sqrt(gain)
-  x = _custom_pass(
+  x = one_pass(
     x, k[tf.newaxis, :], (up[0], 1), (down[0], 1), (pad[0], pad[1], 0, 0), flip, root_gain
   )
-  return _custom_pass(
+  return one_pass(
     x, k[:, tf.newaxis], (1, up[1]), (1, down[1]), (0, 0, pad[2], pad[3]), flip, root_gain
   )
 
@@ -381,8 +377,8 @@ def upfirdn2d(
   pads = parse_padding(pad)
   _check_output_size(x, k, up_pair, down_pair, pads)
   choice = _impl.choose_impl("upfirdn2d", impl, x.dtype, case=_case_name(up_pair, down_pair))
-  run = _upfirdn2d_custom if choice == "custom" else _upfirdn2d_ref
-  return run(x, k, up_pair, down_pair, pads, bool(flip_filter), float(gain))
+  one_pass = _custom_pass if choice == "custom" else _ref_pass
+  return _separable(one_pass, x, k, up_pair, down_pair, pads, bool(flip_filter), float(gain))
 
 
 def filter2d(
