@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from tfpets.data.tfrecord import multires, shards
@@ -101,20 +102,31 @@ def multires_dataset(
   deterministic: bool = False,
   seed: int = 0,
   input_context: Optional[tf.distribute.InputContext] = None,
+  resolution: Optional[int] = None,
+  start: Optional[int] = None,
 ) -> tf.data.Dataset:
-  """Batches of (images float32 NHWC in [-1, 1], one-hot labels [B, C] or [B, 0]) from the lod-0 file.
+  """Batches of (images float32 NHWC in [-1, 1], one-hot labels [B, C] or [B, 0]) from one level.
 
-  Labels are zipped with records by position, as the official reader does.
+  Labels are zipped with records by position, as the official reader does. `resolution` picks a
+  level of detail (default: the highest).
+
+  `start` (training only) gives one resumable stream of global batches instead, a function of
+  (seed, stream index) alone: the level is read into memory once; stream index i is image
+  index_shuffle(i mod N) of epoch i // N (N images, a stateless permutation keyed by (seed, epoch));
+  `mirror` flips it by a stateless draw keyed by (seed, i). The stream begins at index `start`, so
+  a run that has read `start` images and restarts there continues where it was.
   """
-  top_file = multires.level_files(directory)[0]
+  level_file = _level_file(directory, resolution)
   labels = multires.read_labels(directory)
-  if input_context is not None:
-    batch_size = input_context.get_per_replica_batch_size(batch_size)
-  images = tf.data.TFRecordDataset(top_file).map(
+  images = tf.data.TFRecordDataset(level_file).map(
     multires.parse_level, num_parallel_calls=AUTOTUNE, deterministic=True
   )
+  if training and start is not None:
+    return _resumable_stream(images, labels, batch_size, mirror, seed, start)
+  if input_context is not None:
+    batch_size = input_context.get_per_replica_batch_size(batch_size)
   if labels is None:
-    count = sum(1 for _ in tf.data.TFRecordDataset(top_file))
+    count = sum(1 for _ in tf.data.TFRecordDataset(level_file))
     labels = tf.zeros([count, 0], tf.float32)
   ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(labels)))
   if input_context is not None and input_context.num_input_pipelines > 1:
@@ -125,7 +137,7 @@ def multires_dataset(
     ds = ds.shuffle(4096, seed=seed if deterministic else None).repeat()
 
   def to_float_nhwc(chw, label):
-    image = tf.cast(tf.transpose(chw, [1, 2, 0]), tf.float32) * (2.0 / 255.0) - 1.0
+    image = _to_float_nhwc(chw)
     if mirror:
       image = tf.image.random_flip_left_right(image, seed=seed if deterministic else None)
     return image, label
@@ -133,6 +145,57 @@ def multires_dataset(
   ds = ds.map(to_float_nhwc, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
   ds = ds.batch(batch_size, drop_remainder=training)
   return ds.prefetch(AUTOTUNE).with_options(_options(deterministic))
+
+
+def _level_file(directory: str, resolution: Optional[int]) -> str:
+  files = multires.level_files(directory)
+  if resolution is None:
+    return files[0]
+  wanted = multires.level_path(directory, max(int(resolution), 1).bit_length() - 1)
+  if resolution < 4 or resolution & (resolution - 1) or wanted not in files:
+    top = 2 ** int(files[0][-12:-10])
+    raise ValueError(
+      f"resolution {resolution} is not a level of {directory} (powers of two from 4 to {top})"
+    )
+  return wanted
+
+
+def _to_float_nhwc(chw: tf.Tensor) -> tf.Tensor:
+  return tf.cast(tf.transpose(chw, [1, 2, 0]), tf.float32) * (2.0 / 255.0) - 1.0
+
+
+def _resumable_stream(
+  images: tf.data.Dataset,
+  labels,
+  batch_size: int,
+  mirror: bool,
+  seed: int,
+  start: int,
+) -> tf.data.Dataset:
+  """Global batches of the stream described in `multires_dataset`, from index `start` on."""
+  pixels = np.concatenate([batch.numpy() for batch in images.batch(1024)])
+  count = len(pixels)
+  if count == 0:
+    raise ValueError("the records hold no image")
+  pixels = tf.constant(pixels)
+  labels = tf.constant(np.zeros([count, 0]) if labels is None else labels, tf.float32)
+  seed = tf.constant(seed, tf.int64)
+
+  def example(index):
+    epoch_seed = tf.stack([seed, index // count])
+    chosen = tf.random.experimental.index_shuffle(
+      index % count, epoch_seed, tf.constant(count - 1, tf.int64)
+    )
+    image = _to_float_nhwc(tf.gather(pixels, chosen))
+    if mirror:
+      image = tf.image.stateless_random_flip_left_right(image, seed=tf.stack([seed, index]))
+    return image, tf.gather(labels, chosen)
+
+  ds = tf.data.Dataset.range(int(start), 1 << 62).map(
+    example, num_parallel_calls=AUTOTUNE, deterministic=True
+  )
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return ds.prefetch(AUTOTUNE).with_options(_options(True))
 
 
 def distribute(

@@ -83,6 +83,12 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
+def default_cache_dir() -> pathlib.Path:
+  """Where real-image statistics are cached unless told otherwise: $XDG_CACHE_HOME/tfpets/metrics."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return pathlib.Path(base) / "tfpets" / "metrics"
+
+
 def frechet_distance(
   mu_real: np.ndarray, sigma_real: np.ndarray, mu_gen: np.ndarray, sigma_gen: np.ndarray
 ) -> float:

@@ -101,13 +101,20 @@ CROP_MARGIN = flags.DEFINE_float(
   lower_bound=0.0,
 )
 
-# Read by --stage=metrics, and by --stage=gan for the metrics of its snapshots.
+# Read by --stage=metrics, and by --stage=gan for the metrics of its snapshots (both flags).
 INCEPTION_GRAPH = flags.DEFINE_string(
   "inception_graph",
   "",
   "classify_image_graph_def.pb from TensorFlow's inception-2015-12-05.tgz, for standard FID/KID "
   "(docs/metrics.md; never downloaded). Empty: a seeded random CNN, whose figures are named "
   "*_seeded and are not FID.",
+)
+
+METRICS_CACHE = flags.DEFINE_string(
+  "metrics_cache",
+  "",
+  "Folder of cached real-image features. Default: $XDG_CACHE_HOME/tfpets/metrics "
+  "(~/.cache/tfpets/metrics).",
 )
 
 

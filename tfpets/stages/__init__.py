@@ -8,4 +8,5 @@ STAGES = {
   "predict_landmarks": "tfpets.stages.predict_landmarks",
   "crop": "tfpets.stages.crop",
   "metrics": "tfpets.stages.metrics",
+  "gan": "tfpets.stages.gan",
 }

@@ -7,7 +7,6 @@ reports/metrics.json and appends one line per metric to reports/metric-<name>.js
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 from absl import flags
@@ -32,21 +31,10 @@ NAMES = flags.DEFINE_list(
   "Metrics: fid<N> / kid<N> with N generated images (500, 2k, 50k) against the first N reals, "
   "or fid<N>_full / kid<N>_full against all reals (kid: at most 1M), e.g. fid50k_full,kid50k_full.",
 )
-CACHE = flags.DEFINE_string(
-  "metrics_cache",
-  "",
-  "Folder of cached real-image features. Default: $XDG_CACHE_HOME/tfpets/metrics "
-  "(~/.cache/tfpets/metrics).",
-)
 
 
 # The flag each library argument comes from, so that the launcher words their errors as flags.
 ARGUMENT_FLAGS = {"records": "records"}
-
-
-def default_cache_dir() -> pathlib.Path:
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return pathlib.Path(base) / "tfpets" / "metrics"
 
 
 def _load_generator(directory: str):
@@ -88,7 +76,7 @@ def run(ctx: context.RunContext) -> None:
     generator,
     reals,
     network,
-    cache_dir=CACHE.value or default_cache_dir(),
+    cache_dir=ctx.flags.metrics_cache or metrics_lib.default_cache_dir(),
     batch_size=ctx.flags.batch_size,
     seed=ctx.seed,
   )

@@ -81,12 +81,21 @@ def one_hot(labels: Sequence[int], num_classes: int) -> np.ndarray:
   return out
 
 
-def find_directory(path: str | os.PathLike) -> pathlib.Path:
-  """The StyleGAN records folder of a converted dataset: its workdir, records/ or the folder itself."""
+def search_directory(path: str | os.PathLike) -> Optional[pathlib.Path]:
+  """The StyleGAN records folder of a converted dataset (its workdir, records/ or the folder
+  itself), or None when it has none."""
   root = pathlib.Path(path)
   for candidate in (root / "records" / "stylegan", root / "stylegan", root):
     if glob.glob(f"{prefix(candidate)}-r[0-9][0-9].tfrecords"):
       return candidate
+  return None
+
+
+def find_directory(path: str | os.PathLike) -> pathlib.Path:
+  """`search_directory`, raising an error about `records` when there is none."""
+  found = search_directory(path)
+  if found is not None:
+    return found
   raise ArgumentError(
     "records",
     str(path),
