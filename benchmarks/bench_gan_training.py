@@ -454,44 +454,22 @@ def _profile_worker(args: argparse.Namespace) -> dict[str, Any]:
 # -- the side-by-side run -------------------------------------------------------------------------
 
 
+def _timing_args(args: argparse.Namespace, resolution: int) -> list[str]:
+  """The measurement flags both workers take."""
+  values = dict(resolution=resolution, iterations=args.iterations, warmups=args.warmups)
+  values.update(blocks=args.blocks, p=args.p)
+  return [item for name, value in values.items() for item in (f"--{name}", str(value))]
+
+
 def _spawn_tfpets(args: argparse.Namespace, resolution: int, mode: str) -> dict[str, Any]:
-  command = [
-    sys.executable,
-    os.path.abspath(__file__),
-    mode,
-    "--resolution",
-    str(resolution),
-    "--iterations",
-    str(args.iterations),
-    "--warmups",
-    str(args.warmups),
-    "--blocks",
-    str(args.blocks),
-    "--p",
-    str(args.p),
-  ]
+  command = [sys.executable, os.path.abspath(__file__), mode, *_timing_args(args, resolution)]
   return _run_json(command, ALLOCATOR_ENVS[args.tfpets_allocator])
 
 
 def _spawn_official(args: argparse.Namespace, resolution: int) -> dict[str, Any]:
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "official_pytorch_training.py")
-  command = [
-    args.official_python,
-    script,
-    "--official-repo",
-    args.official_repo,
-    "--resolution",
-    str(resolution),
-    "--iterations",
-    str(args.iterations),
-    "--warmups",
-    str(args.warmups),
-    "--blocks",
-    str(args.blocks),
-    "--p",
-    str(args.p),
-  ]
-  return _run_json(command, NO_MMAP_ENV)
+  command = [args.official_python, script, "--official-repo", args.official_repo]
+  return _run_json(command + _timing_args(args, resolution), NO_MMAP_ENV)
 
 
 def _round(value: Any) -> Any:
