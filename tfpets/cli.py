@@ -47,19 +47,20 @@ def _log_to_file(workdir: Workdir) -> None:
 
 def run_stage(stage: str) -> None:
   """Runs a stage with the parsed flags; the tests call this too."""
-  FLAGS = flags.FLAGS
-  module = STAGE_MODULES[stage]
-  workdir = Workdir(FLAGS.workdir or default_workdir(stage, FLAGS.data))
-  workdir.root.mkdir(parents=True, exist_ok=True)
-  if not FLAGS.workdir:
-    FLAGS.workdir = str(workdir.root)
-  workdir.save_flags(FLAGS)
-  _log_to_file(workdir)
-  logging.info("stage %s, workdir %s", stage, workdir.root)
-
   import keras  # deferred: --helpfull and flag errors should not wait for TensorFlow
 
   from tfpets.runtime import context, precision, strategy
+
+  FLAGS = flags.FLAGS
+  module = STAGE_MODULES[stage]
+  workdir = Workdir(FLAGS.workdir or default_workdir(stage, FLAGS.data))
+  if not FLAGS.workdir:
+    FLAGS.workdir = str(workdir.root)
+  if strategy.is_chief_task(FLAGS.strategy):  # workers of a multi-worker run share the workdir
+    workdir.root.mkdir(parents=True, exist_ok=True)
+    workdir.save_flags(FLAGS)
+    _log_to_file(workdir)
+  logging.info("stage %s, workdir %s", stage, workdir.root)
 
   strategy.set_op_threads(FLAGS.intra_op_threads, FLAGS.inter_op_threads)
   ctx = context.RunContext(stage, workdir, FLAGS)

@@ -330,6 +330,18 @@ def test_metrics_of_a_demo_generator_and_of_the_reals_themselves(tmp_path, demo_
   assert rows[0]["results"] == {"fid24_seeded": results["fid24_seeded"]}
 
 
+def test_records_images_reads_any_level_exactly_and_names_a_missing_one(tmp_path):
+  reals = images(5, size=32, seed=4)
+  write_records(tmp_path / "stylegan", reals)
+  top, half = M.records_images(tmp_path / "stylegan"), M.records_images(tmp_path / "stylegan", 16)
+  assert (top.resolution, half.resolution) == (32, 16)
+  assert top.dataset != half.dataset  # each level has its own cached statistics
+  want = np.stack([lod_pyramid(image)[1] for image in reals])
+  np.testing.assert_array_equal(np.concatenate(list(half.batches(2))), want.transpose(0, 2, 3, 1))
+  with pytest.raises(ValueError, match="no 64 px level"):
+    M.records_images(tmp_path / "stylegan", 64)
+
+
 def test_generator_sampler_draws_latents_and_labels_from_the_seed():
   config = presets.network_config(
     "demo", 8, c_dim=3, channel_base=64, channel_max=16, num_fp16_res=2, use_noise=False
@@ -348,12 +360,13 @@ def test_generator_sampler_draws_latents_and_labels_from_the_seed():
 def test_metrics_stage_writes_the_report_and_reports_bad_names_in_one_line(
   tmp_path, demo_generator
 ):
-  write_records(tmp_path / "data" / "records" / "stylegan", images(12, seed=6))
+  # 32 px records: the 16 px generator is scored against their 16 px level.
+  write_records(tmp_path / "data" / "records" / "stylegan", images(12, size=32, seed=6))
   snapshot = tmp_path / "snapshot"
   networks.save_networks(snapshot, demo_generator.config, {"G_ema": demo_generator}, {"kimg": 4})
   common = [
     f"--records={tmp_path / 'data'}",
-    f"--metrics_network={snapshot}",
+    f"--network={snapshot}",
     f"--metrics_cache={tmp_path / 'cache'}",
     "--batch_size=6",
   ]

@@ -62,9 +62,9 @@ def settings(**overrides):
   return ts.TrainSettings(**fields)
 
 
-def build_trainer(strategy=None, **overrides):
+def build_trainer(strategy=None, freezed=0, **overrides):
   return ts.GanTrainer(
-    network_config(), settings(**overrides), strategy, augment_pipe=seeded_flip, seed=3
+    network_config(), settings(**overrides), strategy, seeded_flip, seed=3, freezed=freezed
   )
 
 
@@ -268,6 +268,20 @@ def test_settings_and_layout_errors():
     "Dmain",
   ]
   assert trainer.phases_at(17) == ["Gmain", "Dmain"]
+
+
+def test_freeze_d_leaves_the_top_layers_out_of_training_and_of_adam():
+  whole, frozen = build_trainer(aug="noaug"), build_trainer(aug="noaug", freezed=2)
+  top = frozen.D.blocks[0]
+  assert not top.fromrgb.trainable and not top.conv0.trainable and top.conv1.trainable
+  kept = {v.path for v in frozen.D.trainable_variables}
+  assert kept == {v.path for v in whole.D.trainable_variables} - {
+    v.path for layer in (top.fromrgb, top.conv0) for v in layer.weights
+  }
+  assert len(frozen.D_opt.m) == len(kept) < len(whole.D_opt.m)
+  layers = sum(4 - [b.fromrgb, b.skip].count(None) for b in whole.D.blocks)
+  with pytest.raises(ValueError, match=f"D has only {layers} layers above its epilogue"):
+    build_trainer(aug="noaug", freezed=layers + 1)
 
 
 def test_draws_and_labels_follow_the_global_sample_index():

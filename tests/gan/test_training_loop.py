@@ -328,7 +328,9 @@ def test_resume_source_errors_name_the_source(records, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_workers_on_loopback_train_and_only_the_chief_writes(records, tmp_path):
+def test_two_workers_on_loopback_share_a_workdir_only_the_chief_writes_and_both_resume(
+  records, tmp_path
+):
   ports = [free_port() for _ in range(2)]
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   options = dict(kimg=0.012, metrics=["fid24"])
@@ -342,32 +344,31 @@ def test_two_workers_on_loopback_train_and_only_the_chief_writes(records, tmp_pa
         "TMPDIR": str(tmp_path / f"tmp{index}"),
       }
     )
-  workers = [
-    start_worker(records, tmp_path / f"w{i}", options, "multiworker", env)
-    for i, env in enumerate(envs)
-  ]
-  chief, other = [finish(w) for w in workers]
-  assert chief["kimg"] == other["kimg"] == 0.012 and other == {
-    "workdir": str(tmp_path / "w1"),
-    "kimg": 0.012,
-    "chief": False,
-  }
-  w0 = tmp_path / "w0"
-  assert (w0 / "checkpoints" / "checkpoint").is_file()
-  assert (w0 / "images" / "reals.png").is_file() and (w0 / "images" / "fakes000000.png").is_file()
+
+  def run_workers(workdirs, kimg):
+    return [
+      start_worker(records, workdir, dict(options, kimg=kimg), "multiworker", env)
+      for workdir, env in zip(workdirs, envs)
+    ]
+
+  run = tmp_path / "run"
+  chief, other = [finish(w) for w in run_workers([run, run], 0.012)]
+  assert chief["kimg"] == 0.012 and other == {"workdir": str(run), "kimg": 0.012, "chief": False}
+  assert (run / "checkpoints" / "checkpoint").is_file()
+  assert (run / "images" / "reals.png").is_file() and (run / "images" / "fakes000000.png").is_file()
   assert networks.load_networks(chief["last_snapshot"])[0].resolution == RES
-  assert (w0 / "reports" / "metric-fid24_seeded.jsonl").is_file()
-  assert list((w0 / "logs" / "train").glob("events.out.tfevents.*"))
-  # The other worker saved its checkpoints into a temporary folder and deleted it; it wrote nothing
-  # else anywhere.
-  assert not (tmp_path / "w1").exists()
+  assert (run / "reports" / "metric-fid24_seeded.jsonl").is_file()
+  assert list((run / "logs" / "train").glob("events.out.tfevents.*"))
+  # The other worker saved its checkpoints into a temporary folder and deleted it.
   assert list((tmp_path / "tmp1").iterdir()) == []
 
-  # Run again: the chief finds its checkpoint, the other worker (another workdir) none; both stop.
-  workers = [
-    start_worker(records, tmp_path / f"w{i}", dict(options, kimg=0.016), "multiworker", env)
-    for i, env in enumerate(envs)
-  ]
+  # The same command with a longer run: both restore the chief's checkpoint (workers that restore
+  # different ones stop, as below) and go on.
+  chief, other = [finish(w) for w in run_workers([run, run], 0.016)]
+  assert chief["kimg"] == other["kimg"] == 0.016 and not other["chief"]
+
+  # A worker pointed at another workdir finds no checkpoint: both stop rather than drift apart.
+  workers = run_workers([run, tmp_path / "elsewhere"], 0.020)
   for worker in workers:
     _, err = worker.communicate(timeout=600)
     assert worker.returncode != 0 and "resumed from different checkpoints" in err, err[-2000:]

@@ -34,7 +34,7 @@ CODE_VALIDATED = {
   ),
   "crop": (["--records=/nonexistent/records", "--crop_use_annotations"], "--records="),
   "gan": (["--records=/nonexistent/records"], "--records=/nonexistent/records"),
-  "metrics": (["--metrics_network=/tmp", "--metrics_names=bogus"], "--metrics_names"),
+  "metrics": (["--network=/tmp", "--metrics_names=bogus"], "--metrics_names"),
 }
 
 

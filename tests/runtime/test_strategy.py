@@ -109,6 +109,41 @@ def test_bad_strategy_and_missing_tf_config_are_usage_errors(monkeypatch):
     strategy_lib.make_strategy("tpu")
 
 
+@pytest.mark.parametrize(
+  "kind,tf_config,chief",
+  [
+    (
+      "multiworker",
+      {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}},
+      True,
+    ),
+    (
+      "multiworker",
+      {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}},
+      False,
+    ),
+    (
+      "multiworker",
+      {"cluster": {"chief": ["c:0"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}},
+      False,
+    ),
+    (
+      "multiworker",
+      {"cluster": {"chief": ["c:0"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}},
+      True,
+    ),
+    (
+      "mirrored",
+      {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}},
+      True,
+    ),
+  ],
+)
+def test_only_the_chief_task_writes_the_workdir(monkeypatch, kind, tf_config, chief):
+  monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+  assert strategy_lib.is_chief_task(kind) is chief
+
+
 def test_op_threads_are_set_before_tensorflow_starts():
   code = (
     "import tensorflow as tf; from tfpets.runtime import strategy; "

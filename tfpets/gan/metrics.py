@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pathlib
 import re
@@ -186,22 +187,31 @@ class RealImages:
   resolution: Optional[int]
 
 
-def records_images(directory: str | os.PathLike) -> RealImages:
-  """The StyleGAN multi-resolution records in `directory` (its top level, in stored order)."""
+def records_images(directory: str | os.PathLike, resolution: Optional[int] = None) -> RealImages:
+  """The StyleGAN multi-resolution records in `directory` in stored order: the level at
+  `resolution` (a power of two the records hold), or the top level when None."""
   directory = os.path.abspath(str(directory))
-  top = multires.level_files(directory)[0]
-  resolution = 2 ** int(top[-12:-10])
-  stat = os.stat(top)
+  levels = multires.level_files(directory)
+  resolution = resolution or 2 ** int(levels[0][-12:-10])
+  level = multires.level_path(directory, int(math.log2(resolution)))
+  if level not in levels:
+    raise ValueError(f"{directory}: no {resolution} px level ({os.path.basename(level)})")
+  stat = os.stat(level)
 
   def batches(batch_size: int) -> Iterator[np.ndarray]:
     ds = pipeline.multires_dataset(
-      directory, batch_size=batch_size, training=False, cache=False, deterministic=True
+      directory,
+      batch_size=batch_size,
+      training=False,
+      cache=False,
+      deterministic=True,
+      resolution=resolution,
     )
     for images, _ in ds:
       # The reader scales uint8 u to u * 2/255 - 1; rounding recovers u exactly.
       yield tf.cast(tf.round((images + 1.0) * 127.5), tf.uint8).numpy()
 
-  return RealImages(batches, f"{top}|{stat.st_size}|{stat.st_mtime_ns}", resolution)
+  return RealImages(batches, f"{level}|{stat.st_size}|{stat.st_mtime_ns}", resolution)
 
 
 def batch_images(

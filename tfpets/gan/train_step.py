@@ -68,6 +68,7 @@ from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 
+from tfpets.errors import ArgumentError
 from tfpets.gan import loss as loss_lib
 from tfpets.gan import networks
 from tfpets.gan.presets import NetworkConfig, TrainingConfig
@@ -77,6 +78,17 @@ AUG_MODES = ("ada", "fixed", "noaug")
 NOISE_MODES = ("random", "const")
 # Streams of one phase's seed.
 _LATENTS, _PL_NOISE, _AUGMENT, _GENERATOR = 0, 1, 2, 3
+
+
+def _freeze_layers(discriminator: networks.Discriminator, count: int) -> None:
+  """Freeze-D: the first `count` layers of D from the top resolution stop training."""
+  layers = []
+  for block in discriminator.blocks:
+    layers += [x for x in (block.fromrgb, block.conv0, block.conv1, block.skip) if x is not None]
+  if count > len(layers):
+    raise ArgumentError("freezed", count, f"D has only {len(layers)} layers above its epilogue")
+  for layer in layers[:count]:
+    layer.trainable = False
 
 
 def lazy_adam_hparams(
@@ -264,6 +276,9 @@ class GanTrainer:
     augment_pipe: `augment(images, p, seed)`, e.g. `tfpets.gan.augment.AugmentPipe()`; required
       unless settings.aug == 'noaug'.
     seed: Base seed of every random draw of the training step.
+    freezed: Freeze-D (official `--freezed`): the first `freezed` layers of D from the top
+      resolution (FromRGB, Conv0, Conv1, Skip of each block) stay as they are; D's Adam holds
+      only the weights that train.
   """
 
   def __init__(
@@ -273,6 +288,7 @@ class GanTrainer:
     strategy: tf.distribute.Strategy | None = None,
     augment_pipe: Any = None,
     seed: int = 0,
+    freezed: int = 0,
   ):
     self.config = (
       network_config
@@ -282,6 +298,7 @@ class GanTrainer:
     self.settings = settings
     self.strategy = strategy or tf.distribute.get_strategy()
     self.seed = int(seed)
+    self.freezed = int(freezed)
     self._check_layout()
     if settings.aug != "noaug" and augment_pipe is None:
       raise ValueError(f"aug={settings.aug!r} needs an augment_pipe (or use aug='noaug')")
@@ -323,6 +340,7 @@ class GanTrainer:
     beta1, beta2 = s.adam_betas
     with self.strategy.scope():
       self.G, self.D, self.G_ema = networks.build_networks(self.config)
+      _freeze_layers(self.D, self.freezed)
       self.G_opt = Adam(
         self.G.trainable_variables,
         *lazy_adam_hparams(s.learning_rate, beta1, beta2, s.g_reg_interval),

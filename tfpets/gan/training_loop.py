@@ -35,14 +35,13 @@ workdir.
 API:
   TrainOptions: a resolved run; `resolve_options(...)` builds it from `train.py`-style arguments.
   train(options, records_dir, workdir, strategy=None, writer=None) -> summary dict.
-  records_info(records_dir) -> RecordsInfo; is_chief(strategy).
+  records_info(records_dir) -> RecordsInfo.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import resource
@@ -64,6 +63,7 @@ from tfpets.gan import augment as augment_lib
 from tfpets.gan import inception, presets, snapshot, train_step
 from tfpets.gan import metrics as metrics_lib
 from tfpets.gan.presets import NetworkConfig
+from tfpets.runtime import strategy as strategy_lib
 from tfpets.runtime.checkpoint import CheckpointHelper
 from tfpets.runtime.tensorboard import SummaryWriter
 from tfpets.runtime.workdir import Workdir
@@ -298,16 +298,6 @@ def _with_batch(
   return dataclasses.replace(config, **fields)
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-  """True unless this is a multi-worker run's worker other than the chief (or task 0)."""
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    return True
-  resolver = strategy.cluster_resolver
-  task_type, task_id = resolver.task_type, resolver.task_id
-  has_chief = "chief" in (resolver.cluster_spec().as_dict() or {})
-  return task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and not has_chief)
-
-
 # --- The run -------------------------------------------------------------------------------------
 
 
@@ -375,7 +365,7 @@ class _Run:
     self.records_dir = str(records_dir)
     self.workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     self.strategy = strategy or tf.distribute.get_strategy()
-    self.chief = is_chief(self.strategy)
+    self.chief = strategy_lib.is_chief(self.strategy)
     self.writer = writer
     self.checkpoint_dir = self.workdir.root / "checkpoints"
     self.last_metrics: dict[str, float] = {}
@@ -397,10 +387,8 @@ class _Run:
     self.config = config
     pipe = None if options.settings.aug == "noaug" else augment_lib.AugmentPipe(options.augpipe)
     self.trainer = train_step.GanTrainer(
-      config, options.settings, self.strategy, pipe, options.seed
+      config, options.settings, self.strategy, pipe, options.seed, freezed=options.freezed
     )
-    if options.freezed:
-      _freeze_discriminator(self.trainer, options.freezed)
     self.tick_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="tick")
     self.position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position")
     items = dict(self.trainer.checkpoint_items(), tick=self.tick_var, data_position=self.position)
@@ -425,7 +413,7 @@ class _Run:
         self.writer = SummaryWriter(self.workdir.logs / "train")
       if options.metrics:
         self.feature_network = _feature_network(options.inception_graph)
-        self.real_images = _real_images(self.records_dir, config.resolution)
+        self.real_images = metrics_lib.records_images(self.records_dir, config.resolution)
 
   def _checkpointed_config(self, run_file: pathlib.Path) -> NetworkConfig:
     if not run_file.is_file():
@@ -615,46 +603,11 @@ class _Run:
       shutil.rmtree(self.save_dir, ignore_errors=True)
 
 
-def _freeze_discriminator(trainer: train_step.GanTrainer, count: int) -> None:
-  """Freeze-D: the first `count` layers of D from the top resolution (FromRGB, Conv0, Conv1,
-  Skip of each block) stop training; D's Adam is rebuilt over the weights that still train."""
-  layers = []
-  for block in trainer.D.blocks:
-    layers += [x for x in (block.fromrgb, block.conv0, block.conv1, block.skip) if x is not None]
-  for layer in layers[:count]:
-    layer.trainable = False
-  settings = trainer.settings
-  with trainer.strategy.scope():
-    trainer.D_opt = train_step.Adam(
-      trainer.D.trainable_variables,
-      *train_step.lazy_adam_hparams(
-        settings.learning_rate, *settings.adam_betas, settings.d_reg_interval
-      ),
-      epsilon=settings.adam_epsilon,
-      name="D_opt",
-    )
-
-
 def _feature_network(path: str) -> inception.FeatureNetwork:
   try:
     return inception.load_feature_network(path or None)
   except inception.FeatureNetworkError as e:
     raise ArgumentError("inception_graph", path, str(e).partition(": ")[2] or str(e)) from None
-
-
-def _real_images(records_dir: str, resolution: int) -> metrics_lib.RealImages:
-  """The records' level at `resolution` in stored order, as the metrics read reals."""
-  level = multires.level_path(records_dir, int(math.log2(resolution)))
-  stat = os.stat(level)
-
-  def batches(batch_size: int):
-    ds = pipeline.multires_dataset(
-      records_dir, batch_size=batch_size, training=False, cache=False, resolution=resolution
-    )
-    for images, _ in ds:
-      yield tf.cast(tf.round((images + 1.0) * 127.5), tf.uint8).numpy()
-
-  return metrics_lib.RealImages(batches, f"{level}|{stat.st_size}|{stat.st_mtime_ns}", resolution)
 
 
 def _forget_metric_lines_after(reports_dir: pathlib.Path, kimg: float) -> None:

@@ -101,6 +101,15 @@ CROP_MARGIN = flags.DEFINE_float(
   lower_bound=0.0,
 )
 
+# Read by --stage=metrics, --stage=generate and --stage=export: the generator to use.
+NETWORK = flags.DEFINE_string(
+  "network",
+  "",
+  "StyleGAN2-ADA networks: a tfpets run folder (its newest snapshot), a snapshot folder "
+  "(config.json + <net>.weights.h5) or an official network pickle, TF1 or PyTorch, read without "
+  "running code embedded in it. G_ema is used if present, else G.",
+)
+
 # Read by --stage=metrics, and by --stage=gan for the metrics of its snapshots (both flags).
 INCEPTION_GRAPH = flags.DEFINE_string(
   "inception_graph",

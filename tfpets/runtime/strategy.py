@@ -63,6 +63,34 @@ def set_op_threads(intra_op: int = 0, inter_op: int = 0) -> None:
         ) from None
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """True unless this is a multi-worker run's worker other than the chief: the one that writes."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return True
+  resolver = strategy.cluster_resolver
+  cluster = resolver.cluster_spec().as_dict() or {}
+  return _is_chief_task(resolver.task_type, resolver.task_id, "chief" in cluster)
+
+
+def is_chief_task(kind: str) -> bool:
+  """`is_chief` of the strategy `kind` will make, read from TF_CONFIG before it exists."""
+  if kind != "multiworker":
+    return True
+  try:
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+  except ValueError:
+    return True  # make_strategy reports it
+  task = config.get("task") or {}
+  return _is_chief_task(
+    task.get("type"), task.get("index", 0), "chief" in config.get("cluster", {})
+  )
+
+
+def _is_chief_task(task_type, task_id, has_chief: bool) -> bool:
+  # TensorFlow's convention: the task named chief, else worker 0.
+  return task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and not has_chief)
+
+
 def make_strategy(
   kind: str = "auto", tpu: str = "", num_cpu_replicas: int = 2
 ) -> tf.distribute.Strategy:

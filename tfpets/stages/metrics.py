@@ -1,6 +1,6 @@
-"""FID/KID of a network snapshot against the StyleGAN records of --records (docs/metrics.md).
+"""FID/KID of a generator against the StyleGAN records of --records (docs/metrics.md).
 
-Reads a snapshot written by `tfpets.gan.networks.save_networks` (G_ema if present, else G), writes
+Reads --network (a run, a snapshot or an official pickle; G_ema if present, else G), writes
 reports/metrics.json and appends one line per metric to reports/metric-<name>.jsonl.
 """
 
@@ -13,18 +13,13 @@ from absl import flags
 
 from tfpets.data.tfrecord import multires
 from tfpets.errors import UsageError
-from tfpets.gan import inception, networks
+from tfpets.gan import inception, networks, snapshot
 from tfpets.gan import metrics as metrics_lib
 from tfpets.runtime import context
+from tfpets.runtime import flags as shared_flags
 
 NEEDS_STRATEGY = False
 
-NETWORK = flags.DEFINE_string(
-  "metrics_network",
-  "",
-  "Network snapshot folder to evaluate (config.json + <net>.weights.h5, as --stage=convert and "
-  "training write them); G_ema is used if present, else G.",
-)
 NAMES = flags.DEFINE_list(
   "metrics_names",
   ["fid50k_full"],
@@ -33,26 +28,30 @@ NAMES = flags.DEFINE_list(
 )
 
 
+shared_flags.define_deprecated_alias("metrics_network", "network", __name__)
+
 # The flag each library argument comes from, so that the launcher words their errors as flags.
 ARGUMENT_FLAGS = {"records": "records"}
 
 
-def _load_generator(directory: str):
-  """(generator, kimg or None) from a snapshot folder."""
+def _load_generator(source: str):
+  """(generator, kimg or None) of a run, snapshot or pickle."""
   try:
-    _, models = networks.load_networks(directory)
+    _, models, what = snapshot.read_start_networks(source)
   except (ValueError, OSError) as e:
-    raise UsageError(f"--metrics_network={directory}: {e}") from e
+    raise UsageError(f"--network={source}: {str(e).partition(': ')[2] or e}") from e
   generator = models.get("G_ema", models.get("G"))
   if generator is None:
-    raise UsageError(f"--metrics_network={directory}: the snapshot holds no G_ema or G")
-  payload = json.loads((pathlib.Path(directory) / networks.CONFIG_FILE).read_text())
-  return generator, payload.get("kimg")
+    raise UsageError(f"--network={source}: {what} holds no G_ema or G")
+  config_file = pathlib.Path(what) / networks.CONFIG_FILE
+  kimg = json.loads(config_file.read_text()).get("kimg") if config_file.is_file() else None
+  return generator, kimg
 
 
 def run(ctx: context.RunContext) -> None:
-  if not NETWORK.value:
-    raise UsageError("--metrics_network is required: a network snapshot folder")
+  network_flag = ctx.flags.network
+  if not network_flag:
+    raise UsageError("--network is required: a run folder, snapshot folder or network pickle")
   if not NAMES.value:
     raise UsageError("--metrics_names is empty: name at least one metric, e.g. fid50k_full")
   try:
@@ -64,13 +63,14 @@ def run(ctx: context.RunContext) -> None:
   except ValueError as e:
     raise UsageError(f"--metrics_names: {e}") from e
   records = multires.find_directory(ctx.flags.records)
-  generator, kimg = _load_generator(NETWORK.value)
-  reals = metrics_lib.records_images(records)
-  if reals.resolution != generator.config.resolution:
+  generator, kimg = _load_generator(network_flag)
+  try:
+    reals = metrics_lib.records_images(records, generator.config.resolution)
+  except ValueError as e:
     raise UsageError(
-      f"--metrics_network={NETWORK.value} makes {generator.config.resolution} px images but "
-      f"--records={ctx.flags.records} holds {reals.resolution} px images"
-    )
+      f"--network={network_flag} makes {generator.config.resolution} px images but "
+      f"--records={ctx.flags.records} has no level of that size: {e}"
+    ) from e
   results = metrics_lib.compute_metrics(
     NAMES.value,
     generator,
@@ -80,7 +80,7 @@ def run(ctx: context.RunContext) -> None:
     batch_size=ctx.flags.batch_size,
     seed=ctx.seed,
   )
-  report = {"network": NETWORK.value, "records": str(records), "kimg": kimg, **results}
+  report = {"network": network_flag, "records": str(records), "kimg": kimg, **results}
   (ctx.workdir.reports / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-  metrics_lib.append_metric_lines(ctx.workdir.reports, results, NETWORK.value, kimg)
+  metrics_lib.append_metric_lines(ctx.workdir.reports, results, network_flag, kimg)
   print(json.dumps(report, indent=2))
