@@ -35,6 +35,7 @@ CODE_VALIDATED = {
   "crop": (["--records=/nonexistent/records", "--crop_use_annotations"], "--records="),
   "gan": (["--records=/nonexistent/records"], "--records=/nonexistent/records"),
   "metrics": (["--network=/tmp", "--metrics_names=bogus"], "--metrics_names"),
+  "generate": (["--network=/tmp", "--gen_seeds=1,x"], "--gen_seeds=1,x"),
 }
 
 

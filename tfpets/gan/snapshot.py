@@ -131,6 +131,16 @@ def read_start_networks(source: str | os.PathLike) -> tuple[NetworkConfig, dict[
   return converted.config, converted.networks, f"{path} ({converted.source_format} pickle)"
 
 
+def read_generator(source: str | os.PathLike) -> tuple[networks.Generator, str]:
+  """(generator, what was read) of a snapshot folder, a run folder or a pickle: its G_ema if it has
+  one, else its G. Raises as `read_start_networks` does, and ValueError without a generator."""
+  _, models, what = read_start_networks(source)
+  generator = models.get("G_ema", models.get("G"))
+  if generator is None:
+    raise ValueError(f"{source}: {what} holds no G_ema or G")
+  return generator, what
+
+
 def copy_weights(source: networks.Generator | Any, target: Any) -> None:
   """Assigns every weight of `source` to the same weight of `target` (the same architecture)."""
   pairs: Sequence[tuple[Any, Any]] = list(zip(source.weights, target.weights))

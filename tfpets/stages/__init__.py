@@ -9,4 +9,5 @@ STAGES = {
   "crop": "tfpets.stages.crop",
   "metrics": "tfpets.stages.metrics",
   "gan": "tfpets.stages.gan",
+  "generate": "tfpets.stages.generate",
 }

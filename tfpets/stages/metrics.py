@@ -37,12 +37,9 @@ ARGUMENT_FLAGS = {"records": "records"}
 def _load_generator(source: str):
   """(generator, kimg or None) of a run, snapshot or pickle."""
   try:
-    _, models, what = snapshot.read_start_networks(source)
+    generator, what = snapshot.read_generator(source)
   except (ValueError, OSError) as e:
     raise UsageError(f"--network={source}: {str(e).partition(': ')[2] or e}") from e
-  generator = models.get("G_ema", models.get("G"))
-  if generator is None:
-    raise UsageError(f"--network={source}: {what} holds no G_ema or G")
   config_file = pathlib.Path(what) / networks.CONFIG_FILE
   kimg = json.loads(config_file.read_text()).get("kimg") if config_file.is_file() else None
   return generator, kimg
