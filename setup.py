@@ -33,6 +33,7 @@ INSTALL_REQUIRES = [
   "keras-cv==0.9.0",
   "tensorflow-datasets==4.9.10",
   "tensorboard==2.21.0",  # tf.summary writes event files only when it is installed
+  "tensorflow-serving-api==2.21.0",  # PredictRequest protos of the TF Serving warmup file
   "importlib_resources>=6",  # tensorflow-datasets imports it even when nothing is downloaded
   "scipy>=1.11",  # .mat devkits (Stanford Cars), DCT for perceptual hashes
   "pillow>=10",  # the image decoder: CMYK, 16-bit, GIF, EXIF orientation

@@ -10,7 +10,8 @@ configuration.
   python benchmarks/bench_landmarks.py [--detector runs/landmarks] [--image_side 128] [--seconds 10]
 
 Without --detector a detector with the default synthetic-run configuration and perturbed random
-weights is built and exported to a temporary folder: the speed does not depend on the weights.
+weights is built: the speed does not depend on the weights. Either is exported to a temporary
+folder, as `--stage=export --export_model=landmarks` exports it.
 """
 
 from __future__ import annotations
@@ -54,11 +55,12 @@ def _rate(fn, items, seconds: float) -> float:
   return done / (time.perf_counter() - start)
 
 
-def _stage_rates(config, models, export_dir: pathlib.Path, seconds: float) -> dict:
+def _stage_rates(config, models, version_dir: pathlib.Path, seconds: float) -> dict:
   """Frames/s of the stage models alone, one frame per call, as an app that does the geometry
   itself would run them (the Python pipeline around TFLite is eager TensorFlow, far slower)."""
   import tensorflow as tf
 
+  from tfpets.export.tflite import TFLITE_DIR
   from tfpets.landmarks import export
   from tfpets.landmarks import model as model_lib
 
@@ -70,9 +72,11 @@ def _stage_rates(config, models, export_dir: pathlib.Path, seconds: float) -> di
       for i in range(8)
     ]
     keras_fn = tf.function(lambda x, m=model: m(x, training=False))
-    loaded = tf.saved_model.load(str(export_dir / "stages" / stage))  # keeps the variables
+    stage_dir = version_dir.parent / "stages" / stage
+    model.export(str(stage_dir), format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(str(stage_dir))  # keeps the variables
     served = loaded.serve
-    lite = export.TFLiteStage(export_dir / "tflite" / f"{stage}.tflite")
+    lite = export.TFLiteStage(version_dir / TFLITE_DIR / f"{stage}.tflite")
     rates[f"{stage}_model_keras_frames_per_s"] = _rate(keras_fn, frames, seconds / 2)
     rates[f"{stage}_model_saved_model_frames_per_s"] = _rate(served, frames, seconds / 2)
     rates[f"{stage}_model_tflite_frames_per_s"] = _rate(lite, frames, seconds / 2)
@@ -88,6 +92,7 @@ def main() -> None:
   parser.add_argument("--seconds", type=float, default=10.0, help="timing per backend")
   args = parser.parse_args()
 
+  from tfpets.export.tflite import TFLITE_DIR
   from tfpets.landmarks import export, predict
   from tfpets.landmarks import model as model_lib
 
@@ -102,18 +107,15 @@ def main() -> None:
   else:
     config = model_lib.DetectorConfig(image_size=args.image_size, roi_size=args.roi_size)
     models = _perturbed_models(config)
-  export_dir = pathlib.Path(args.detector) / "export" if args.detector else pathlib.Path(tmp.name)
-  if not (export_dir / "tflite" / "landmarks.tflite").is_file():
-    export_dir = pathlib.Path(tmp.name)
-    export.export_detector(config, models, export_dir)
+  version_dir = export.export_detector(config, models, tmp.name).path
 
   rng = np.random.default_rng(1)
   images = [
     rng.integers(0, 256, (args.image_side, args.image_side, 3), np.uint8) for _ in range(16)
   ]
   keras_detector = predict.Detector.from_models(config, *models)
-  served = export.saved_model_detector(export_dir)
-  lite = export.tflite_detector(export_dir)
+  served = export.saved_model_detector(version_dir)
+  lite = export.tflite_detector(version_dir)
   batch = np.stack(images)
   results = {
     "keras_images_per_s": _rate(keras_detector.detect, images, args.seconds),
@@ -122,7 +124,7 @@ def main() -> None:
     "saved_model_images_per_s": _rate(served, images, args.seconds),
     "tflite_images_per_s": _rate(lite.detect, images, args.seconds),
   }
-  results.update(_stage_rates(config, models, export_dir, args.seconds))
+  results.update(_stage_rates(config, models, version_dir, args.seconds))
   report = {k: round(v, 1) for k, v in results.items()}
   report.update(
     {
@@ -144,7 +146,7 @@ def main() -> None:
         )
       },
       "tflite_bytes": {
-        s: os.path.getsize(export_dir / "tflite" / f"{s}.tflite")
+        s: os.path.getsize(version_dir / TFLITE_DIR / f"{s}.tflite")
         for s in model_lib.stages_of(config)
       },
       "cpu_count": os.cpu_count(),

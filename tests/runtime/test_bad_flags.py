@@ -36,6 +36,10 @@ CODE_VALIDATED = {
   "gan": (["--records=/nonexistent/records"], "--records=/nonexistent/records"),
   "metrics": (["--network=/tmp", "--metrics_names=bogus"], "--metrics_names"),
   "generate": (["--network=/tmp", "--gen_seeds=1,x"], "--gen_seeds=1,x"),
+  "export": (
+    ["--export_model=generator", "--network=/nonexistent/network.pkl"],
+    "--network=/nonexistent/network.pkl",
+  ),
 }
 
 

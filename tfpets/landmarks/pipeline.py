@@ -2,7 +2,8 @@
 budget, then the held-out evaluation, overlays, exports and a report.
 
 Outputs, under the run's workdir: models/ (detector.json and the stage models), checkpoints/ (one
-folder per stage, from which a killed run resumes), export/ (SavedModels and TFLite models),
+folder per stage, from which a killed run resumes), export/landmarks/<version>/ (the SavedModel
+for TF Serving and the TFLite models, docs/export.md),
 images/test_predicted_vs_true.png and reports/landmarks_metrics.json.
 """
 
@@ -49,7 +50,7 @@ class PipelineOptions:
   verifier_images: int = 4000  # training images the verifier's examples come from
   eval_split: str = "test"  # held-out split of the final report
   crop_margin: float = 0.2  # head-crop margin whose crops the report checks for the whole head
-  export: bool = True  # SavedModels and TFLite models under export/
+  export: bool = True  # a new version of export/landmarks/: SavedModel and TFLite models
 
   def __post_init__(self):
     checks = (
@@ -245,7 +246,10 @@ def train_detector(
   }
   _write_overlays(workdir.images / "test_predicted_vs_true.png", samples[:16], writer)
   if options.export:
-    report["export"] = export.export_detector(config, models, workdir.root / "export")
+    exported = export.export_detector(
+      config, models, workdir.root / "export", source=str(paths.models)
+    )
+    report["export"] = exported.to_json()
   report["seconds_total"] = round(time.time() - start, 1)
   path = workdir.reports / REPORT_FILE
   path.write_text(json.dumps(report, indent=2) + "\n")

@@ -85,7 +85,7 @@ TFDS_MANUAL_DIR = flags.DEFINE_string(
 TFDS_DATA_DIR = flags.DEFINE_string(
   "tfds_data_dir", "", "tensorflow-datasets data_dir (default: ~/tensorflow_datasets)."
 )
-# Read by --stage=predict_landmarks and --stage=crop.
+# Read by --stage=predict_landmarks, --stage=crop and --stage=export.
 DETECTOR = flags.DEFINE_string(
   "detector",
   "runs/landmarks",

@@ -10,4 +10,5 @@ STAGES = {
   "metrics": "tfpets.stages.metrics",
   "gan": "tfpets.stages.gan",
   "generate": "tfpets.stages.generate",
+  "export": "tfpets.stages.export",
 }

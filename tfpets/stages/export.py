@@ -1,0 +1,75 @@
+"""Export a model for TF Serving (and TFLite): the generator of --network or the detector of
+--detector, as a new version of <export_dir>/<name>/ (docs/export.md).
+
+Writes the version folder (SavedModel, assets/metadata.json, the warmup requests, and TFLite models
+for the detector) and reports/export.json.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import flags, logging
+
+from tfpets.errors import UsageError
+from tfpets.runtime import context
+from tfpets.runtime import flags as shared_flags
+
+NEEDS_STRATEGY = False
+EXPORT_MODELS = ("generator", "landmarks")
+
+MODEL = flags.DEFINE_enum(
+  "export_model",
+  None,
+  EXPORT_MODELS,
+  "Model to export: generator (the StyleGAN2-ADA generator of --network) or landmarks (the "
+  "landmark detector of --detector).",
+)
+EXPORT_DIR = flags.DEFINE_string(
+  "export_dir",
+  "",
+  "TF Serving's model base folder: the export is <export_dir>/<export_name>/<version>/. "
+  "Default: <workdir>/models.",
+)
+NAME = flags.DEFINE_string(
+  "export_name", "", "Model name, the folder under --export_dir. Default: --export_model."
+)
+VERSION = flags.DEFINE_integer(
+  "export_version",
+  0,
+  "Version to write (a positive integer). 0: one more than the highest existing version. An "
+  "existing version is never overwritten.",
+  lower_bound=0,
+)
+# The flag each library argument comes from, so that the launcher words their errors as flags.
+ARGUMENT_FLAGS = {
+  "name": "export_name",
+  "version": "export_version",
+  "source": "network",
+  "directory": "detector",
+}
+
+
+def run(ctx: context.RunContext) -> None:
+  kind = MODEL.value
+  if not kind:
+    raise UsageError(f"--export_model is required: one of {', '.join(EXPORT_MODELS)}")
+  export_dir = EXPORT_DIR.value or str(ctx.workdir.root / "models")
+  name = NAME.value or kind
+  version = VERSION.value or None
+  if kind == "generator":
+    source = ctx.flags.network
+    if not source:
+      raise UsageError("--network is required: a run folder, snapshot folder or network pickle")
+    from tfpets.export import generator
+
+    result = generator.export_generator(source, export_dir, name, version)
+  else:
+    from tfpets.landmarks import export
+
+    source = shared_flags.DETECTOR.value
+    result = export.export_trained_detector(source, export_dir, name, version)
+  report = {"export_model": kind, "source": source, **result.to_json()}
+  (ctx.workdir.reports / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+  logging.info("exported %s version %d -> %s", name, result.version, result.path)
+  print(json.dumps(report, indent=2))
