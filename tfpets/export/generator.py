@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from tfpets.errors import ArgumentError
 from tfpets.export import serving, warmup
-from tfpets.gan import networks, rng, snapshot
+from tfpets.gan import metrics, networks, rng, snapshot
 
 LATENTS_SIGNATURE = "from_latents"
 FLOAT_SIGNATURE = "from_latents_float"
@@ -69,12 +69,6 @@ def seed_latents(seeds: tf.Tensor, z_dim: int) -> tf.Tensor:
   seeds = tf.cast(seeds, tf.int64)
   draw = lambda seed: rng.normal(tf.stack([seed, tf.constant(0, tf.int64)]), [z_dim])
   return tf.map_fn(draw, seeds, fn_output_signature=tf.TensorSpec([z_dim], tf.float32))
-
-
-def to_uint8(images: tf.Tensor) -> tf.Tensor:
-  """[-1, 1] -> uint8 as the official generate.py: clip(x * 127.5 + 128, 0, 255), truncated
-  (`tfpets.gan.generate.to_uint8`)."""
-  return tf.cast(tf.clip_by_value(images * 127.5 + 128.0, 0.0, 255.0), tf.uint8)
 
 
 class GeneratorSignatures:
@@ -148,7 +142,7 @@ class GeneratorSignatures:
   @staticmethod
   def encoded(synthesized: tuple) -> dict:
     images, z = synthesized
-    pixels = to_uint8(images)
+    pixels = metrics.to_uint8(images)
     png = tf.map_fn(tf.io.encode_png, pixels, fn_output_signature=tf.TensorSpec([], tf.string))
     return {"images": pixels, "png_bytes": png, "z": z}
 

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from tfpets.data.tfrecord import shards
 from tfpets.errors import ArgumentError
-from tfpets.gan import layers, networks, snapshot
+from tfpets.gan import layers, metrics, networks, snapshot
 
 CONVENTIONS = ("pytorch", "tf1")
 DEFAULT_TRUNCATION = {"pytorch": 1.0, "tf1": 0.5}
@@ -259,10 +259,9 @@ def noise_buffers(generator: networks.Generator, values: Sequence[np.ndarray]) -
 
 
 def to_uint8(images: tf.Tensor | np.ndarray) -> np.ndarray:
-  """Images in [-1, 1] -> uint8 as the official generate.py: clip(x * 127.5 + 128, 0, 255),
-  truncated (not rounded, unlike the training snapshots' grids)."""
-  images = np.asarray(tf.cast(images, tf.float32))
-  return np.clip(images * np.float32(127.5) + np.float32(128), 0, 255).astype(np.uint8)
+  """Images in [-1, 1] -> uint8 as the official generate.py (`metrics.to_uint8`); truncated, not
+  rounded as the training snapshots' grids are."""
+  return metrics.to_uint8(images).numpy()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -146,8 +146,10 @@ def kernel_distance(
 
 
 def to_uint8(images: tf.Tensor) -> tf.Tensor:
-  """Generator output in [-1, 1] -> uint8, rounding and saturating as the official metrics do."""
-  return tf.saturate_cast(tf.cast(images, tf.float32) * 127.5 + 127.5 + 0.5, tf.uint8)
+  """Generator output in [-1, 1] -> uint8 as the official metric_utils.py and generate.py
+  (NVlabs/stylegan2-ada-pytorch) convert it: clip(x * 127.5 + 128, 0, 255), truncated."""
+  scaled = tf.cast(images, tf.float32) * 127.5 + 128.0
+  return tf.cast(tf.clip_by_value(scaled, 0.0, 255.0), tf.uint8)
 
 
 def generator_sampler(generator: Generator, seed: int = 0) -> Callable[[int], np.ndarray]:
