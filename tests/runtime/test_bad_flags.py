@@ -40,6 +40,7 @@ CODE_VALIDATED = {
     ["--export_model=generator", "--network=/nonexistent/network.pkl"],
     "--network=/nonexistent/network.pkl",
   ),
+  "augment": (["--aug_label_from=per_class", "--aug_class_networks=x"], "--aug_class_networks=x"),
 }
 
 

@@ -162,8 +162,13 @@ def convert(
   records_dir: str | os.PathLike,
   reports_dir: str | os.PathLike,
   options: ConvertOptions = ConvertOptions(),
+  manifest_extra: Optional[dict] = None,
 ) -> ConvertResult:
-  """Converts a loaded source; writes records_dir/{shards,stylegan}/ and reports_dir/."""
+  """Converts a loaded source; writes records_dir/{shards,stylegan}/ and reports_dir/.
+
+  Synthetic records (`ImageRecord.synthetic`) always go to the train split, outside any subset and
+  never into the StyleGAN records; `manifest_extra` adds entries to the manifest.
+  """
   from tfpets.data.tfrecord import multires, shards  # TensorFlow only in the parent process
 
   start = time.time()
@@ -176,7 +181,9 @@ def convert(
       f"the source has no usable images ({report.summary()}); see {reports_dir / 'rejects.csv'}"
     )
 
-  split_map = assign_splits(list(source.records), options.splits, options.seed)
+  real = [r for r in source.records if not r.synthetic]
+  synthetic = [r for r in source.records if r.synthetic]
+  split_map = assign_splits(real, options.splits, options.seed)
   if "train" in split_map and options.subset not in ("1", "1.0"):
     kept = subsets.stratified_subset(
       split_map["train"], subsets.parse_subset(options.subset), options.seed
@@ -191,6 +198,9 @@ def convert(
   gan_paths = (
     {r.path for r in split_map.get(options.gan_split, [])} if options.gan_resolution else set()
   )
+  if synthetic:
+    # Held-out splits measure real images only.
+    split_map["train"] = split_map.get("train", []) + synthetic
 
   ordered = [r for split in sorted(split_map) for r in split_map[split]]
   results = prepare_all(ordered, options, gan_paths)
@@ -226,7 +236,7 @@ def convert(
     )
 
   shards_dir = records_dir / "shards"
-  split_counts, files, per_class = {}, {}, {}
+  split_counts, files, per_class, synthetic_per_class = {}, {}, {}, {}
   gan_dir, gan_writer, gan_labels = None, None, []
   if options.gan_resolution and gan_paths:
     gan_dir = records_dir / "stylegan"
@@ -246,6 +256,9 @@ def convert(
     split_counts[split] = writer.count
     files[split] = writer.paths
     per_class[split] = shards.label_histogram([r.label for r in kept], source.class_names)
+    synthetic_per_class[split] = shards.label_histogram(
+      [r.label for r in kept if r.synthetic], source.class_names
+    )
     _write_member_list(reports_dir / f"split_{split}.txt", [kept[i] for i in order])
   if gan_writer is not None:
     gan_writer.close(multires.one_hot(gan_labels, len(source.class_names)))
@@ -264,6 +277,8 @@ def convert(
       "split_spec": options.splits,
       "gan_records": str(gan_dir) if gan_dir else None,
       "gan_resolution": options.gan_resolution if gan_dir else 0,
+      **(_synthetic_counts(synthetic_per_class) if synthetic else {}),
+      **(manifest_extra or {}),
     },
   )
   seconds = time.time() - start
@@ -291,6 +306,16 @@ def convert(
   return ConvertResult(
     str(shards_dir), str(gan_dir) if gan_dir else None, split_counts, report, csv_path, seconds
   )
+
+
+def _synthetic_counts(per_class: Dict[str, Dict[str, int]]) -> dict:
+  """The manifest's `synthetic` entry: generated images per split and class."""
+  return {
+    "synthetic": {
+      split: {"num_examples": int(sum(counts.values())), "per_class": counts}
+      for split, counts in per_class.items()
+    }
+  }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,7 @@ class ImageRecord:
     source: the source kind that produced the record ('folder', 'oxford_pets', ...).
     split: optional split name given by the source ('train', 'test', ...).
     image_bytes: encoded bytes when the image does not live in a file (tfds).
+    synthetic: True for a generated image (docs/augment.md); such images only ever train.
   """
 
   path: str
@@ -55,6 +56,7 @@ class ImageRecord:
   source: str = ""
   split: str = ""
   image_bytes: Optional[bytes] = None
+  synthetic: bool = False
 
   def __post_init__(self):
     if self.box is not None:

@@ -11,4 +11,5 @@ STAGES = {
   "gan": "tfpets.stages.gan",
   "generate": "tfpets.stages.generate",
   "export": "tfpets.stages.export",
+  "augment": "tfpets.stages.augment",
 }

@@ -32,6 +32,8 @@ FEATURES = {
   "image/has_box": tf.io.FixedLenFeature([], tf.int64, default_value=0),
   "image/landmarks": tf.io.VarLenFeature(tf.float32),
   "image/num_landmarks": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+  # 1 for a generated image (docs/augment.md); shards written before it parse as 0.
+  "image/synthetic": tf.io.FixedLenFeature([], tf.int64, default_value=0),
 }
 
 
@@ -59,6 +61,7 @@ def serialize(prepared) -> bytes:
     "image/species": _bytes([r.species.encode()]),
     "image/id": _bytes([r.image_id.encode()]),
     "image/source_path": _bytes([r.path.encode()]),
+    "image/synthetic": _ints([int(r.synthetic)]),
   }
   if r.box is not None:
     feature["image/box"] = _floats(r.box)
@@ -89,6 +92,7 @@ def parse(serialized: tf.Tensor, decode_image: bool = True) -> Dict[str, tf.Tens
     "has_box": tf.cast(ex["image/has_box"], tf.bool),
     "landmarks": tf.ensure_shape(points, [MAX_LANDMARKS, 2]),
     "num_landmarks": tf.cast(ex["image/num_landmarks"], tf.int32),
+    "synthetic": tf.cast(ex["image/synthetic"], tf.bool),
   }
   if decode_image:
     image = tf.io.decode_jpeg(ex["image/encoded"], channels=3)
