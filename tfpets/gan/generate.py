@@ -108,6 +108,23 @@ def parse_psis(values: Sequence[str] | str, argument: str = "psis") -> list[floa
   return psis
 
 
+def parse_mode_arguments(
+  mode: str, seeds: str, psis, row_seeds: str, col_seeds: str, styles: str
+) -> dict:
+  """The seeds (and psis, or rows, columns and styles) a mode of `RENDERERS` reads, parsed before
+  any network is read; styles stay text, parsed against the network's ws count."""
+  if mode == "style_mixing":
+    return {
+      "row_seeds": parse_seeds(row_seeds, "row_seeds"),
+      "col_seeds": parse_seeds(col_seeds, "col_seeds"),
+      "styles": styles,
+    }
+  parsed = {"seeds": parse_seeds(seeds, "seeds")}
+  if mode == "truncation_sweep":
+    parsed["psis"] = parse_psis(psis, "psis")
+  return parsed
+
+
 def check_convention(convention: str) -> str:
   if convention not in CONVENTIONS:
     raise ArgumentError("convention", convention, f"must be one of {', '.join(CONVENTIONS)}")

@@ -62,16 +62,8 @@ PSIS = flags.DEFINE_list(
   ["1", "0.7", "0.5", "0", "-0.5", "-1"],
   "Truncation psi of each column of --gen_mode=truncation_sweep (the StyleGAN paper's Figure 8).",
 )
-ROW_SEEDS = flags.DEFINE_string(
-  "gen_row_seeds",
-  "0-4",
-  "Seeds of the rows of --gen_mode=style_mixing (official --rows), e.g. 85,100,75,458,1500.",
-)
-COL_SEEDS = flags.DEFINE_string(
-  "gen_col_seeds",
-  "5-8",
-  "Seeds of the columns of --gen_mode=style_mixing (official --cols), e.g. 55,821,1789,293.",
-)
+ROW_SEEDS = flags.DEFINE_string("gen_row_seeds", "0-4", "Style-mixing rows (official --rows).")
+COL_SEEDS = flags.DEFINE_string("gen_col_seeds", "5-8", "Style-mixing columns (official --cols).")
 STYLES = flags.DEFINE_string(
   "gen_styles",
   "0-6",
@@ -111,22 +103,10 @@ def _class(ctx: context.RunContext, c_dim: int) -> tuple[int | None, str | None]
   return index, None if names is None or index is None else names[index]
 
 
-def _seed_flags() -> dict:
-  """The seeds (and psis) of --gen_mode, parsed before any network is read."""
-  if MODE.value == "style_mixing":
-    return {
-      "row_seeds": generate.parse_seeds(ROW_SEEDS.value, "row_seeds"),
-      "col_seeds": generate.parse_seeds(COL_SEEDS.value, "col_seeds"),
-      "styles": STYLES.value,  # parsed against the network's ws count
-    }
-  parsed = {"seeds": generate.parse_seeds(SEEDS.value, "seeds")}
-  if MODE.value == "truncation_sweep":
-    parsed["psis"] = generate.parse_psis(PSIS.value, "psis")
-  return parsed
-
-
 def run(ctx: context.RunContext) -> None:
-  parsed = _seed_flags()
+  parsed = generate.parse_mode_arguments(
+    MODE.value, SEEDS.value, PSIS.value, ROW_SEEDS.value, COL_SEEDS.value, STYLES.value
+  )
   network_flag = ctx.flags.network
   if not network_flag:
     raise UsageError("--network is required: a run folder, snapshot folder or network pickle")
