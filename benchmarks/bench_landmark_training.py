@@ -47,6 +47,7 @@ def _worker(records: str, steps: int, intra: int, inter: int, concurrent: bool) 
   strategy.set_op_threads(intra, inter)
   import keras
 
+  from tfpets.data.tfrecord import shards as shards_lib
   from tfpets.landmarks import augment, data, train
   from tfpets.landmarks import model as model_lib
 
@@ -56,7 +57,7 @@ def _worker(records: str, steps: int, intra: int, inter: int, concurrent: bool) 
   options = augment.AugmentOptions(
     flip_horizontal=True, roi_margin=0.45, roi_first_margin=0.8, roi_jitter=0.2
   )
-  shards = data.find_shards(records)
+  shards = shards_lib.find_shards(records)
   step_ms = {}
 
   class StepTimes(keras.callbacks.Callback):

@@ -16,9 +16,9 @@ from tfpets.data.records import ImageRecord
 from tfpets.data.tfrecord import shards
 
 
-def write_split(directory, n=12, height=40, width=80):
+def write_split(directory, n=12, height=40, width=80, records_per_shard=5):
   """n images of one colour per class (3 classes), a box and landmarks each."""
-  writer = shards.ShardWriter(directory, "train", n, records_per_shard=5)
+  writer = shards.ShardWriter(directory, "train", n, records_per_shard=records_per_shard)
   labels = []
   for i in range(n):
     label = i % 3
@@ -59,6 +59,21 @@ def test_eval_mode_sees_every_record_once(tmp_path):
   ds = pipeline.shard_dataset(str(tmp_path), "train", batch_size=4, image_size=8, training=False)
   seen = np.concatenate([b["label"].numpy() for b in ds])
   assert sorted(seen.tolist()) == sorted(labels)
+
+
+@pytest.mark.parametrize("records_per_shard", [20, 5])
+def test_input_pipelines_split_the_records_between_them(tmp_path, records_per_shard):
+  """By file when every pipeline gets one, else by record: disjoint, and together all of them."""
+  write_split(tmp_path, n=12, records_per_shard=records_per_shard)
+  ids = []
+  for pipeline_id in range(2):
+    context = tf.distribute.InputContext(2, pipeline_id, 1)
+    ds = pipeline.shard_dataset(
+      str(tmp_path), "train", batch_size=2, image_size=8, training=False, input_context=context
+    )
+    ids.append([i.decode() for b in ds for i in b["id"].numpy()])
+  assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1])
+  assert sorted(ids[0] + ids[1]) == sorted(f"img_{i}" for i in range(12))
 
 
 @pytest.mark.parametrize("cache", [False, True])

@@ -41,6 +41,9 @@ CODE_VALIDATED = {
     "--network=/nonexistent/network.pkl",
   ),
   "augment": (["--aug_label_from=per_class", "--aug_class_networks=x"], "--aug_class_networks=x"),
+  "classify": (["--records=/nonexistent/records"], "--records=/nonexistent/records"),
+  "evaluate": (["--classifier=/nonexistent/run"], "--classifier=/nonexistent/run"),
+  "predict": (["--cls_images=/nonexistent/images"], "--cls_images=/nonexistent/images"),
 }
 
 

@@ -60,15 +60,20 @@ def shard_dataset(
   files = shards.split_files(records_dir, split)
   if input_context is not None:
     batch_size = input_context.get_per_replica_batch_size(batch_size)
+  pipelines = input_context.num_input_pipelines if input_context is not None else 1
   ds = tf.data.Dataset.from_tensor_slices(files)
-  if input_context is not None and input_context.num_input_pipelines > 1:
-    ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  # Each input pipeline reads its own files, or its own records when there are fewer files.
+  by_file = pipelines > 1 and len(files) >= pipelines
+  if by_file:
+    ds = ds.shard(pipelines, input_context.input_pipeline_id)
   ds = ds.interleave(
     tf.data.TFRecordDataset,
     cycle_length=min(len(files), 4),
     num_parallel_calls=AUTOTUNE,
-    deterministic=deterministic,
+    deterministic=deterministic or (pipelines > 1 and not by_file),  # same order, disjoint shards
   )
+  if pipelines > 1 and not by_file:
+    ds = ds.shard(pipelines, input_context.input_pipeline_id)
   decode_and_resize = lambda s: resize_example(shards.parse(s), image_size)
   if cache:
     # Decoded, resized images are the expensive part; cache them, shuffle after.

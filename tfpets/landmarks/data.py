@@ -21,21 +21,6 @@ AUTOTUNE = tf.data.AUTOTUNE
 STAGES = ("bbox", "landmarks")
 
 
-def find_shards(records: str | pathlib.Path) -> pathlib.Path:
-  """The shards folder of a converted dataset: accepts the data stage's workdir, its records/
-  folder or the shards/ folder itself."""
-  root = pathlib.Path(records)
-  for candidate in (root / "records" / "shards", root / "shards", root):
-    if (candidate / shards.MANIFEST).is_file():
-      return candidate
-  raise ArgumentError(
-    "records",
-    str(records),
-    f"no converted dataset there (expected records/shards/{shards.MANIFEST} in it; the data "
-    "stage writes one)",
-  )
-
-
 def split_size(shards_dir: pathlib.Path, split: str) -> int:
   manifest = shards.read_manifest(shards_dir)
   if split not in manifest["splits"]:

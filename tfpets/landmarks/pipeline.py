@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from tfpets.data import decode
+from tfpets.data.tfrecord import shards
 from tfpets.errors import ArgumentError
 from tfpets.landmarks import augment, data, draw, evaluate, export, predict, train, verifier
 from tfpets.landmarks import model as model_lib
@@ -92,7 +93,7 @@ def check_inputs(
   """The shards folder of `records`, once the arguments fit it, each other and a strategy of
   `replicas` replicas (an ArgumentError names the first that does not). Nothing trains before it
   returns."""
-  shards_dir = data.find_shards(records)
+  shards_dir = shards.find_shards(records)
   try:
     data.split_size(shards_dir, options.eval_split)
   except ArgumentError as e:

@@ -20,9 +20,15 @@ class CheckpointHelper:
       self.checkpoint, str(directory), max_to_keep=max_to_keep
     )
 
-  def restore_or_initialize(self) -> int:
-    """Restores the newest checkpoint if there is one; returns the step to continue from."""
-    latest = self.manager.latest_checkpoint
+  def restore_or_initialize(self, directory: str | os.PathLike | None = None) -> int:
+    """Restores the newest checkpoint if there is one; returns the step to continue from.
+
+    `directory`: read from there instead of this helper's own folder (a multi-worker run's other
+    workers save into folders of their own but resume from the chief's)."""
+    if directory is None:
+      latest = self.manager.latest_checkpoint
+    else:
+      latest = tf.train.latest_checkpoint(str(directory))
     if latest:
       self.checkpoint.restore(latest).expect_partial()
       logging.info("resumed from %s (step %d)", latest, int(self.step.numpy()))

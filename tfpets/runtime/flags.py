@@ -64,7 +64,10 @@ BATCH_SIZE = flags.DEFINE_integer(
   "batch_size", 32, "Global batch size (all replicas).", lower_bound=1
 )
 IMAGE_SIZE = flags.DEFINE_integer(
-  "image_size", 128, "Square image size models see, in pixels.", lower_bound=4
+  "image_size",
+  128,
+  "Square image size models see, in pixels (classifiers: their standard size unless given).",
+  lower_bound=4,
 )
 SUBSET = flags.DEFINE_string(
   "subset",
@@ -124,6 +127,35 @@ METRICS_CACHE = flags.DEFINE_string(
   "",
   "Folder of cached real-image features. Default: $XDG_CACHE_HOME/tfpets/metrics "
   "(~/.cache/tfpets/metrics).",
+)
+
+
+# Read by --stage=classify: the classifier to train and where its weights come from.
+MODEL = flags.DEFINE_enum(
+  "model",
+  "efficientnet",
+  ["wsdan", "vit", "efficientnet", "xception"],
+  "Classifier: wsdan (WS-DAN, --cls_wsdan_variant), vit (keras-hub ViT, --preset), efficientnet "
+  "(B0-B7, --cls_efficientnet) or xception (GrabAI's baseline).",
+)
+PRESET = flags.DEFINE_string(
+  "preset",
+  "",
+  "--model=vit: a local keras-hub preset folder (config.json, model.weights.h5, ...; never "
+  "downloaded). Empty: random initialisation (--cls_vit_size).",
+)
+BACKBONE_WEIGHTS = flags.DEFINE_string(
+  "backbone_weights",
+  "",
+  "Classifier backbone weights: a local keras.applications weights file, 'imagenet' for the file "
+  "Keras keeps in $KERAS_HOME/models (never downloaded), or empty for random initialisation.",
+)
+# Read by --stage=evaluate, --stage=predict and --stage=export: a trained classifier.
+CLASSIFIER = flags.DEFINE_string(
+  "classifier",
+  "runs/classify",
+  "A trained classifier: the workdir of --stage=classify or its models/ folder "
+  "(classifier.json, classifier.weights.h5).",
 )
 
 

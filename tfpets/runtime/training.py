@@ -274,3 +274,31 @@ def recompute_batch_norm(model, dataset: tf.data.Dataset, batches: int) -> None:
   for layer, (mean, variance) in zip(layers, sums or []):
     layer.moving_mean.assign(mean / count)
     layer.moving_variance.assign(variance / count)
+
+
+def prepare_multiworker_fit(model, strategy: tf.distribute.Strategy, batch) -> None:
+  """Lets Keras 3 `fit` and `evaluate` run `model` under MultiWorkerMirroredStrategy.
+
+  Keras 3 (3.15) fails there twice (keras-team/keras#20585): it builds the model by averaging a
+  distributed data batch over the workers, which MultiWorkerMirroredStrategy cannot reduce
+  eagerly, and its step functions average the replicas' logs along an axis scalars lack. Here the
+  model is built once from `batch` (one local, undistributed batch) and each step returns the
+  first replica's logs, which the strategy's synchronised metrics make the same on every replica.
+  A no-op under any other strategy.
+  """
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return
+  with strategy.scope():
+    model._symbolic_build(data_batch=batch)  # pylint: disable=protected-access
+  model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+  model.train_function = _first_replica_steps(model.train_step, strategy)
+  model.test_function = _first_replica_steps(model.test_step, strategy)
+
+
+def _first_replica_steps(step: Callable, strategy: tf.distribute.Strategy) -> Callable:
+  @tf.function(reduce_retracing=True)
+  def one_step(iterator):
+    outputs = strategy.run(step, args=(next(iterator),))
+    return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], outputs)
+
+  return one_step

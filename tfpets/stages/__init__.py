@@ -12,4 +12,7 @@ STAGES = {
   "generate": "tfpets.stages.generate",
   "export": "tfpets.stages.export",
   "augment": "tfpets.stages.augment",
+  "classify": "tfpets.stages.classify",
+  "evaluate": "tfpets.stages.evaluate",
+  "predict": "tfpets.stages.predict",
 }

@@ -11,8 +11,8 @@ import json
 from absl import flags, logging
 
 from tfpets.data import augment_gan
+from tfpets.data.tfrecord.shards import find_shards
 from tfpets.gan import generate
-from tfpets.landmarks.data import find_shards
 from tfpets.runtime import context
 
 NEEDS_STRATEGY = False

@@ -6,8 +6,8 @@ import json
 
 from absl import flags, logging
 
+from tfpets.data.tfrecord import shards
 from tfpets.landmarks import crop as crop_lib
-from tfpets.landmarks import data
 from tfpets.runtime import context
 from tfpets.runtime import flags as shared_flags
 
@@ -44,7 +44,7 @@ ARGUMENT_FLAGS = {"records": "records", "directory": "detector", "no_head": "cro
 
 
 def run(ctx: context.RunContext) -> None:
-  shards_dir = data.find_shards(ctx.flags.records)
+  shards_dir = shards.find_shards(ctx.flags.records)
   detector = None
   if not USE_ANNOTATIONS.value:
     from tfpets.landmarks import predict

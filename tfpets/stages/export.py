@@ -1,8 +1,9 @@
-"""Export a model for TF Serving (and TFLite): the generator of --network or the detector of
---detector, as a new version of <export_dir>/<name>/ (docs/export.md).
+"""Export a model for TF Serving (and TFLite): the generator of --network, the detector of
+--detector or the classifier of --classifier, as a new version of <export_dir>/<name>/
+(docs/export.md).
 
 Writes the version folder (SavedModel, assets/metadata.json, the warmup requests, and TFLite models
-for the detector) and reports/export.json.
+for the detector and the phone-sized classifiers) and reports/export.json.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from tfpets.runtime import context
 from tfpets.runtime import flags as shared_flags
 
 NEEDS_STRATEGY = False
-EXPORT_MODELS = ("generator", "landmarks")
+EXPORT_MODELS = ("generator", "landmarks", "classifier")
 
 MODEL = flags.DEFINE_enum(
   "export_model",
   None,
   EXPORT_MODELS,
-  "Model to export: generator (the StyleGAN2-ADA generator of --network) or landmarks (the "
-  "landmark detector of --detector).",
+  "Model to export: generator (the StyleGAN2-ADA generator of --network), landmarks (the "
+  "landmark detector of --detector) or classifier (the classifier of --classifier).",
 )
 EXPORT_DIR = flags.DEFINE_string(
   "export_dir",
@@ -47,6 +48,7 @@ ARGUMENT_FLAGS = {
   "version": "export_version",
   "source": "network",
   "directory": "detector",
+  "classifier": "classifier",
 }
 
 
@@ -64,11 +66,16 @@ def run(ctx: context.RunContext) -> None:
     from tfpets.export import generator
 
     result = generator.export_generator(source, export_dir, name, version)
-  else:
+  elif kind == "landmarks":
     from tfpets.landmarks import export
 
     source = shared_flags.DETECTOR.value
     result = export.export_trained_detector(source, export_dir, name, version)
+  else:
+    from tfpets.classify import export
+
+    source = shared_flags.CLASSIFIER.value
+    result = export.export_classifier(source, export_dir, name, version)
   report = {"export_model": kind, "source": source, **result.to_json()}
   (ctx.workdir.reports / "export.json").write_text(json.dumps(report, indent=2) + "\n")
   logging.info("exported %s version %d -> %s", name, result.version, result.path)

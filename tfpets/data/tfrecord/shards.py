@@ -15,6 +15,8 @@ from typing import Dict, Iterable, List, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfpets.errors import ArgumentError
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 MAX_LANDMARKS = 9
@@ -173,6 +175,21 @@ def read_manifest(directory: str | os.PathLike) -> dict:
       f"{SCHEMA_VERSION}; re-run --stage=data"
     )
   return manifest
+
+
+def find_shards(records: str | pathlib.Path) -> pathlib.Path:
+  """The shards folder of a converted dataset: accepts the data stage's workdir, its records/
+  folder or the shards/ folder itself."""
+  root = pathlib.Path(records)
+  for candidate in (root / "records" / "shards", root / "shards", root):
+    if (candidate / MANIFEST).is_file():
+      return candidate
+  raise ArgumentError(
+    "records",
+    str(records),
+    f"no converted dataset there (expected records/shards/{MANIFEST} in it; the data "
+    "stage writes one)",
+  )
 
 
 def split_files(directory: str | os.PathLike, split: str) -> List[str]:
