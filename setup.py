@@ -54,6 +54,8 @@ setup(
   ext_modules=[OPS_PLACEHOLDER],
   cmdclass={"build_ext": load_ops_build().BuildTFOps},
   install_requires=INSTALL_REQUIRES,
-  extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"]},
+  extras_require={
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "ruff==0.17.6"]
+  },
   entry_points={"console_scripts": ["tfpets=tfpets.launch:main"]},
 )

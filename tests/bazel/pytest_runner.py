@@ -46,7 +46,8 @@ def load_bazel_library() -> str | None:
 
 
 def pytest_args(test_file: str, extra: list[str]) -> list[str]:
-  args = [test_file, "-q", "-p", "no:cacheprovider", *extra]
+  # One process: Bazel runs its targets side by side already (pytest.ini asks for two).
+  args = [test_file, "-q", "-p", "no:cacheprovider", "-n", "0", *extra]
   if "XML_OUTPUT_FILE" in os.environ:  # Set by `bazel test`: per-test results.
     args.append(f"--junitxml={os.environ['XML_OUTPUT_FILE']}")
   if "TEST_TMPDIR" in os.environ:

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.keras_callbacks import KillAtEpoch, Killed, Record
 from tfpets.landmarks import augment, data, train, verifier
 from tfpets.landmarks import model as model_lib
 from tfpets.runtime import training
@@ -39,37 +40,6 @@ def test_frames_hold_targets_inside_the_frame(tiny_shards, stage):
   assert np.all(box[:, 2:] > box[:, :2])
 
 
-class _Killed(Exception):
-  pass
-
-
-class _KillAtEpoch(keras.callbacks.Callback):
-  """Stands for a kill: the run dies as `epoch` begins, after the previous epoch was saved."""
-
-  def __init__(self, epoch: int):
-    super().__init__()
-    self.epoch = epoch
-    self.weights_before_kill = None
-
-  def on_epoch_begin(self, epoch, logs=None):
-    if epoch == self.epoch:
-      self.weights_before_kill = [w.copy() for w in self.model.get_weights()]
-      raise _Killed()
-
-
-class _Record(keras.callbacks.Callback):
-  def __init__(self):
-    super().__init__()
-    self.epochs, self.start_weights, self.start_iterations = [], None, None
-
-  def on_train_begin(self, logs=None):
-    self.start_weights = [w.copy() for w in self.model.get_weights()]
-    self.start_iterations = int(self.model.optimizer.iterations.numpy())
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self.epochs.append(epoch)
-
-
 def test_training_datasets_have_no_autotune_thread(tiny_shards):
   """Destroying an iterator waits for tf.data's autotuning thread to wake (up to a minute), which
   delayed the end of Keras `fit`; the stages' and the verifier's datasets run without it."""
@@ -95,13 +65,13 @@ def test_killed_stage_resumes_from_its_last_epoch(tiny_shards, tmp_path):
   run = lambda callbacks: train.train_stage(
     "landmarks", CONFIG, tiny_shards, paths, augment.EVAL, options, extra_callbacks=callbacks
   )
-  kill = _KillAtEpoch(2)
-  with pytest.raises(_Killed):
+  kill = KillAtEpoch(2)
+  with pytest.raises(Killed):
     run([kill])
   state = json.loads((paths.checkpoints / "landmarks" / training.STATE_FILE).read_text())
   assert state["epoch"] == 2 and not state.get("done")
 
-  record = _Record()
+  record = Record()
   _, summary = run([record])
   assert record.epochs == [2]  # only the epoch the kill prevented
   assert record.start_iterations == 2  # the optimizer state came back too
@@ -110,7 +80,7 @@ def test_killed_stage_resumes_from_its_last_epoch(tiny_shards, tmp_path):
   assert summary["epochs_run"] == 3
   assert (paths.models / "landmarks.keras").is_file()
 
-  again = _Record()
+  again = Record()
   model, _ = run([again])  # done: the saved model is loaded, nothing trains
   assert again.epochs == [] and model.name == "landmarks_detector"
 

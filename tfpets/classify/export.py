@@ -24,12 +24,10 @@ import os
 from typing import Optional, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfpets.classify import data, train
-from tfpets.data import decode
-from tfpets.export import serving, tflite, warmup
+from tfpets.export import serving, tflite
 
 TOP_K = 5
 # Models small enough for a phone get a TFLite model too.
@@ -82,20 +80,6 @@ class ClassifierSignature:
     return out
 
 
-def warmup_requests(image_size: int) -> list:
-  """One request of two images, a JPEG and a PNG of different sizes."""
-  rng = np.random.default_rng(0)
-  images = [
-    decode.encode_jpeg(rng.integers(0, 256, (image_size, image_size * 3 // 2, 3), np.uint8)),
-    decode.encode_png(rng.integers(0, 256, (image_size * 2, image_size, 3), np.uint8)),
-  ]
-  return [
-    warmup.WarmupRequest(
-      serving.DEFAULT_SIGNATURE, {serving.IMAGE_BYTES: np.array(images, dtype=object)}
-    )
-  ]
-
-
 def tflite_classifier(model: keras.Model, image_size: int) -> bytes:
   """A float32 TFLite model: images [N, S, S, 3] in 0..255 -> probabilities."""
   images = keras.Input((image_size, image_size, 3), name="images")
@@ -118,7 +102,7 @@ def serving_model(
     source=source,
     signatures={serving.DEFAULT_SIGNATURE: signature.serve},
     descriptions=descriptions,
-    warmup_requests=warmup_requests(config.image_size),
+    warmup_requests=serving.image_warmup_requests(config.image_size),
     labels=list(class_names),
     details={"model": train.describe(config), "image_size": config.image_size},
     files=files,

@@ -439,7 +439,6 @@ def _train(run: _Run, models_dir, strategy, writer, extra_callbacks) -> dict:
     "parameters": int(model.count_params()),
   }
   if chief:
-    models_dir.mkdir(parents=True, exist_ok=True)
     save_classifier(model, models_dir, config, class_names, image_size)
     training.mark_done(checkpoints, summary)
   return summary
@@ -473,6 +472,7 @@ def describe(config: ClassifyConfig) -> str:
 
 def save_classifier(model, directory: pathlib.Path, config, class_names, image_size) -> None:
   directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
   model.save_weights(str(directory / WEIGHTS_FILE))
   description = {
     "config": dataclasses.asdict(config),

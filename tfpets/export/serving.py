@@ -41,6 +41,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 import tfpets
 from tfpets import ops
+from tfpets.data import decode
 from tfpets.export import layout, warmup
 from tfpets.ops import _impl
 
@@ -108,6 +109,18 @@ def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
   )
   image.set_shape([None, None, 3])
   return image
+
+
+def image_warmup_requests(size: int) -> List[warmup.WarmupRequest]:
+  """The warmup of an image model: one request of two random images of different sizes around
+  `size`, a JPEG and a PNG."""
+  rng = np.random.default_rng(0)
+  images = [
+    decode.encode_jpeg(rng.integers(0, 256, (size, size * 3 // 2, 3), np.uint8)),
+    decode.encode_png(rng.integers(0, 256, (size * 2, size, 3), np.uint8)),
+  ]
+  inputs = {IMAGE_BYTES: np.array(images, dtype=object)}
+  return [warmup.WarmupRequest(DEFAULT_SIGNATURE, inputs)]
 
 
 @contextlib.contextmanager

@@ -36,8 +36,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfpets.data import decode
-from tfpets.export import layout, serving, tflite, warmup
+from tfpets.export import layout, serving, tflite
 from tfpets.landmarks import model as model_lib
 from tfpets.landmarks import predict
 
@@ -107,21 +106,6 @@ class DetectorSignature:
     return out
 
 
-def warmup_requests(config: model_lib.DetectorConfig) -> list:
-  """One request of two images, a JPEG and a PNG of different sizes."""
-  rng = np.random.default_rng(0)
-  size = config.image_size
-  images = [
-    decode.encode_jpeg(rng.integers(0, 256, (size, size * 3 // 2, 3), np.uint8)),
-    decode.encode_png(rng.integers(0, 256, (size * 2, size, 3), np.uint8)),
-  ]
-  return [
-    warmup.WarmupRequest(
-      serving.DEFAULT_SIGNATURE, {serving.IMAGE_BYTES: np.array(images, dtype=object)}
-    )
-  ]
-
-
 def serving_model(
   config: model_lib.DetectorConfig, models: Sequence, source: str = ""
 ) -> serving.ServingModel:
@@ -138,7 +122,7 @@ def serving_model(
     source=source,
     signatures={serving.DEFAULT_SIGNATURE: signature.serve},
     descriptions=DESCRIPTIONS,
-    warmup_requests=warmup_requests(config),
+    warmup_requests=serving.image_warmup_requests(config.image_size),
     labels=config.point_names,
     details={"detector": json.loads(config_json)},
     files=files,
