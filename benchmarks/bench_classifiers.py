@@ -88,10 +88,11 @@ def main() -> None:
     seconds = [time_train(model, images, labels, args.steps, args.warmups)]
     entry = {"image_size": int(images.shape[1]), "parameters": int(model.count_params())}
     if name.startswith("wsdan"):
-      plain, _ = build(name, wsdan_attention=False)
+      plain, plain_one_hot = build(name, wsdan_attention=False)
+      _, plain_labels = batch(plain, args.batch, plain_one_hot)
       plain_seconds = []
       for _ in range(args.rounds):  # alternate, so that drift hits both alike
-        plain_seconds.append(time_train(plain, images, labels, args.steps, args.warmups))
+        plain_seconds.append(time_train(plain, images, plain_labels, args.steps, args.warmups))
         seconds.append(time_train(model, images, labels, args.steps, 0))
       entry["backbone_step_s"] = float(np.median(plain_seconds))
       raw = tf.function(lambda x, m=model: m(x, training=False))

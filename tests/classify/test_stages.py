@@ -35,6 +35,7 @@ def trained(class_records, tmp_path_factory):
     "--cls_steps_per_epoch=2",
   )
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "backbone weights: random initialisation; nothing downloaded" in result.stderr
   summary = json.loads((workdir / "reports" / "classify.json").read_text())
   assert summary["epochs_run"] == 2 and summary["model"] == "vit"
   assert list((workdir / "logs" / "train").glob("events.out.tfevents.*"))

@@ -247,23 +247,20 @@ def attention_overlays(model, images: np.ndarray) -> np.ndarray:
 
 
 def _callbacks(config, directory, helper, writer, overlay_images):
-  plateau = keras.callbacks.ReduceLROnPlateau(
-    "val_loss",
-    factor=config.plateau_factor,
-    patience=config.plateau_patience,
-    min_delta=1e-5,
-    verbose=1,
-  )
   best = training.BestWeights(directory / training.BEST_WEIGHTS_FILE, "val_accuracy", "max")
   tracked = {"best": best}
-  callbacks = [best]
   if config.schedule == "plateau":
-    callbacks.insert(0, plateau)
-    tracked["plateau"] = plateau
-  else:
-    callbacks.insert(
-      0, keras.callbacks.LearningRateScheduler(lambda e: learning_rate_at(config, e))
+    schedule = keras.callbacks.ReduceLROnPlateau(
+      "val_loss",
+      factor=config.plateau_factor,
+      patience=config.plateau_patience,
+      min_delta=1e-5,
+      verbose=1,
     )
+    tracked["plateau"] = schedule
+  else:
+    schedule = keras.callbacks.LearningRateScheduler(lambda e: learning_rate_at(config, e))
+  callbacks = [schedule, best]
   callbacks.append(training.ResumeState(helper, directory, tracked))
   if config.train_minutes > 0:
     callbacks.append(training.TimeBudget(config.train_minutes * 60.0))
@@ -391,6 +388,7 @@ def _train(run: _Run, models_dir, strategy, writer, extra_callbacks) -> dict:
     compile_model(model, make_optimizer(config), config, one_hot=not uses_attention(config))
     model.optimizer.build(model.trainable_variables)
   image_size = model_image_size(model)
+  logging.info("classify: backbone weights: %s", getattr(model, "backbone_description", "-"))
   save_dir.mkdir(parents=True, exist_ok=True)
   if not chief and (checkpoints / training.STATE_FILE).is_file():
     shutil.copy(checkpoints / training.STATE_FILE, save_dir)  # the chief's counters

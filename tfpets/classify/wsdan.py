@@ -532,9 +532,9 @@ class WSDAN(keras.Model):
     self.config = config = config.resolved()
     self.variant = config.variant
     if extractor is None:
-      extractor, self.weights_description = _extractor(config)
+      extractor, self.backbone_description = _extractor(config)
     else:
-      self.weights_description = f"custom extractor {extractor.name}"
+      self.backbone_description = f"custom extractor {extractor.name}"
     expected = 2 if self.variant == "paper" else 1
     if len(extractor.outputs) != expected:
       raise ValueError(
@@ -787,11 +787,13 @@ def build_backbone_classifier(config: WSDANConfig) -> keras.Model:
   """The WS-DAN backbone without attention, the ablation WS-DAN is measured against: the same
   features F averaged over positions and one float32 linear layer, trained with cross-entropy."""
   config = config.resolved()
-  extractor, _ = _extractor(config)
+  extractor, description = _extractor(config)
   features = extractor.outputs[0]
   pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
   logits = keras.layers.Dense(config.num_classes, dtype="float32", name="logits")(pooled)
-  return keras.Model(extractor.inputs, logits, name=f"wsdan_{config.variant}_backbone")
+  model = keras.Model(extractor.inputs, logits, name=f"wsdan_{config.variant}_backbone")
+  model.backbone_description = description
+  return model
 
 
 def parameter_count(variant: str, num_classes: int, num_maps: int = 0) -> dict:
