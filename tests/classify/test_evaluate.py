@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import logging as absl_logging
 from PIL import Image
 
 from tfpets.classify import evaluate
@@ -216,8 +217,13 @@ def test_predict_probabilities_is_the_softmax_of_the_logits_for_tuples_and_dicts
 def test_progress_is_logged_every_few_images(caplog):
   model = tiny_classifier(2)
   dataset = tf.data.Dataset.from_tensor_slices(random_images(10)).batch(3)
-  with caplog.at_level(logging.INFO):
-    out = evaluate.predict_probabilities(model, dataset, progress_every=4)
+  verbosity = absl_logging.get_verbosity()  # an earlier test in this process may have lowered it
+  absl_logging.set_verbosity(absl_logging.INFO)
+  try:
+    with caplog.at_level(logging.INFO):
+      out = evaluate.predict_probabilities(model, dataset, progress_every=4)
+  finally:
+    absl_logging.set_verbosity(verbosity)
   assert out["probabilities"].shape == (10, 2) and "labels" not in out
   logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("predicted")]
   assert logged == ["predicted 6 images", "predicted 9 images"]

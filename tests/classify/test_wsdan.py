@@ -97,22 +97,18 @@ def np_resize_align_corners(image, out_h, out_w):
   h, w = image.shape[:2]
   ys = np.arange(out_h) * ((h - 1) / (out_h - 1) if out_h > 1 else 0)
   xs = np.arange(out_w) * ((w - 1) / (out_w - 1) if out_w > 1 else 0)
-  y0 = np.floor(ys).astype(int)
-  x0 = np.floor(xs).astype(int)
-  y1 = np.minimum(y0 + 1, h - 1)
-  x1 = np.minimum(x0 + 1, w - 1)
-  ly = (ys - y0)[:, None, None]
-  lx = (xs - x0)[None, :, None]
-  top = image[y0][:, x0] * (1 - lx) + image[y0][:, x1] * lx
-  bottom = image[y1][:, x0] * (1 - lx) + image[y1][:, x1] * lx
-  return top * (1 - ly) + bottom * ly
+  return np_bilinear_at(image, ys, xs)
 
 
 def np_resize_legacy(image, out_h, out_w):
   """TF1 `resize_bilinear` (align_corners=False, half_pixel_centers=False) of an [h, w, c] array."""
   h, w = image.shape[:2]
-  ys = np.arange(out_h) * h / out_h
-  xs = np.arange(out_w) * w / out_w
+  return np_bilinear_at(image, np.arange(out_h) * h / out_h, np.arange(out_w) * w / out_w)
+
+
+def np_bilinear_at(image, ys, xs):
+  """Bilinear samples of an [h, w, c] array at source rows `ys` and columns `xs` (edge-clamped)."""
+  h, w = image.shape[:2]
   y0 = np.floor(ys).astype(int)
   x0 = np.floor(xs).astype(int)
   y1 = np.minimum(y0 + 1, h - 1)

@@ -311,11 +311,7 @@ def attention_boxes(maps_up, thresholds, padding, variant: str = "paper"):
       (one-column) mask keeps its row (where the published slice is empty).
   An empty mask (or a map whose maximum is <= 0, paper) gives the full image [0, 0, 1, 1].
   """
-  _check_variant(variant)
-  maps = tf.cast(maps_up, tf.float32)
-  if maps.shape.rank == 4:
-    maps = maps[..., 0]
-  thresholds = tf.broadcast_to(tf.cast(thresholds, tf.float32), tf.shape(maps)[:1])
+  maps, thresholds = _maps_and_thresholds(maps_up, thresholds, variant)
   if variant == "paper":
     peak = tf.reduce_max(maps, axis=[1, 2])
     mask = maps >= (thresholds * peak)[:, None, None]
@@ -350,11 +346,7 @@ def drop_masks(maps_up, thresholds, variant: str = "paper"):
   paper: keep A < t * max(A) (official `train_sample.py:attention_drop`); a map whose maximum is
   <= 0 keeps everything. cars: keep A <= t on the min-max normalised map.
   """
-  _check_variant(variant)
-  maps = tf.cast(maps_up, tf.float32)
-  if maps.shape.rank == 4:
-    maps = maps[..., 0]
-  thresholds = tf.broadcast_to(tf.cast(thresholds, tf.float32), tf.shape(maps)[:1])
+  maps, thresholds = _maps_and_thresholds(maps_up, thresholds, variant)
   if variant == "paper":
     peak = tf.reduce_max(maps, axis=[1, 2], keepdims=True)
     keep = tf.logical_or(maps < thresholds[:, None, None] * peak, peak <= 0)
@@ -444,6 +436,15 @@ def _first_last(flags):
   first = tf.argmax(flags, axis=1, output_type=tf.int32)
   last = size - 1 - tf.argmax(tf.reverse(flags, axis=[1]), axis=1, output_type=tf.int32)
   return tf.cast(first, tf.float32), tf.cast(last, tf.float32)
+
+
+def _maps_and_thresholds(maps_up, thresholds, variant: str) -> tuple:
+  """Maps [B, H, W] float32 (from [B, H, W] or [B, H, W, 1]) and one threshold per map [B]."""
+  _check_variant(variant)
+  maps = tf.cast(maps_up, tf.float32)
+  if maps.shape.rank == 4:
+    maps = maps[..., 0]
+  return maps, tf.broadcast_to(tf.cast(thresholds, tf.float32), tf.shape(maps)[:1])
 
 
 def _check_variant(variant: str) -> None:
