@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -48,4 +49,13 @@ def launch(*args: str, cwd=None, env=None, timeout: float = 300) -> subprocess.C
     capture_output=True,
     text=True,
     timeout=timeout,
+  )
+
+
+def loopback_worker_env(ports, index: int) -> dict:
+  """The environment of worker `index` of a MultiWorkerMirroredStrategy cluster on 127.0.0.1."""
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+  return dict(
+    os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(config)
   )

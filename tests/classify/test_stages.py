@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.classify.conftest import CLASSES, class_image
-from tests.conftest import REPO, launch
+from tests.conftest import REPO, launch, loopback_worker_env
 from tests.runtime.test_strategy import free_port
 from tfpets.classify import data, train
 
@@ -164,24 +163,19 @@ def test_classify_trains_under_mirrored_and_on_two_workers(class_records, tmp_pa
   assert result.returncode == 0, result.stderr[-3000:]
   assert "MirroredStrategy with 2 replica(s)" in result.stderr
   ports = [free_port() for _ in range(2)]
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   run = tmp_path / "workers"
-  workers = []
-  for index in range(2):
-    config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-    env["TF_CONFIG"] = json.dumps(config)
-    command = [sys.executable, "-m", "tfpets.launch", "--stage=classify", f"--workdir={run}"]
-    workers.append(
-      subprocess.Popen(
-        [*command, "--strategy=multiworker", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-      )
+  command = [sys.executable, "-m", "tfpets.launch", "--stage=classify", f"--workdir={run}"]
+  workers = [
+    subprocess.Popen(
+      [*command, "--strategy=multiworker", *args],
+      cwd=REPO,
+      env=loopback_worker_env(ports, index),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
     )
+    for index in range(2)
+  ]
   outputs = [worker.communicate(timeout=600) for worker in workers]
   for worker, (_, err) in zip(workers, outputs):
     assert worker.returncode == 0, err[-3000:]

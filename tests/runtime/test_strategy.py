@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, loopback_worker_env
 from tests.data.test_pipeline import write_split
 from tfpets.errors import UsageError
 from tfpets.runtime import strategy as strategy_lib
@@ -60,12 +60,7 @@ def run_workers(kind, records, num_workers):
   for i in range(num_workers):
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     if kind == "multiworker":
-      env["TF_CONFIG"] = json.dumps(
-        {
-          "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-          "task": {"type": "worker", "index": i},
-        }
-      )
+      env = loopback_worker_env(ports, i)
     procs.append(
       subprocess.Popen(
         [sys.executable, "-c", WORKER, kind, str(records)],

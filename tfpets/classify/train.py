@@ -129,45 +129,44 @@ def build_model(
 ) -> keras.Model:
   """The classifier `config` describes, with random or local weights (nothing is downloaded).
   `sync_batch_norm`: BatchNorm statistics over all replicas (for a multi-replica strategy)."""
+  from tfpets.classify import models, wsdan
+
+  if uses_attention(config):
+    return wsdan.build_wsdan(_wsdan_config(config, num_classes, sync_batch_norm))
   if config.model == "wsdan":
-    from tfpets.classify import wsdan
-
-    wsdan_config = wsdan.WSDANConfig(
-      variant=config.wsdan_variant,
-      num_classes=num_classes,
-      image_size=config.image_size,
-      num_maps=config.num_maps,
-      backbone_weights=config.backbone_weights,
-      weight_decay=max(config.weight_decay, 0.0),
-      seed=config.seed,
-      sync_batch_norm=sync_batch_norm,
+    model = wsdan.build_backbone_classifier(_wsdan_config(config, num_classes, sync_batch_norm))
+  else:
+    model = models.build_classifier(
+      models.ClassifierConfig(
+        model=config.model,
+        num_classes=num_classes,
+        image_size=config.image_size,
+        efficientnet_variant=config.efficientnet_variant,
+        preset=config.preset,
+        vit_size=config.vit_size,
+        backbone_weights=config.backbone_weights,
+        dropout=config.dropout,
+        drop_connect=config.drop_connect,
+      )
     )
-    if config.wsdan_attention:
-      return wsdan.build_wsdan(wsdan_config)
-    from tfpets.classify import models
-
-    model = wsdan.build_backbone_classifier(wsdan_config)
-    if sync_batch_norm:
-      models.sync_batch_norm(model)
-    return model
-  from tfpets.classify import models
-
-  model = models.build_classifier(
-    models.ClassifierConfig(
-      model=config.model,
-      num_classes=num_classes,
-      image_size=config.image_size,
-      efficientnet_variant=config.efficientnet_variant,
-      preset=config.preset,
-      vit_size=config.vit_size,
-      backbone_weights=config.backbone_weights,
-      dropout=config.dropout,
-      drop_connect=config.drop_connect,
-    )
-  )
   if sync_batch_norm:
     models.sync_batch_norm(model)
   return model
+
+
+def _wsdan_config(config: ClassifyConfig, num_classes: int, sync_batch_norm: bool):
+  from tfpets.classify import wsdan
+
+  return wsdan.WSDANConfig(
+    variant=config.wsdan_variant,
+    num_classes=num_classes,
+    image_size=config.image_size,
+    num_maps=config.num_maps,
+    backbone_weights=config.backbone_weights,
+    weight_decay=max(config.weight_decay, 0.0),
+    seed=config.seed,
+    sync_batch_norm=sync_batch_norm,
+  )
 
 
 def model_image_size(model: keras.Model) -> int:
