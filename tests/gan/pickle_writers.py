@@ -6,26 +6,22 @@
 * PyTorch (stylegan2-ada-pytorch training/training_loop.py, legacy.py): a plain pickle of {G, D, G_ema, augment_pipe, training_set_kwargs}
   whose modules reduce to `torch_utils.persistence._reconstruct_persistent_obj(meta)`, parameters
   to `torch._utils._rebuild_parameter`, tensors to `torch._utils._rebuild_tensor_v2` and storages
-  to `torch.storage._load_from_bytes(<legacy torch.save bytes>)`; or the same object in a
-  `torch.save` zip archive. The PyTorch tensors are derived from the TF variables with the
-  official name/layout map (legacy.py: transposes, flips, mod_bias + 1).
-
-`pickle._Pickler` (the pure-Python pickler) is subclassed so that stand-in classes are written as
-the official global names without those modules existing.
+  to `torch.storage._load_from_bytes(<legacy torch.save bytes>)` (`tests/torch_files.py`); or
+  the same object in a `torch.save` zip archive (`torch_files.write_torch_zip`). The PyTorch
+  tensors are derived from the TF variables with the official name/layout map (legacy.py:
+  transposes, flips, mod_bias + 1).
 """
 
 from __future__ import annotations
 
 import collections
 import copyreg
-import io
 import math
-import pickle
-import struct
-import zipfile
 from typing import Any, Mapping
 
 import numpy as np
+
+from tests.torch_files import GlobalStandIn, Parameter, Tensor, dumps, global_ref
 
 SOURCE_MARKER = "stylegan_embedded_source_ran"
 
@@ -33,43 +29,6 @@ SOURCE_MARKER = "stylegan_embedded_source_ran"
 def embedded_source(marker_path: str) -> str:
   """Module source that, if anything ever executed it, would create `marker_path`."""
   return f"open({marker_path!r}, 'w').write({SOURCE_MARKER!r})\n"
-
-
-class _Global:
-  """Base of stand-in classes that pickle as the global named by `pickle_as`."""
-
-  pickle_as: tuple[str, str] = ("", "")
-
-
-def global_ref(module: str, name: str) -> type:
-  """A callable stand-in class that pickles as `module.name`."""
-  return type(name, (_Global,), {"pickle_as": (module, name)})
-
-
-class FixturePickler(pickle._Pickler):  # pylint: disable=protected-access
-  """Pure-Python pickler writing `_Global` subclasses as their official global names."""
-
-  def save_global(self, obj: Any, name: str | None = None) -> None:
-    if isinstance(obj, type) and issubclass(obj, _Global) and obj is not _Global:
-      module, qualname = obj.pickle_as
-      if self.proto >= 4:
-        self.save(module)
-        self.save(qualname)
-        self.write(pickle.STACK_GLOBAL)
-      else:
-        self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode("utf-8"))
-      self.memoize(obj)
-      return
-    super().save_global(obj, name)
-
-
-def dumps(obj: Any, protocol: int = 3, persistent_id=None) -> bytes:
-  buffer = io.BytesIO()
-  pickler = FixturePickler(buffer, protocol=protocol)
-  if persistent_id is not None:
-    pickler.persistent_id = persistent_id
-  pickler.dump(obj)
-  return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,7 +137,7 @@ def flat_generator_params(own: dict, mapping: dict, synthesis: dict) -> dict[str
 # ------------------------------------------------------------------------------------------------
 
 
-class TFNetwork(_Global):
+class TFNetwork(GlobalStandIn):
   """Pickles like dnnlib.tflib.network.Network: NEWOBJ of that class + BUILD with its state."""
 
   pickle_as = ("dnnlib.tflib.network", "Network")
@@ -251,71 +210,12 @@ def write_tf_pickle(path, g_kwargs, d_kwargs, seed=0, module_src="", protocol=3)
 # ------------------------------------------------------------------------------------------------
 
 RECONSTRUCT = global_ref("torch_utils.persistence", "_reconstruct_persistent_obj")
-REBUILD_TENSOR_V2 = global_ref("torch._utils", "_rebuild_tensor_v2")
-REBUILD_PARAMETER = global_ref("torch._utils", "_rebuild_parameter")
-LOAD_FROM_BYTES = global_ref("torch.storage", "_load_from_bytes")
-FLOAT_STORAGE = global_ref("torch", "FloatStorage")
 
 
-class EasyDict(_Global, dict):
+class EasyDict(GlobalStandIn, dict):
   """Pickles as dnnlib.util.EasyDict (NEWOBJ + SETITEMS), like the official kwargs dicts."""
 
   pickle_as = ("dnnlib.util", "EasyDict")
-
-
-class Storage:
-  """A float32 storage; reduces to _load_from_bytes(legacy torch.save bytes) or, inside a zip
-  archive, to a persistent id."""
-
-  def __init__(self, array: np.ndarray):
-    self.array = np.ascontiguousarray(array, np.float32).reshape(-1)
-
-  def __reduce_ex__(self, protocol):
-    return (LOAD_FROM_BYTES, (legacy_storage_bytes(self),))
-
-
-class Tensor:
-  def __init__(self, array: np.ndarray):
-    self.array = np.asarray(array, np.float32)
-
-  def __reduce_ex__(self, protocol):
-    shape = self.array.shape
-    stride = tuple(int(np.prod(shape[i + 1 :])) for i in range(len(shape)))
-    return (
-      REBUILD_TENSOR_V2,
-      (Storage(self.array), 0, shape, stride, False, collections.OrderedDict()),
-    )
-
-
-class Parameter(Tensor):
-  def __reduce_ex__(self, protocol):
-    return (REBUILD_PARAMETER, (Tensor(self.array), False, collections.OrderedDict()))
-
-
-def legacy_storage_bytes(storage: Storage) -> bytes:
-  """torch.save(storage, _use_new_zipfile_serialization=False), written by hand (protocol 2)."""
-  key = "94367123456"
-
-  def persistent_id(obj):
-    if obj is storage:
-      return ("storage", FLOAT_STORAGE, key, "cpu", storage.array.size, None)
-    return None
-
-  sys_info = {
-    "protocol_version": 1001,
-    "little_endian": True,
-    "type_sizes": {"short": 2, "int": 4, "long": 4},
-  }
-  parts = [
-    dumps(0x1950A86A20F9469CFC6C, 2),
-    dumps(1001, 2),
-    dumps(sys_info, 2),
-    dumps(storage, 2, persistent_id),
-    dumps([key], 2),
-    struct.pack("<q", storage.array.size),
-    storage.array.astype("<f4").tobytes(),
-  ]
-  return b"".join(parts)
 
 
 class Module:
@@ -491,22 +391,3 @@ def torch_snapshot(
 
 def write_torch_pickle(path, snapshot: Mapping[str, Any], protocol: int = 3) -> None:
   path.write_bytes(dumps(dict(snapshot), protocol=protocol))
-
-
-def write_torch_zip(path, snapshot: Mapping[str, Any]) -> None:
-  """torch.save's zip layout: archive/data.pkl with storage persistent ids + archive/data/<k>."""
-  storages: dict[int, tuple[str, Storage]] = {}
-
-  def persistent_id(obj):
-    if isinstance(obj, Storage):
-      key = storages.setdefault(id(obj), (str(len(storages)), obj))[0]
-      return ("storage", FLOAT_STORAGE, key, "cpu", obj.array.size)
-    return None
-
-  data = dumps(dict(snapshot), protocol=2, persistent_id=persistent_id)
-  with zipfile.ZipFile(path, "w") as archive:
-    archive.writestr("archive/data.pkl", data)
-    archive.writestr("archive/byteorder", "little")
-    for key, storage in storages.values():
-      archive.writestr(f"archive/data/{key}", storage.array.astype("<f4").tobytes())
-    archive.writestr("archive/version", "3\n")

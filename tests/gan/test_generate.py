@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import torch_files as tw
 from tests.conftest import launch
 from tests.gan import numpy_reference as ref
 from tests.gan import pickle_writers as pw
@@ -320,7 +321,7 @@ def write_pickle(tmp_path, fmt: str, variant=("skip", "resnet", 0, 256)):
   nets, gs_params, d_params, g_params = pw.tf_networks(g_kwargs, d_kwargs, 4, "")
   path = tmp_path / f"network.{fmt}"
   if fmt == "tf.pkl":
-    path.write_bytes(pw.dumps(nets))
+    path.write_bytes(tw.dumps(nets))
   else:
     snapshot = pw.torch_snapshot(*torch_kwargs(*variant), g_params, d_params, gs_params, "")
     pw.write_torch_pickle(path, snapshot)

@@ -9,6 +9,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from tests import torch_files as tw
 from tests.gan import numpy_reference as ref
 from tests.gan import pickle_writers as pw
 from tfpets.gan import importers, networks
@@ -99,7 +100,7 @@ def make_fixture(directory: pathlib.Path, variant: str, fmt: str, fp16: int = 0)
   nets, gs_params, d_params, g_params = pw.tf_networks(g_kwargs, d_kwargs, 3, source)
   path = directory / f"{variant}_{fp16}.{fmt}"
   if fmt == "tf.pkl":
-    path.write_bytes(pw.dumps(nets, protocol=3))
+    path.write_bytes(tw.dumps(nets, protocol=3))
   else:
     snapshot = pw.torch_snapshot(
       *torch_kwargs(g_arch, d_arch, labels, clamp, fp16), g_params, d_params, gs_params, source
@@ -107,7 +108,7 @@ def make_fixture(directory: pathlib.Path, variant: str, fmt: str, fp16: int = 0)
     if fmt == "torch.pkl":
       pw.write_torch_pickle(path, snapshot, protocol=4)
     else:
-      pw.write_torch_zip(path, snapshot)
+      tw.write_torch_zip(path, snapshot)
   return Fixture(path, g_kwargs, d_kwargs, gs_params, d_params, g_params, labels, marker)
 
 
@@ -201,7 +202,7 @@ def test_single_gs_tf_pickle_gives_only_g_ema(tmp_path):
   g_kwargs, d_kwargs = tf_kwargs("skip", "resnet", 0, 256)
   nets, gs_params, _, _ = pw.tf_networks(g_kwargs, d_kwargs, 5, "")
   path = tmp_path / "gs.pkl"
-  path.write_bytes(pw.dumps(nets[2]))
+  path.write_bytes(tw.dumps(nets[2]))
   converted = importers.read_network_pickle(path)
   assert sorted(converted.networks) == ["G_ema"]
   z, _, _ = inputs(0)
@@ -217,7 +218,7 @@ def _tf_pickle_with(tmp_path, g_kwargs, d_kwargs, edit=None, version=5):
   for net in nets:
     net._state["version"] = version  # pylint: disable=protected-access
   path = tmp_path / "edited.pkl"
-  path.write_bytes(pw.dumps(nets))
+  path.write_bytes(tw.dumps(nets))
   return path
 
 
@@ -265,10 +266,10 @@ def test_files_that_are_not_network_pickles(tmp_path):
   with pytest.raises(FileNotFoundError, match="no such network pickle"):
     importers.read_network_pickle(tmp_path / "missing.pkl")
   plain = tmp_path / "plain.pkl"
-  plain.write_bytes(pw.dumps({"numbers": [1, 2, 3]}))
+  plain.write_bytes(tw.dumps({"numbers": [1, 2, 3]}))
   with pytest.raises(importers.PickleFormatError, match="neither a TF1 .* nor a PyTorch dict"):
     importers.read_network_pickle(plain)
   truncated = tmp_path / "truncated.pkl"
-  truncated.write_bytes(pw.dumps({"numbers": [1, 2, 3]})[:-5])
+  truncated.write_bytes(tw.dumps({"numbers": [1, 2, 3]})[:-5])
   with pytest.raises(importers.PickleFormatError, match="truncated.pkl: not a readable pickle"):
     importers.read_network_pickle(truncated)

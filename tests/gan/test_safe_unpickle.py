@@ -10,16 +10,18 @@ import zipfile
 import numpy as np
 import pytest
 
+from tests import torch_files as tw
 from tests.gan import pickle_writers as pw
 from tfpets.gan import importers
-from tfpets.gan.importers import safe_unpickle, torch_pickle
+from tfpets.gan.importers import torch_pickle
+from tfpets.importers import safe_unpickle, torch_file
 
 
 class _Call:
   """Pickles as `func(*args)` with func written as the global `module.name`."""
 
   def __init__(self, module, name, *args):
-    self.func = pw.global_ref(module, name)
+    self.func = tw.global_ref(module, name)
     self.args = args
 
   def __reduce_ex__(self, protocol):
@@ -36,7 +38,7 @@ def _shell_touch(marker) -> str:
 def test_shell_globals_are_refused_without_running(tmp_path, module, name):
   marker = tmp_path / "ran"
   path = tmp_path / "evil.pkl"
-  path.write_bytes(pw.dumps({"G": _Call(module, name, _shell_touch(marker))}))
+  path.write_bytes(tw.dumps({"G": _Call(module, name, _shell_touch(marker))}))
   with pytest.raises(
     importers.UnsafePickleError, match=rf"evil.pkl: refusing to load global '{module}.{name}'"
   ):
@@ -72,7 +74,7 @@ def test_real_os_system_pickle_is_refused(tmp_path):
 )
 def test_other_code_execution_routes_are_refused(tmp_path, module, name):
   path = tmp_path / "bad.pkl"
-  path.write_bytes(pw.dumps([_Call(module, name, "print(1)")]))
+  path.write_bytes(tw.dumps([_Call(module, name, "print(1)")]))
   with pytest.raises(importers.UnsafePickleError, match=rf"'{module}.{name}'"):
     importers.load_pickle(path)
 
@@ -81,14 +83,14 @@ def test_global_hidden_inside_torch_storage_bytes_is_refused(tmp_path):
   marker = tmp_path / "ran"
   inner = b"".join(
     [
-      pw.dumps(0x1950A86A20F9469CFC6C, 2),
-      pw.dumps(1001, 2),
-      pw.dumps({"little_endian": True}, 2),
-      pw.dumps(_Call("os", "system", _shell_touch(marker)), 2),
+      tw.dumps(0x1950A86A20F9469CFC6C, 2),
+      tw.dumps(1001, 2),
+      tw.dumps({"little_endian": True}, 2),
+      tw.dumps(_Call("os", "system", _shell_touch(marker)), 2),
     ]
   )
   path = tmp_path / "storage.pkl"
-  path.write_bytes(pw.dumps({"G": _Call("torch.storage", "_load_from_bytes", inner)}))
+  path.write_bytes(tw.dumps({"G": _Call("torch.storage", "_load_from_bytes", inner)}))
   with pytest.raises(importers.UnsafePickleError, match="'os.system'"):
     importers.read_network_pickle(path)
   assert not marker.exists()
@@ -97,7 +99,7 @@ def test_global_hidden_inside_torch_storage_bytes_is_refused(tmp_path):
 def test_global_inside_a_torch_zip_archive_is_refused(tmp_path):
   path = tmp_path / "evil.pt"
   with zipfile.ZipFile(path, "w") as archive:
-    archive.writestr("archive/data.pkl", pw.dumps(_Call("os", "system", "true"), 2))
+    archive.writestr("archive/data.pkl", tw.dumps(_Call("os", "system", "true"), 2))
   with pytest.raises(importers.UnsafePickleError, match="evil.pt: refusing to load global"):
     importers.read_network_pickle(path)
 
@@ -106,7 +108,7 @@ def test_embedded_module_source_is_never_executed(tmp_path):
   marker = tmp_path / "ran"
   module = pw.Module("Generator", pw.embedded_source(str(marker)), {"z_dim": 1})
   path = tmp_path / "net.pkl"
-  path.write_bytes(pw.dumps({"G_ema": module}))
+  path.write_bytes(tw.dumps({"G_ema": module}))
   data = importers.load_pickle(path)
   assert isinstance(data["G_ema"], torch_pickle.PersistentObject)
   assert data["G_ema"].class_name == "Generator" and data["G_ema"].init_kwargs == {"z_dim": 1}
@@ -130,15 +132,15 @@ def test_numpy_arrays_and_scalars_load():
 
 
 def test_object_dtype_scalars_are_refused():
-  data = pw.dumps(_Call("numpy.core.multiarray", "scalar", np.dtype(object), "payload"))
+  data = tw.dumps(_Call("numpy.core.multiarray", "scalar", np.dtype(object), "payload"))
   with pytest.raises(importers.PickleFormatError, match="numpy scalar of dtype"):
     safe_unpickle.restricted_load(data, safe_unpickle.BASE_GLOBALS, "mem")
 
 
 def _legacy_storage(values):
   """torch.save(storage, _use_new_zipfile_serialization=False) of float32 `values`."""
-  storage = pw.Storage(np.asarray(values, np.float32))
-  return pw.legacy_storage_bytes(storage)
+  storage = tw.Storage(np.asarray(values, np.float32))
+  return tw.legacy_storage_bytes(storage)
 
 
 def test_tensor_strides_must_stay_inside_the_storage(tmp_path):
@@ -147,16 +149,16 @@ def test_tensor_strides_must_stay_inside_the_storage(tmp_path):
   bad = _Call("torch._utils", "_rebuild_tensor_v2", storage, 0, (2, 2), (2, 1), False, None)
   allowed = torch_pickle.torch_globals("mem")
   np.testing.assert_array_equal(
-    safe_unpickle.restricted_load(pw.dumps(good), allowed, "mem"), [2.0, 3.0]
+    safe_unpickle.restricted_load(tw.dumps(good), allowed, "mem"), [2.0, 3.0]
   )
   with pytest.raises(importers.PickleFormatError, match="exceeds its storage of 3 elements"):
-    safe_unpickle.restricted_load(pw.dumps(bad), allowed, "mem")
+    safe_unpickle.restricted_load(tw.dumps(bad), allowed, "mem")
 
 
 def test_storage_byte_count_is_checked():
   data = _legacy_storage([1.0, 2.0, 3.0])[:-4]
   with pytest.raises(importers.PickleFormatError, match="storage holds 8 bytes, expected 3 x 4"):
-    torch_pickle._load_storage_bytes(data, "mem")  # pylint: disable=protected-access
+    torch_file.load_storage_bytes(data, "mem")
 
 
 def test_restricted_load_of_garbage_names_the_source():

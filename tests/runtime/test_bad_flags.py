@@ -44,6 +44,19 @@ CODE_VALIDATED = {
   "classify": (["--records=/nonexistent/records"], "--records=/nonexistent/records"),
   "evaluate": (["--classifier=/nonexistent/run"], "--classifier=/nonexistent/run"),
   "predict": (["--cls_images=/nonexistent/images"], "--cls_images=/nonexistent/images"),
+  "convert_dbpn": (
+    ["--dbpn_checkpoint=/nonexistent/DBPN_x4.pth"],
+    "--dbpn_checkpoint=/nonexistent/DBPN_x4.pth",
+  ),
+  "superres": (
+    ["--sr_model=/nonexistent/dbpn.keras", "--sr_images=/nonexistent/images"],
+    "--sr_model=/nonexistent/dbpn.keras",
+  ),
+  "superres_eval": (
+    ["--sr_model=/nonexistent/dbpn.keras", "--sr_eval_hr=/nonexistent/hr"],
+    "--sr_model=/nonexistent/dbpn.keras",
+  ),
+  "superres_train": (["--sr_train_images=/nonexistent/hr"], "--sr_train_images=/nonexistent/hr"),
 }
 
 

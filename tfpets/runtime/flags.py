@@ -159,6 +159,69 @@ CLASSIFIER = flags.DEFINE_string(
 )
 
 
+# Read by --stage=superres, --stage=superres_eval and --stage=export; --stage=superres_train starts
+# from it.
+SR_MODEL = flags.DEFINE_string(
+  "sr_model",
+  "",
+  "A DBPN super-resolution network: a .keras file written by --stage=convert_dbpn or "
+  "--stage=superres_train, or the workdir of either (models/dbpn.keras). --stage=superres_train "
+  "fine-tunes it; empty there: Kaiming initialisation.",
+)
+# Read by --stage=superres and --stage=superres_eval: which images are upscaled, and how.
+SR_MAX_AREA = flags.DEFINE_integer(
+  "sr_max_area",
+  128 * 256,
+  "Upscale only images whose width x height is below this many pixels (GrabAI's rule for "
+  "Stanford Cars); larger ones are kept as they are.",
+  lower_bound=1,
+)
+SR_SELF_ENSEMBLE = flags.DEFINE_boolean(
+  "sr_self_ensemble",
+  False,
+  "Average the network over the 8 flips and transposes of each image (8x the time; the "
+  "official eval.py's self-ensemble).",
+)
+SR_TILE = flags.DEFINE_integer(
+  "sr_tile",
+  0,
+  "Largest tile side, in input pixels, for tiled inference. 0: whole images when they fit "
+  "--sr_memory_mb, else the largest tiles that do.",
+  lower_bound=0,
+)
+SR_TILE_OVERLAP = flags.DEFINE_integer(
+  "sr_tile_overlap",
+  16,
+  "Input pixels of context around each tile, discarded when the tiles are stitched.",
+  lower_bound=0,
+)
+SR_MEMORY_MB = flags.DEFINE_integer(
+  "sr_memory_mb",
+  2048,
+  "Activation memory one network call may use, in MiB: sets tile sizes and batches.",
+  lower_bound=1,
+)
+
+# Library arguments of the shared super-resolution flags, for the stages' ARGUMENT_FLAGS.
+UPSCALER_ARGUMENT_FLAGS = {
+  "model": "sr_model",
+  "max_area": "sr_max_area",
+  "tile": "sr_tile",
+  "overlap": "sr_tile_overlap",
+  "memory_mb": "sr_memory_mb",
+}
+
+
+def upscaler_options(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
+  """`tfpets.superres.upscale.Upscaler` keyword arguments from the shared --sr_* flags."""
+  return dict(
+    tile=flag_values.sr_tile,
+    overlap=flag_values.sr_tile_overlap,
+    memory_mb=flag_values.sr_memory_mb,
+    self_ensemble=flag_values.sr_self_ensemble,
+  )
+
+
 _DEPRECATED_ALIASES: dict[str, str] = {}
 
 

@@ -15,4 +15,8 @@ STAGES = {
   "classify": "tfpets.stages.classify",
   "evaluate": "tfpets.stages.evaluate",
   "predict": "tfpets.stages.predict",
+  "convert_dbpn": "tfpets.stages.convert_dbpn",
+  "superres": "tfpets.stages.superres",
+  "superres_eval": "tfpets.stages.superres_eval",
+  "superres_train": "tfpets.stages.superres_train",
 }

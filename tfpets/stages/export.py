@@ -1,5 +1,6 @@
 """Export a model for TF Serving (and TFLite): the generator of --network, the detector of
---detector or the classifier of --classifier, as a new version of <export_dir>/<name>/
+--detector, the classifier of --classifier or the DBPN upscaler of --sr_model, as a new version of
+<export_dir>/<name>/
 (docs/export.md).
 
 Writes the version folder (SavedModel, assets/metadata.json, the warmup requests, and TFLite models
@@ -17,14 +18,15 @@ from tfpets.runtime import context
 from tfpets.runtime import flags as shared_flags
 
 NEEDS_STRATEGY = False
-EXPORT_MODELS = ("generator", "landmarks", "classifier")
+EXPORT_MODELS = ("generator", "landmarks", "classifier", "superres")
 
 MODEL = flags.DEFINE_enum(
   "export_model",
   None,
   EXPORT_MODELS,
   "Model to export: generator (the StyleGAN2-ADA generator of --network), landmarks (the "
-  "landmark detector of --detector) or classifier (the classifier of --classifier).",
+  "landmark detector of --detector), classifier (the classifier of --classifier) or superres "
+  "(the DBPN network of --sr_model).",
 )
 EXPORT_DIR = flags.DEFINE_string(
   "export_dir",
@@ -49,6 +51,7 @@ ARGUMENT_FLAGS = {
   "source": "network",
   "directory": "detector",
   "classifier": "classifier",
+  "model": "sr_model",
 }
 
 
@@ -71,11 +74,18 @@ def run(ctx: context.RunContext) -> None:
 
     source = shared_flags.DETECTOR.value
     result = export.export_trained_detector(source, export_dir, name, version)
-  else:
+  elif kind == "classifier":
     from tfpets.classify import export
 
     source = shared_flags.CLASSIFIER.value
     result = export.export_classifier(source, export_dir, name, version)
+  else:
+    from tfpets.superres import export
+
+    source = shared_flags.SR_MODEL.value
+    if not source:
+      raise UsageError("--sr_model is required: a DBPN .keras file or its run folder")
+    result = export.export_upscaler(source, export_dir, name, version)
   report = {"export_model": kind, "source": source, **result.to_json()}
   (ctx.workdir.reports / "export.json").write_text(json.dumps(report, indent=2) + "\n")
   logging.info("exported %s version %d -> %s", name, result.version, result.path)

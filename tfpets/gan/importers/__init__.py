@@ -1,9 +1,9 @@
 """Importers of official StyleGAN2-ADA network pickles (TF1 and PyTorch) into tfpets networks.
 
-`read_network_pickle(path)` loads either format with the restricted unpickler (`safe_unpickle`: no
-embedded source is ever executed, only allow-listed globals resolve) and returns the Keras
-networks with their inferred configuration; `convert_network_pickle(path, out_dir)` also writes
-them with `tfpets.gan.networks.save_networks`.
+`read_network_pickle(path)` loads either format with the restricted unpickler
+(`tfpets.importers.safe_unpickle`: no embedded source is ever executed, only allow-listed globals
+resolve) and returns the Keras networks with their inferred configuration;
+`convert_network_pickle(path, out_dir)` also writes them with `tfpets.gan.networks.save_networks`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 from tfpets.gan import networks
 from tfpets.gan.importers import tf_pickle, torch_pickle
 from tfpets.gan.importers.common import ConvertedNetworks
-from tfpets.gan.importers.safe_unpickle import PickleFormatError, UnsafePickleError, restricted_load
+from tfpets.importers import torch_file
+from tfpets.importers.safe_unpickle import PickleFormatError, UnsafePickleError, restricted_load
 
 __all__ = [
   "ConvertedNetworks",
@@ -35,7 +36,7 @@ def load_pickle(path: str | os.PathLike) -> Any:
       head = f.read(4)
       f.seek(0)
       if head[:2] == b"PK":
-        return torch_pickle.load_torch_zip(f, source)
+        return torch_file.load_torch_zip(f, torch_pickle.torch_globals(source), source)
       allowed = {**tf_pickle.TF_GLOBALS, **torch_pickle.torch_globals(source)}
       return restricted_load(f, allowed, source)
   except IsADirectoryError as e:

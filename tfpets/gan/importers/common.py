@@ -9,8 +9,8 @@ import keras
 import numpy as np
 
 from tfpets.gan import networks
-from tfpets.gan.importers.safe_unpickle import PickleFormatError
 from tfpets.gan.presets import NetworkConfig
+from tfpets.importers.safe_unpickle import PickleFormatError
 
 # Fields the generator and the discriminator of one pickle must agree on.
 SHARED_FIELDS = (

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from tfpets.gan.importers import common, names
-from tfpets.gan.importers.safe_unpickle import BASE_GLOBALS, PickleFormatError
+from tfpets.importers.safe_unpickle import BASE_GLOBALS, PickleFormatError
 
 MIN_VERSION = 4
 

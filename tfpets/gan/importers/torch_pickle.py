@@ -4,110 +4,21 @@ The official training loop writes `pickle.dump(dict(G=..., D=..., G_ema=..., aug
 training_set_kwargs=...))`. Every module is a `torch_utils.persistence` object that reduces to
 `_reconstruct_persistent_obj(meta)` with meta = {type, version, module_src, class_name, state};
 here that becomes an inert `PersistentObject` keeping `class_name` and `state` (the module's
-`__dict__`) and discarding `module_src` unexecuted. Tensors reduce to
-`torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`; their storages to
-`torch.storage._load_from_bytes(b)`, where `b` is a `torch.save` of the storage in the legacy
-format (or the zip format). Both are read into NumPy arrays by the stand-ins below. A file saved
-with `torch.save` (a zip archive holding `<name>/data.pkl` and `<name>/data/<key>`) is read too.
+`__dict__`) and discarding `module_src` unexecuted. Tensors and their storages
+(`torch.storage._load_from_bytes(b)`, `b` a `torch.save` of the storage) are read into NumPy
+arrays by `tfpets.importers.torch_file`, which also reads a snapshot saved with `torch.save`.
 """
 
 from __future__ import annotations
 
-import io
-import struct
-import zipfile
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from tfpets.gan.importers import common, names
-from tfpets.gan.importers.safe_unpickle import BASE_GLOBALS, PickleFormatError, restricted_load
 from tfpets.gan.importers.tf_pickle import EasyDictStub
-
-LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-LEGACY_PROTOCOL = 1001
-
-STORAGE_DTYPES = {
-  "FloatStorage": np.float32,
-  "DoubleStorage": np.float64,
-  "HalfStorage": np.float16,
-  "LongStorage": np.int64,
-  "IntStorage": np.int32,
-  "ShortStorage": np.int16,
-  "CharStorage": np.int8,
-  "ByteStorage": np.uint8,
-  "BoolStorage": np.bool_,
-}
-
-
-class StorageType:
-  """Stand-in for a torch storage class such as `torch.FloatStorage`: just its dtype."""
-
-  def __init__(self, name: str, dtype: Any):
-    self.name = name
-    self.dtype = np.dtype(dtype)
-
-  def __repr__(self) -> str:
-    return f"torch.{self.name}"
-
-
-class Storage:
-  """A storage's elements as a flat little-endian NumPy array (filled once its bytes are read)."""
-
-  def __init__(self, dtype: np.dtype, numel: int):
-    self.dtype = dtype
-    self.numel = int(numel)
-    self.array: np.ndarray | None = None
-
-  def set_bytes(self, data: bytes, source: str) -> None:
-    if len(data) != self.numel * self.dtype.itemsize:
-      raise PickleFormatError(
-        f"{source}: storage holds {len(data)} bytes, expected {self.numel} x {self.dtype.itemsize}"
-      )
-    self.array = np.frombuffer(data, dtype=self.dtype.newbyteorder("<"))
-
-
-def _rebuild_tensor_v2(
-  storage: Storage,
-  storage_offset: int,
-  size: Any,
-  stride: Any,
-  requires_grad: Any = False,
-  backward_hooks: Any = None,
-  metadata: Any = None,
-) -> np.ndarray:
-  del requires_grad, backward_hooks, metadata
-  if not isinstance(storage, Storage) or storage.array is None:
-    raise PickleFormatError("tensor without readable storage")
-  size = tuple(int(s) for s in size)
-  stride = tuple(int(s) for s in stride)
-  offset = int(storage_offset)
-  if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
-    raise PickleFormatError(f"invalid tensor geometry size={size} stride={stride}")
-  if 0 in size:
-    return np.zeros(size, storage.dtype)
-  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-  if last >= storage.numel:  # Strides must stay inside the storage (no out-of-bounds views).
-    raise PickleFormatError(
-      f"tensor size={size} stride={stride} offset={offset} exceeds its "
-      f"storage of {storage.numel} elements"
-    )
-  itemsize = storage.dtype.itemsize
-  view = np.lib.stride_tricks.as_strided(
-    storage.array[offset:], shape=size, strides=[s * itemsize for s in stride], writeable=False
-  )
-  return np.array(view, dtype=storage.dtype.newbyteorder("="))
-
-
-def _rebuild_tensor(storage: Storage, storage_offset: int, size: Any, stride: Any) -> np.ndarray:
-  return _rebuild_tensor_v2(storage, storage_offset, size, stride)
-
-
-def _rebuild_parameter(
-  data: np.ndarray, requires_grad: Any = False, backward_hooks: Any = None, state: Any = None
-) -> np.ndarray:
-  del requires_grad, backward_hooks, state
-  return data
+from tfpets.importers import torch_file
+from tfpets.importers.safe_unpickle import PickleFormatError
 
 
 class PersistentObject:
@@ -149,120 +60,15 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
   return PersistentObject(meta)
 
 
-def _storage_types() -> dict[tuple[str, str], Any]:
-  return {("torch", name): StorageType(name, dtype) for name, dtype in STORAGE_DTYPES.items()}
-
-
-class _StorageTable:
-  """persistent_load for ('storage', type, key, location, numel, view) records.
-
-  `read_data(key, storage)` fills a storage when its key is first seen; the legacy format passes
-  a no-op and fills the storages after the pickle, from the raw records that follow it.
-  """
-
-  def __init__(self, source: str, read_data: Callable[[str, Storage], None]):
-    self.source = source
-    self.read_data = read_data
-    self.storages: dict[str, Storage] = {}
-
-  def __call__(self, pid: Any) -> Storage:
-    if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
-      raise PickleFormatError(f"{self.source}: unexpected persistent id {pid!r}")
-    storage_type, key, numel = pid[1], str(pid[2]), int(pid[4])
-    if not isinstance(storage_type, StorageType):
-      raise PickleFormatError(f"{self.source}: unsupported storage type {storage_type!r}")
-    if len(pid) > 5 and pid[5] is not None:
-      raise PickleFormatError(f"{self.source}: storage views are not supported")
-    if key not in self.storages:
-      self.storages[key] = Storage(storage_type.dtype, numel)
-      self.read_data(key, self.storages[key])
-    return self.storages[key]
-
-
-def _load_legacy_storage(data: bytes, source: str) -> Storage:
-  """A storage saved by torch.save(..., _use_new_zipfile_serialization=False)."""
-  stream = io.BytesIO(data)
-  if restricted_load(stream, BASE_GLOBALS, source) != LEGACY_MAGIC:
-    raise PickleFormatError(f"{source}: storage bytes lack torch's magic number")
-  if restricted_load(stream, BASE_GLOBALS, source) != LEGACY_PROTOCOL:
-    raise PickleFormatError(f"{source}: unsupported torch serialization protocol")
-  sys_info = restricted_load(stream, BASE_GLOBALS, source)
-  if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
-    raise PickleFormatError(f"{source}: big-endian torch storages are not supported")
-  table = _StorageTable(source, lambda key, storage: None)
-  result = restricted_load(stream, _storage_types(), source, persistent_load=table)
-  keys = restricted_load(stream, BASE_GLOBALS, source)
-  if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(table.storages):
-    raise PickleFormatError(f"{source}: storage records do not match the pickled storages")
-  for key in keys:
-    storage = table.storages[str(key)]
-    header = stream.read(8)
-    if len(header) != 8:
-      raise PickleFormatError(f"{source}: storage bytes end early")
-    (count,) = struct.unpack("<q", header)
-    if count != storage.numel:
-      raise PickleFormatError(
-        f"{source}: storage {key} holds {count} elements, expected {storage.numel}"
-      )
-    storage.set_bytes(stream.read(count * storage.dtype.itemsize), source)
-  if not isinstance(result, Storage):
-    raise PickleFormatError(f"{source}: storage bytes do not hold a storage")
-  return result
-
-
-def _zip_loader(archive: zipfile.ZipFile, source: str) -> tuple[str, Callable[[Any], Storage]]:
-  pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
-  if len(pickles) != 1:
-    raise PickleFormatError(f"{source}: zip archive without exactly one data.pkl")
-  prefix = pickles[0][: -len("data.pkl")]
-  byteorder = f"{prefix}byteorder"
-  if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-    raise PickleFormatError(f"{source}: big-endian torch archives are not supported")
-
-  def read_data(key: str, storage: Storage) -> None:
-    try:
-      storage.set_bytes(archive.read(f"{prefix}data/{key}"), source)
-    except KeyError:
-      raise PickleFormatError(f"{source}: archive lacks storage {prefix}data/{key}") from None
-
-  return pickles[0], _StorageTable(source, read_data)
-
-
-def _load_storage_bytes(data: bytes, source: str) -> Storage:
-  if data[:2] == b"PK":
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-      entry, load = _zip_loader(archive, source)
-      result = restricted_load(archive.read(entry), _storage_types(), source, load)
-    if not isinstance(result, Storage):
-      raise PickleFormatError(f"{source}: storage bytes do not hold a storage")
-    return result
-  return _load_legacy_storage(data, source)
-
-
 def torch_globals(source: str) -> dict[tuple[str, str], Any]:
   """Allow-list of a PyTorch network pickle: persistence, tensors, storages, EasyDict, NumPy."""
   return {
-    **BASE_GLOBALS,
+    **torch_file.STATE_DICT_GLOBALS,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): lambda data: _load_storage_bytes(data, source),
+    ("torch.storage", "_load_from_bytes"): lambda data: torch_file.load_storage_bytes(data, source),
     ("dnnlib.util", "EasyDict"): EasyDictStub,
     ("dnnlib", "EasyDict"): EasyDictStub,
-    **_storage_types(),
   }
-
-
-def load_torch_zip(file: BinaryIO, source: str) -> Any:
-  """The object of a `torch.save` zip archive, storages read as NumPy arrays."""
-  try:
-    with zipfile.ZipFile(file) as archive:
-      entry, load = _zip_loader(archive, source)
-      return restricted_load(archive.read(entry), torch_globals(source), source, load)
-  except zipfile.BadZipFile as e:
-    raise PickleFormatError(f"{source}: damaged zip archive ({e})") from e
 
 
 # ---------------------------------------------------------------------------------------------

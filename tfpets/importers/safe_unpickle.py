@@ -107,7 +107,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     except KeyError:
       raise UnsafePickleError(
         f"{self._source}: refusing to load global '{module}.{name}': it is not on the "
-        "allow-list of network pickles (nothing from the file was executed)"
+        "allow-list of what tfpets reads from pickles (nothing from the file was executed)"
       ) from None
 
   def persistent_load(self, pid: Any) -> Any:
