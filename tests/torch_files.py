@@ -209,3 +209,14 @@ def write_state_dict_zip(path, state_dict: Mapping[str, np.ndarray]) -> None:
 def write_state_dict_legacy(path, state_dict: Mapping[str, np.ndarray]) -> None:
   """torch.save(state_dict, path, _use_new_zipfile_serialization=False)."""
   pathlib.Path(path).write_bytes(legacy_save_bytes(state_dict_object(state_dict)))
+
+
+class Call:
+  """Pickles as `module.name(*args)`: a REDUCE of that global (which a safe reader must refuse)."""
+
+  def __init__(self, module: str, name: str, *args):
+    self.func = global_ref(module, name)
+    self.args = args
+
+  def __reduce_ex__(self, protocol):
+    return (self.func, self.args)

@@ -325,6 +325,23 @@ def test_keras_files_and_savedmodels_of_uint8_or_float_inputs_give_the_same_prob
   np.testing.assert_allclose(mean_after, red, atol=1.0)
 
 
+def test_a_classify_run_labels_with_the_softmax_of_its_evaluation_view(tmp_path):
+  from tfpets.classify import data, train
+
+  keras.utils.set_random_seed(0)
+  config = train.recipe(train.ClassifyConfig(model="vit", vit_size="tiny", image_size=32))
+  model = train.build_model(config, len(CLASSES))
+  train.save_classifier(model, tmp_path / "run" / "models", config, CLASSES, 32)
+  images = np.stack([image_array(40, 40, seed=s) for s in range(3)])
+  logits = model(data.eval_images(tf.constant(images), 32)).numpy().astype(np.float64)
+  want = np.exp(logits - logits.max(1, keepdims=True))
+  want /= want.sum(1, keepdims=True)
+  for run in (tmp_path / "run", tmp_path / "run" / "models"):
+    classifier = augment_gan.Classifier(str(run), len(CLASSES))
+    assert classifier.model_input(images).shape == images.shape  # no resize before its own
+    np.testing.assert_allclose(classifier(images), want, atol=1e-5)
+
+
 def test_a_classifier_without_probabilities_is_refused(dataset, unconditional, tmp_path):
   inputs = keras.Input((16, 16, 3))
   logits = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs))

@@ -312,3 +312,26 @@ def test_find_duplicates_on_real_slice(oxford_pets_3class):
   assert same_photo <= pairs
   assert all(d.distance <= subsets.DEFAULT_MAX_HAMMING for d in report.removed)
   assert len(report.kept) + len(report.removed) == len(result.records)
+
+
+def test_source_splits_with_a_held_out_val_part_of_train():
+  from tfpets.data import convert
+  from tfpets.errors import ArgumentError
+
+  records = [
+    ImageRecord(path=f"{split}_{c}_{i}.jpg", label=c, class_name=f"c{c}", split=split)
+    for split in ("trainval", "test")
+    for c in range(3)
+    for i in range(20)
+  ]
+  out = convert.assign_splits(records, "source,val=0.25", seed=1)
+  assert sorted(out) == ["test", "train", "val"]
+  assert [r.path for r in out["test"]] == [r.path for r in records if r.split == "test"]
+  for c in range(3):  # stratified: a quarter of each class's trainval images
+    assert sum(r.label == c for r in out["val"]) == 5
+    assert sum(r.label == c for r in out["train"]) == 15
+  assert not {r.path for r in out["val"]} & {r.path for r in out["train"]}
+  assert {r.split for r in out["train"] + out["val"]} == {"trainval"}
+  for bad in ("source,val=0", "source,val=1.5", "source,val=x"):
+    with pytest.raises(ArgumentError, match="fraction F between 0 and 1"):
+      convert.assign_splits(records, bad, seed=1)

@@ -17,17 +17,6 @@ from tfpets.gan.importers import torch_pickle
 from tfpets.importers import safe_unpickle, torch_file
 
 
-class _Call:
-  """Pickles as `func(*args)` with func written as the global `module.name`."""
-
-  def __init__(self, module, name, *args):
-    self.func = tw.global_ref(module, name)
-    self.args = args
-
-  def __reduce_ex__(self, protocol):
-    return (self.func, self.args)
-
-
 def _shell_touch(marker) -> str:
   return f"touch {marker}"
 
@@ -38,7 +27,7 @@ def _shell_touch(marker) -> str:
 def test_shell_globals_are_refused_without_running(tmp_path, module, name):
   marker = tmp_path / "ran"
   path = tmp_path / "evil.pkl"
-  path.write_bytes(tw.dumps({"G": _Call(module, name, _shell_touch(marker))}))
+  path.write_bytes(tw.dumps({"G": tw.Call(module, name, _shell_touch(marker))}))
   with pytest.raises(
     importers.UnsafePickleError, match=rf"evil.pkl: refusing to load global '{module}.{name}'"
   ):
@@ -74,7 +63,7 @@ def test_real_os_system_pickle_is_refused(tmp_path):
 )
 def test_other_code_execution_routes_are_refused(tmp_path, module, name):
   path = tmp_path / "bad.pkl"
-  path.write_bytes(tw.dumps([_Call(module, name, "print(1)")]))
+  path.write_bytes(tw.dumps([tw.Call(module, name, "print(1)")]))
   with pytest.raises(importers.UnsafePickleError, match=rf"'{module}.{name}'"):
     importers.load_pickle(path)
 
@@ -86,11 +75,11 @@ def test_global_hidden_inside_torch_storage_bytes_is_refused(tmp_path):
       tw.dumps(0x1950A86A20F9469CFC6C, 2),
       tw.dumps(1001, 2),
       tw.dumps({"little_endian": True}, 2),
-      tw.dumps(_Call("os", "system", _shell_touch(marker)), 2),
+      tw.dumps(tw.Call("os", "system", _shell_touch(marker)), 2),
     ]
   )
   path = tmp_path / "storage.pkl"
-  path.write_bytes(tw.dumps({"G": _Call("torch.storage", "_load_from_bytes", inner)}))
+  path.write_bytes(tw.dumps({"G": tw.Call("torch.storage", "_load_from_bytes", inner)}))
   with pytest.raises(importers.UnsafePickleError, match="'os.system'"):
     importers.read_network_pickle(path)
   assert not marker.exists()
@@ -99,7 +88,7 @@ def test_global_hidden_inside_torch_storage_bytes_is_refused(tmp_path):
 def test_global_inside_a_torch_zip_archive_is_refused(tmp_path):
   path = tmp_path / "evil.pt"
   with zipfile.ZipFile(path, "w") as archive:
-    archive.writestr("archive/data.pkl", tw.dumps(_Call("os", "system", "true"), 2))
+    archive.writestr("archive/data.pkl", tw.dumps(tw.Call("os", "system", "true"), 2))
   with pytest.raises(importers.UnsafePickleError, match="evil.pt: refusing to load global"):
     importers.read_network_pickle(path)
 
@@ -132,7 +121,7 @@ def test_numpy_arrays_and_scalars_load():
 
 
 def test_object_dtype_scalars_are_refused():
-  data = tw.dumps(_Call("numpy.core.multiarray", "scalar", np.dtype(object), "payload"))
+  data = tw.dumps(tw.Call("numpy.core.multiarray", "scalar", np.dtype(object), "payload"))
   with pytest.raises(importers.PickleFormatError, match="numpy scalar of dtype"):
     safe_unpickle.restricted_load(data, safe_unpickle.BASE_GLOBALS, "mem")
 
@@ -144,9 +133,9 @@ def _legacy_storage(values):
 
 
 def test_tensor_strides_must_stay_inside_the_storage(tmp_path):
-  storage = _Call("torch.storage", "_load_from_bytes", _legacy_storage([1.0, 2.0, 3.0]))
-  good = _Call("torch._utils", "_rebuild_tensor_v2", storage, 1, (2,), (1,), False, None)
-  bad = _Call("torch._utils", "_rebuild_tensor_v2", storage, 0, (2, 2), (2, 1), False, None)
+  storage = tw.Call("torch.storage", "_load_from_bytes", _legacy_storage([1.0, 2.0, 3.0]))
+  good = tw.Call("torch._utils", "_rebuild_tensor_v2", storage, 1, (2,), (1,), False, None)
+  bad = tw.Call("torch._utils", "_rebuild_tensor_v2", storage, 0, (2, 2), (2, 1), False, None)
   allowed = torch_pickle.torch_globals("mem")
   np.testing.assert_array_equal(
     safe_unpickle.restricted_load(tw.dumps(good), allowed, "mem"), [2.0, 3.0]

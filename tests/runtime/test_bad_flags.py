@@ -56,6 +56,7 @@ CODE_VALIDATED = {
     ["--sr_model=/nonexistent/dbpn.keras", "--sr_eval_hr=/nonexistent/hr"],
     "--sr_model=/nonexistent/dbpn.keras",
   ),
+  "experiment": (["--experiment_plan", "--experiment_subsets=0.1,2"], "--experiment_subsets"),
   "superres_train": (["--sr_train_images=/nonexistent/hr"], "--sr_train_images=/nonexistent/hr"),
 }
 

@@ -205,17 +205,6 @@ def test_anything_but_float_tensors_by_name_is_refused(tmp_path, content, proble
   assert problem in _one_line(error.value)
 
 
-class _Call:
-  """Pickles as `module.name(*args)`: a REDUCE of that global."""
-
-  def __init__(self, module, name, *args):
-    self.func = tw.global_ref(module, name)
-    self.args = args
-
-  def __reduce_ex__(self, protocol):
-    return (self.func, self.args)
-
-
 @pytest.mark.parametrize(
   "module,name,code",
   [
@@ -228,7 +217,7 @@ class _Call:
 def test_pickle_that_runs_code_is_refused_without_running_it(tmp_path, fmt, module, name, code):
   marker = tmp_path / "ran"
   state = tw.state_dict_object({"feat0.conv.bias": np.zeros(4, np.float32)})
-  state["feat0.conv.weight"] = _Call(module, name, code.format(marker=str(marker)))
+  state["feat0.conv.weight"] = tw.Call(module, name, code.format(marker=str(marker)))
   path = tmp_path / "evil.pth"
   if fmt == "zip":
     tw.write_torch_zip(path, state)

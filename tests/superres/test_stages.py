@@ -151,21 +151,10 @@ def test_convert_dbpn_with_the_wrong_variant_names_the_file_and_missing_keys(che
   assert not (tmp_path / "models" / "dbpn.keras").exists()
 
 
-class _Call:
-  """Pickles as `module.name(*args)`: a REDUCE of that global, which must never run."""
-
-  def __init__(self, module, name, *args):
-    self.func = tw.global_ref(module, name)
-    self.args = args
-
-  def __reduce_ex__(self, protocol):
-    return (self.func, self.args)
-
-
 def test_convert_dbpn_refuses_a_pickle_that_runs_code_without_running_it(tmp_path):
   marker = tmp_path / "ran"
   state = tw.state_dict_object({"feat0.conv.bias": np.zeros(4, np.float32)})
-  state["feat0.conv.weight"] = _Call("os", "system", f"touch {marker}")
+  state["feat0.conv.weight"] = tw.Call("os", "system", f"touch {marker}")
   path = tmp_path / "evil.pth"
   path.write_bytes(tw.legacy_save_bytes(state))
   result = launch(

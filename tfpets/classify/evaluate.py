@@ -19,7 +19,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from tfpets.runtime import drawing
 
 TOP_K = (1, 3, 5)
 SECTIONS = ("raw", "refined")  # a WS-DAN report: its raw and its refined prediction
@@ -320,13 +322,6 @@ class MatrixLayout:
     return x0, y0, x0 + self.cell - 1, y0 + self.cell - 1
 
 
-def _font(size: int):
-  try:
-    return ImageFont.load_default(size=size)
-  except (TypeError, ImportError, OSError):  # Pillow without FreeType has one bitmap size
-    return ImageFont.load_default()
-
-
 def _text_width(font, text: str) -> int:
   left, _, right, _ = font.getbbox(text)
   return int(right - left)
@@ -342,7 +337,7 @@ def confusion_matrix_layout(class_names: Sequence[str]) -> MatrixLayout:
   margin = 24  # room for the axis title
   label_room = 0
   if num_classes <= MAX_NAMED_CLASSES:
-    font = _font(max(8, min(12, cell - 2)))
+    font = drawing.font(max(8, min(12, cell - 2)))
     label_room = max(_text_width(font, str(name)) for name in class_names) + 6
   left = top = margin + label_room
   side = num_classes * cell
@@ -369,7 +364,7 @@ def render_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str]) -> I
   image = Image.new("RGB", (layout.width, layout.height), "white")
   image.paste(Image.fromarray(cells), (layout.left, layout.top))
   draw = ImageDraw.Draw(image)
-  title_font = _font(12)
+  title_font = drawing.font(12)
   draw.text((layout.left, 4), "predicted", fill="black", font=title_font)
   _draw_vertical_text(image, "true", (4, layout.top), title_font)
   if num_classes <= MAX_NAMED_CLASSES:
@@ -391,7 +386,7 @@ def render_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str]) -> I
 
 def _draw_names(image: Image.Image, class_names, layout: MatrixLayout) -> None:
   draw = ImageDraw.Draw(image)
-  font = _font(max(8, min(12, layout.cell - 2)))
+  font = drawing.font(max(8, min(12, layout.cell - 2)))
   for i, name in enumerate(class_names):
     name = str(name)
     centre = layout.top + i * layout.cell + layout.cell // 2
@@ -415,7 +410,7 @@ def _draw_vertical_text(image, text, position, font, anchor_bottom=False) -> Non
 
 
 def _draw_counts(draw: ImageDraw.ImageDraw, matrix: np.ndarray, layout: MatrixLayout) -> None:
-  font = _font(max(8, min(12, layout.cell // 3)))
+  font = drawing.font(max(8, min(12, layout.cell // 3)))
   totals = matrix.sum(axis=1)
   for row in range(matrix.shape[0]):
     for col in range(matrix.shape[1]):

@@ -18,7 +18,6 @@ import json
 import math
 import pathlib
 import shutil
-import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -351,14 +350,9 @@ def train_classifier(
     logging.info("classify: already trained (%s); nothing to do", models_dir)
     return summary
   chief = strategy is None or strategy_lib.is_chief(strategy)
-  # The other workers of a multi-worker run save into folders of their own, deleted at the end.
-  save_dir = checkpoints if chief else pathlib.Path(tempfile.mkdtemp(prefix="tfpets-classify-"))
-  run = _Run(records, config, class_names, train_images, val_images, checkpoints, save_dir)
-  try:
+  with training.worker_save_dir(checkpoints, chief, "tfpets-classify-") as save_dir:
+    run = _Run(records, config, class_names, train_images, val_images, checkpoints, save_dir)
     return _train(run, models_dir, strategy, writer if chief else None, extra_callbacks)
-  finally:
-    if not chief:
-      shutil.rmtree(save_dir, ignore_errors=True)
 
 
 @dataclasses.dataclass

@@ -291,14 +291,34 @@ class Classifier:
     return x if self.dtype == tf.uint8 else tf.cast(x, self.dtype)
 
 
+def _classify_run(location: pathlib.Path):
+  """(call, input dtype, input shape) of a --stage=classify run: its logits as probabilities, the
+  images prepared as its evaluation prepares them."""
+  from tfpets.classify import data, train  # deferred: only this label source needs them
+
+  model, _, config = train.load_classifier(location)
+
+  def call(images):
+    prepared = data.eval_images(tf.cast(images, tf.float32), config.image_size)
+    return tf.nn.softmax(tf.cast(model(prepared, training=False), tf.float32))
+
+  return call, tf.float32, (None, None, None, 3)
+
+
 def _load_model(path: str):
-  """(call, input dtype, input shape) of a Keras model file or a SavedModel folder."""
+  """(call, input dtype, input shape) of a Keras model file, a SavedModel folder or a
+  --stage=classify run folder."""
   location = pathlib.Path(path)
+  if location.is_dir() and not (location / "saved_model.pb").is_file():
+    if any((location / sub / "classifier.json").is_file() for sub in ("", "models")):
+      return _classify_run(location)
+    raise ArgumentError(
+      "classifier",
+      path,
+      "a folder without saved_model.pb or classifier.json (give a SavedModel, a --stage=classify "
+      "workdir or a .keras file)",
+    )
   if location.is_dir():
-    if not (location / "saved_model.pb").is_file():
-      raise ArgumentError(
-        "classifier", path, "a folder without saved_model.pb (give a SavedModel or a .keras file)"
-      )
     loaded = tf.saved_model.load(str(location))
     function = loaded.signatures.get("serving_default")
     if function is None:

@@ -126,7 +126,12 @@ def parse_split_fractions(text: str) -> Dict[str, float]:
   return fractions
 
 
+SOURCE_WITH_VAL = "source,val="  # the source's splits, a stratified part of its train as val
+
+
 def assign_splits(records: List[ImageRecord], spec: str, seed: int) -> Dict[str, List[ImageRecord]]:
+  if spec.startswith(SOURCE_WITH_VAL):
+    return _source_with_val(records, spec, seed)
   use_source = spec == "source" or (spec == "auto" and records and all(r.split for r in records))
   if use_source:
     out = collections.defaultdict(list)
@@ -140,6 +145,24 @@ def assign_splits(records: List[ImageRecord], spec: str, seed: int) -> Dict[str,
     return dict(out)
   fractions = parse_split_fractions("train=0.8,val=0.1,test=0.1" if spec == "auto" else spec)
   return subsets.split_records(records, fractions, seed)
+
+
+def _source_with_val(
+  records: List[ImageRecord], spec: str, seed: int
+) -> Dict[str, List[ImageRecord]]:
+  """`source,val=F`: the source's splits, with a stratified fraction F of its train split held out
+  as val (Oxford-IIIT Pet has trainval and test only; classifiers want a val split)."""
+  try:
+    fraction = float(spec[len(SOURCE_WITH_VAL) :])
+  except ValueError:
+    fraction = -1.0
+  if not 0.0 < fraction < 1.0:
+    raise ArgumentError("splits", spec, "source,val=F needs a fraction F between 0 and 1")
+  out = assign_splits(records, "source", seed)
+  if "val" in out:
+    raise ArgumentError("splits", spec, "the source already has a val split; give source")
+  held = subsets.split_records(out.pop("train", []), {"train": 1 - fraction, "val": fraction}, seed)
+  return {**out, **held}
 
 
 def _write_reports(

@@ -10,10 +10,13 @@ loads its model instead of training it again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pathlib
+import shutil
+import tempfile
 import threading
 import time
 from concurrent import futures
@@ -58,6 +61,20 @@ def finished_summary(directory: pathlib.Path) -> Optional[dict]:
   """The summary of a training marked done in `directory`, or None when it has not finished."""
   state = read_state(directory)
   return state.get("summary", {}) if state.get("done") else None
+
+
+@contextlib.contextmanager
+def worker_save_dir(checkpoints: pathlib.Path, chief: bool, prefix: str) -> Iterator[pathlib.Path]:
+  """Where this worker saves its checkpoints: `checkpoints` on the chief; the other workers of a
+  multi-worker run save into temporary folders of their own, deleted at the end."""
+  if chief:
+    yield checkpoints
+    return
+  directory = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
+  try:
+    yield directory
+  finally:
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def mark_done(directory: pathlib.Path, summary: dict) -> None:

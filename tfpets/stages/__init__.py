@@ -19,4 +19,5 @@ STAGES = {
   "superres": "tfpets.stages.superres",
   "superres_eval": "tfpets.stages.superres_eval",
   "superres_train": "tfpets.stages.superres_train",
+  "experiment": "tfpets.stages.experiment",
 }

@@ -48,7 +48,8 @@ CLASS_NETWORKS = flags.DEFINE_string(
 CLASSIFIER = flags.DEFINE_string(
   "aug_classifier",
   "",
-  "For --aug_label_from=classifier: a Keras model file (.keras, .h5) or a SavedModel folder "
+  "For --aug_label_from=classifier: the workdir of --stage=classify (its logits become "
+  "probabilities), or a Keras model file (.keras, .h5) or a SavedModel folder "
   "mapping images (uint8, or float in [0, 255], as its input declares) to probabilities of the "
   "classes of --records, in their order.",
 )

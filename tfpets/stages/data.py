@@ -17,7 +17,8 @@ SPLITS = flags.DEFINE_string(
   "data_splits",
   "auto",
   "auto (the source's own splits when it has them, else train=0.8,val=0.1,test=0.1), source, "
-  "or name=fraction,... such as train=0.75,val=0.25 (stratified, seeded by --seed).",
+  "source,val=F (the source's, F of its train held out as val), or name=fraction,... such as "
+  "train=0.75,val=0.25 (stratified, seeded by --seed).",
 )
 DEDUPE = flags.DEFINE_enum(
   "data_dedupe",

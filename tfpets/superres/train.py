@@ -29,7 +29,6 @@ import math
 import os
 import pathlib
 import shutil
-import tempfile
 import time
 import warnings
 from concurrent import futures
@@ -524,14 +523,9 @@ def train_superres(
   chief = strategy is None or strategy_lib.is_chief(strategy)
   if data.rejects and chief:
     data.rejects.write_csv(str(reports / REJECTS_FILE))
-  # The other workers of a multi-worker run save into folders of their own, deleted at the end.
-  save_dir = checkpoints if chief else pathlib.Path(tempfile.mkdtemp(prefix="tfpets-superres-"))
-  try:
+  with training.worker_save_dir(checkpoints, chief, "tfpets-superres-") as save_dir:
     run = _Run(data, config, pathlib.Path(workdir), checkpoints, save_dir)
     return _train(run, strategy, writer if chief else None, extra_callbacks)
-  finally:
-    if not chief:
-      shutil.rmtree(save_dir, ignore_errors=True)
 
 
 @dataclasses.dataclass
