@@ -14,6 +14,7 @@ from PIL import Image
 
 from tests.classify.test_evaluate import TinyRefiner, softmax, tiny_classifier
 from tfpets.classify import predict
+from tfpets.data.listing import list_images
 
 SIZE = 16
 
@@ -57,7 +58,7 @@ def test_flat_folder_lists_its_images_sorted_without_labels(tmp_path):
   for i, name in enumerate(["b.png", "a.jpg", "C.PNG"]):
     write_image(tmp_path / name, i)
   (tmp_path / "notes.txt").write_text("not an image")
-  listing = predict.list_images(str(tmp_path))
+  listing = list_images(str(tmp_path))
   assert listing == [(str(tmp_path / n), None) for n in ["C.PNG", "a.jpg", "b.png"]]
 
 
@@ -67,7 +68,7 @@ def test_image_folder_labels_follow_sorted_folder_order(tmp_path):
   ):
     write_image(tmp_path / folder / name, i)
   (tmp_path / ".hidden").mkdir()
-  listing = predict.list_images(str(tmp_path))
+  listing = list_images(str(tmp_path))
   # sorted(["zebra", "Abyssinian", "beagle"]) == ["Abyssinian", "beagle", "zebra"]
   assert listing == [
     (str(tmp_path / "Abyssinian" / "2.png"), 0),
@@ -84,12 +85,12 @@ def test_csv_listing_with_relative_paths_and_own_headings(tmp_path):
   listing_csv = tmp_path / "lists" / "test.csv"
   listing_csv.parent.mkdir()
   listing_csv.write_text("file,cls,extra\nx/a.png,3,q\nb.png,0,r\n")
-  listing = predict.list_images(str(listing_csv), data_dir=str(data_dir), headings="file,cls")
+  listing = list_images(str(listing_csv), data_dir=str(data_dir), headings="file,cls")
   assert listing == [(str(data_dir / "x" / "a.png"), 3), (str(data_dir / "b.png"), 0)]
   # without a label column: unlabelled, paths relative to the CSV's own folder by default
   unlabelled = tmp_path / "lists" / "unlabelled.csv"
   unlabelled.write_text("image\n../data/b.png\n")
-  assert predict.list_images(str(unlabelled), data_dir="") == [
+  assert list_images(str(unlabelled), data_dir="") == [
     (str(tmp_path / "lists" / "../data/b.png"), None)
   ]
 
@@ -97,34 +98,34 @@ def test_csv_listing_with_relative_paths_and_own_headings(tmp_path):
 def test_glob_lists_matching_files(tmp_path):
   for i, name in enumerate(["a.png", "b.png", "c.jpg"]):
     write_image(tmp_path / name, i)
-  listing = predict.list_images(str(tmp_path / "*.png"))
+  listing = list_images(str(tmp_path / "*.png"))
   assert listing == [(str(tmp_path / "a.png"), None), (str(tmp_path / "b.png"), None)]
 
 
 def test_listing_errors_name_the_source(tmp_path):
   missing = tmp_path / "nowhere"
   with pytest.raises(ValueError, match=f"{missing}'?: no such file"):
-    predict.list_images(str(missing))
+    list_images(str(missing))
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="empty'?: no images found"):
-    predict.list_images(str(tmp_path / "empty"))
+    list_images(str(tmp_path / "empty"))
   bad_csv = tmp_path / "bad.csv"
   bad_csv.write_text("path,label\na.png,1\n")
   with pytest.raises(
     ValueError, match=r"bad.csv'?: no 'image' column \(the header has path, label\)"
   ):
-    predict.list_images(str(bad_csv))
+    list_images(str(bad_csv))
   bad_label = tmp_path / "bad_label.csv"
   bad_label.write_text("image,label\na.png,cat\n")
   with pytest.raises(ValueError, match="bad_label.csv'?: line 2: label 'cat' is not an integer"):
-    predict.list_images(str(bad_label))
+    list_images(str(bad_label))
   with pytest.raises(ValueError, match=r"headings=.*: must name the image and label columns"):
-    predict.list_images(str(bad_csv), headings=["image"])
+    list_images(str(bad_csv), headings=["image"])
   mixed = tmp_path / "mixed"
   write_image(mixed / "a.png", 0)
   write_image(mixed / "cls" / "b.png", 1)
   with pytest.raises(ValueError, match="mixed'?: holds both images and subfolders"):
-    predict.list_images(str(mixed))
+    list_images(str(mixed))
 
 
 # --- predictions -----------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def test_predict_image_folder_writes_files_that_read_back(tmp_path):
   out_dir = tmp_path / "out"
   result = predict.predict_folder(model, str(source), SIZE, names, str(out_dir), "pets", 3)
 
-  listing = predict.list_images(str(source))
+  listing = list_images(str(source))
   kept = [(p, label) for p, label in listing if p != str(corrupt)]
   assert result["paths"] == [p for p, _ in kept]
   labels = np.array([label for _, label in kept])

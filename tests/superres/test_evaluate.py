@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.superres.images import smooth_image
 from tfpets.data.rejects import RejectsReport
 from tfpets.errors import ArgumentError
 from tfpets.superres import evaluate, metrics
@@ -28,16 +29,6 @@ def _direct_psnr_on_y(sr_uint8, hr_uint8, scale):
   return 10 * math.log10(255.0**2 / mse)
 
 
-def _smooth_image(height, width, seed):
-  rng = np.random.default_rng(seed)
-  y, x = np.mgrid[0:height, 0:width]
-  channels = [
-    120 + 80 * np.sin(x / rng.uniform(2, 5) + c) * np.cos(y / rng.uniform(2, 5)) for c in range(3)
-  ]
-  noisy = np.stack(channels, axis=-1) + rng.normal(0, 6, size=(height, width, 3))
-  return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
-
-
 def _write_png(path, pixels):
   Image.fromarray(pixels).save(path, format="PNG")
   return str(path)
@@ -46,11 +37,11 @@ def _write_png(path, pixels):
 @pytest.fixture
 def hr_files(tmp_path):
   """Two HR PNGs whose sizes are not multiples of 2, a corrupt file and one too small to score."""
-  images = {"a.png": _smooth_image(31, 38, 0), "b.png": _smooth_image(34, 29, 1)}
+  images = {"a.png": smooth_image(31, 38, 0), "b.png": smooth_image(34, 29, 1)}
   paths = [_write_png(tmp_path / name, pixels) for name, pixels in images.items()]
   corrupt = tmp_path / "corrupt.png"
   corrupt.write_bytes(b"this is not an image")
-  tiny = _write_png(tmp_path / "tiny.png", _smooth_image(14, 40, 2))
+  tiny = _write_png(tmp_path / "tiny.png", smooth_image(14, 40, 2))
   return paths + [str(corrupt), tiny], images
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 from tests import conftest
 from tests import torch_files as tw
 from tests.superres import numpy_dbpn
+from tests.superres.images import smooth_image
 from tfpets.classify import data as classify_data
 from tfpets.classify import train as classify_train
 from tfpets.data.decode import read_image
@@ -49,16 +50,6 @@ def one_error_line(result) -> str:
   assert len(lines) == 1, lines
   assert lines[0].startswith("tfpets: error: ") and "Traceback" not in result.stderr
   return lines[0]
-
-
-def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
-  rng = np.random.default_rng(seed)
-  y, x = np.mgrid[0:height, 0:width]
-  channels = [
-    120 + 80 * np.sin(x / rng.uniform(2, 5) + c) * np.cos(y / rng.uniform(2, 5)) for c in range(3)
-  ]
-  noisy = np.stack(channels, axis=-1) + rng.normal(0, 6, size=(height, width, 3))
-  return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
 def save(path: pathlib.Path, pixels: np.ndarray, **options) -> pathlib.Path:

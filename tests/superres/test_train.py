@@ -19,6 +19,7 @@ from PIL import Image
 from tests.conftest import REPO
 from tests.keras_callbacks import KillAtEpoch, Killed, Record
 from tests.landmarks.test_tensorboard_events import read_events
+from tests.superres.images import smooth_image
 from tfpets.errors import ArgumentError
 from tfpets.runtime import training
 from tfpets.runtime.tensorboard import SummaryWriter
@@ -38,14 +39,8 @@ TRANSFORMS = {
 
 
 def _image(height, width, seed):
-  """Smooth colour waves with mild noise, kept within [40, 215]."""
-  rng = np.random.default_rng(seed)
-  y, x = np.mgrid[0:height, 0:width]
-  channels = [
-    128 + 60 * np.sin(x / rng.uniform(2, 5) + c) * np.cos(y / rng.uniform(2, 5)) for c in range(3)
-  ]
-  noisy = np.stack(channels, axis=-1) + rng.normal(0, 6, size=(height, width, 3))
-  return np.clip(np.rint(noisy), 40, 215).astype(np.uint8)
+  """Smooth colour waves with mild noise, kept within [40, 215] (where TF and PIL agree)."""
+  return smooth_image(height, width, seed, centre=128, amplitude=60, low=40, high=215)
 
 
 @pytest.fixture

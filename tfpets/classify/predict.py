@@ -23,11 +23,7 @@ from absl import logging
 
 from tfpets.classify import data, evaluate
 from tfpets.data.decode import ImageDecodeError, read_image
-from tfpets.data.listing import (
-  Listing,
-  as_listing,
-  list_images,  # noqa: F401  (the predict stage's listing)
-)
+from tfpets.data.listing import Listing, as_listing
 from tfpets.data.rejects import SKIPPED, RejectsReport
 
 PROGRESS_EVERY = 256

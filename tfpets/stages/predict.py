@@ -11,6 +11,7 @@ import json
 from absl import flags, logging
 
 from tfpets.classify import predict, train
+from tfpets.data import listing
 from tfpets.runtime import context
 
 NEEDS_STRATEGY = False
@@ -38,7 +39,7 @@ ARGUMENT_FLAGS = {
 
 
 def run(ctx: context.RunContext) -> None:
-  images = predict.list_images(IMAGES.value, data_dir=DATA_DIR.value, headings=HEADINGS.value)
+  images = listing.list_images(IMAGES.value, data_dir=DATA_DIR.value, headings=HEADINGS.value)
   model, class_names, config = train.load_classifier(ctx.flags.classifier)
   output = ctx.workdir.root / "predictions"
   name = NAME.value or train.describe(config).replace(" ", "").replace("(", "_").strip(")")
