@@ -56,8 +56,7 @@ def test_missing_or_wrong_inputs_end_in_one_line_naming_the_flag(tmp_path):
   missing = launch("--stage=export", f"--workdir={tmp_path / 'a'}")
   assert missing.returncode == 2
   assert _error_lines(missing) == [
-    "tfpets: error: --export_model is required: one of generator, landmarks, classifier, "
-    "superres"
+    "tfpets: error: --export_model is required: one of generator, landmarks, classifier, superres"
   ]
   detector = launch(
     "--stage=export",
