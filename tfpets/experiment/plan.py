@@ -29,6 +29,7 @@ from absl import logging
 
 from tfpets.data import sources, subsets
 from tfpets.errors import ArgumentError
+from tfpets.experiment import results
 
 VARIANTS = ("original", "augmented", "cropped_augmented", "cropped")
 LABEL_SOURCES = ("conditional", "classifier")
@@ -164,7 +165,7 @@ def subset_fraction(subset: Any) -> float:
 
 def subset_name(subset: str) -> str:
   """'0.1' -> 's10', '0.5' -> 's50', '1.0' -> 's100' (the percentage; '0.125' -> 's12.5')."""
-  return f"s{round(subset_fraction(subset) * 100, 6):g}"
+  return results.subset_name(subset_fraction(subset))  # the one folder naming, also the report's
 
 
 def _check_subsets(values: Any) -> tuple[str, ...]:
